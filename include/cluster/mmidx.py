@@ -1,0 +1,391 @@
+"""GPT-NeoX's MMIDIDX ``.bin``/``.idx`` token dataset format, with numpy only.
+
+Why this exists: the cluster-side tools (tokenizer, merge, validate) and the stand-in trainer must
+read and write exactly the files NeoX's ``megatron/data/indexed_dataset.py`` reads, without importing
+NeoX (it drags torch and megatron in). Layout, little-endian (see shared/reference/neox.md):
+
+``.bin``  the token arrays of all items concatenated, no header.
+``.idx``  magic ``b"MMIDIDX\\x00\\x00"`` | uint64 version=1 | uint8 dtype code | uint64 N items |
+          uint64 D = len(doc_idx) | int32[N] sizes | int64[N] pointers (byte offsets) | int64[D] doc_idx.
+
+Writers never leave a file under its final name unless it is complete: data goes to ``*.tmp`` files
+that are renamed into place (``.bin`` first, ``.idx`` last, so a present ``.idx`` implies a complete
+pair) only when :meth:`DatasetWriter.close` succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+HEADER_SIZE = len(MAGIC) + 8 + 1 + 8 + 8  # 34 bytes
+
+#: NeoX's dtype codes (indexed_dataset.dtypes). Code 6 is float32 in NeoX (np.float was removed).
+DTYPE_CODES: dict[int, np.dtype] = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.int8),
+    3: np.dtype(np.int16),
+    4: np.dtype(np.int32),
+    5: np.dtype(np.int64),
+    6: np.dtype(np.float32),
+    7: np.dtype(np.float64),
+    8: np.dtype(np.uint16),
+}
+_CODE_OF = {dt: code for code, dt in DTYPE_CODES.items()}
+
+
+class CorruptDatasetError(ValueError):
+    """A ``.idx``/``.bin`` pair is corrupt, truncated or inconsistent (the message names the file)."""
+
+
+def best_fitting_dtype(vocab_size: int | None) -> np.dtype:
+    """NeoX's rule (indexed_dataset.best_fitting_dtype): uint16 when vocab < 65500, else int32."""
+    if vocab_size is not None and vocab_size < 65500:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def dtype_code(dtype) -> int:
+    """The on-disk code for ``dtype``; raises ValueError for a dtype NeoX cannot read."""
+    dt = np.dtype(dtype)
+    if dt not in _CODE_OF:
+        raise ValueError(f"dtype {dt} has no MMIDIDX code (allowed: {sorted(map(str, _CODE_OF))})")
+    return _CODE_OF[dt]
+
+
+def pointers_for(sizes: np.ndarray, dtype) -> np.ndarray:
+    """Byte offsets of each item in ``.bin``: exclusive cumulative sum of sizes times itemsize."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    pointers = np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1] * np.dtype(dtype).itemsize, out=pointers[1:])
+    return pointers
+
+
+def data_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.bin")
+
+
+def index_path(prefix: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(prefix)}.idx")
+
+
+@dataclass(frozen=True)
+class Index:
+    """The parsed content of one ``.idx`` file (arrays are read-only memmaps or arrays)."""
+
+    dtype: np.dtype
+    sizes: np.ndarray  # int32[N]
+    pointers: np.ndarray  # int64[N]
+    doc_idx: np.ndarray  # int64[D]
+
+    @property
+    def num_items(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def num_docs(self) -> int:
+        """Documents = len(doc_idx) - 1 (doc_idx starts with 0 and ends with N)."""
+        return max(len(self.doc_idx) - 1, 0)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(np.asarray(self.sizes, dtype=np.int64).sum())
+
+
+def encode_index(sizes, doc_idx, dtype) -> bytes:
+    """The exact bytes NeoX's ``MMapIndexedDataset.Index.writer`` produces (pure, for small indexes)."""
+    sizes = np.asarray(sizes)
+    return b"".join(_index_chunks(sizes, np.asarray(doc_idx), dtype))
+
+
+def _index_chunks(sizes: np.ndarray, doc_idx: np.ndarray, dtype):
+    code = dtype_code(dtype)
+    if sizes.size and (sizes.min() < 0 or sizes.max() > np.iinfo(np.int32).max):
+        raise ValueError("sizes must fit in int32 and be >= 0")
+    yield MAGIC
+    yield struct.pack("<Q", VERSION)
+    yield struct.pack("<B", code)
+    yield struct.pack("<Q", len(sizes))
+    yield struct.pack("<Q", len(doc_idx))
+    yield np.asarray(sizes, dtype="<i4").tobytes(order="C")
+    yield pointers_for(sizes, dtype).astype("<i8").tobytes(order="C")
+    yield np.asarray(doc_idx, dtype="<i8").tobytes(order="C")
+
+
+def write_index(idx_path: str | os.PathLike, sizes, doc_idx, dtype) -> None:
+    """Write an ``.idx`` atomically (``<idx>.tmp`` then rename); pointers are derived from sizes."""
+    idx_path = Path(idx_path)
+    tmp = idx_path.with_name(idx_path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in _index_chunks(np.asarray(sizes), np.asarray(doc_idx), dtype):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, idx_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_index(idx_path: str | os.PathLike, *, mmap: bool = True) -> Index:
+    """Parse and structurally validate an ``.idx`` file.
+
+    Checks magic, version, dtype code, that the file length equals header + arrays exactly, that sizes
+    are non-negative, that pointers equal the cumulative sizes, and that doc_idx starts at 0, is
+    non-decreasing and ends at N. Raises :class:`CorruptDatasetError` naming the file otherwise.
+    """
+    idx_path = Path(idx_path)
+    try:
+        file_size = idx_path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{idx_path}: index file not found") from None
+    with open(idx_path, "rb") as f:
+        header = f.read(HEADER_SIZE)
+    if len(header) < len(MAGIC) or header[: len(MAGIC)] != MAGIC:
+        raise CorruptDatasetError(f"{idx_path}: bad magic {header[:9]!r}, not an MMIDIDX index")
+    if len(header) < HEADER_SIZE:
+        raise CorruptDatasetError(f"{idx_path}: truncated header ({len(header)} of {HEADER_SIZE} bytes)")
+    (version,) = struct.unpack_from("<Q", header, 9)
+    if version != VERSION:
+        raise CorruptDatasetError(f"{idx_path}: unsupported version {version} (expected {VERSION})")
+    (code,) = struct.unpack_from("<B", header, 17)
+    if code not in DTYPE_CODES:
+        raise CorruptDatasetError(f"{idx_path}: unknown dtype code {code}")
+    n, d = struct.unpack_from("<QQ", header, 18)
+    expected = HEADER_SIZE + 4 * n + 8 * n + 8 * d
+    if file_size != expected:
+        what = "truncated" if file_size < expected else "has trailing bytes"
+        raise CorruptDatasetError(
+            f"{idx_path}: {what}: {file_size} bytes, header says N={n} items and D={d} doc_idx entries "
+            f"({expected} bytes)"
+        )
+    dtype = DTYPE_CODES[code]
+    if mmap and n + d > 0:
+        buf = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        sizes = np.frombuffer(buf, dtype="<i4", count=n, offset=HEADER_SIZE)
+        pointers = np.frombuffer(buf, dtype="<i8", count=n, offset=HEADER_SIZE + 4 * n)
+        doc_idx = np.frombuffer(buf, dtype="<i8", count=d, offset=HEADER_SIZE + 12 * n)
+    else:
+        with open(idx_path, "rb") as f:
+            f.seek(HEADER_SIZE)
+            sizes = np.fromfile(f, dtype="<i4", count=n)
+            pointers = np.fromfile(f, dtype="<i8", count=n)
+            doc_idx = np.fromfile(f, dtype="<i8", count=d)
+    _check_arrays(idx_path, dtype, sizes, pointers, doc_idx)
+    return Index(dtype=dtype, sizes=sizes, pointers=pointers, doc_idx=doc_idx)
+
+
+def _check_arrays(path, dtype, sizes, pointers, doc_idx) -> None:
+    n = len(sizes)
+    if n and int(sizes.min()) < 0:
+        bad = int(np.argmax(sizes < 0))
+        raise CorruptDatasetError(f"{path}: negative size {int(sizes[bad])} at item {bad}")
+    if not np.array_equal(pointers, pointers_for(sizes, dtype)):
+        bad = int(np.argmax(pointers != pointers_for(sizes, dtype)))
+        raise CorruptDatasetError(
+            f"{path}: pointer of item {bad} is {int(pointers[bad])}, not the sum of sizes"
+        )
+    if len(doc_idx) == 0:
+        raise CorruptDatasetError(f"{path}: empty doc_idx (must start with 0)")
+    if doc_idx[0] != 0:
+        raise CorruptDatasetError(f"{path}: doc_idx[0] is {int(doc_idx[0])}, expected 0")
+    if len(doc_idx) > 1 and bool(np.any(np.diff(doc_idx) < 0)):
+        bad = int(np.argmax(np.diff(doc_idx) < 0)) + 1
+        raise CorruptDatasetError(f"{path}: doc_idx decreases at entry {bad}")
+    if int(doc_idx[-1]) != n:
+        raise CorruptDatasetError(f"{path}: doc_idx ends at {int(doc_idx[-1])}, expected N={n} items")
+
+
+def check_data_size(prefix: str | os.PathLike, index: Index) -> None:
+    """Raise unless ``<prefix>.bin`` is exactly sum(sizes) * itemsize bytes."""
+    bin_path = data_path(prefix)
+    try:
+        actual = bin_path.stat().st_size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{bin_path}: data file not found") from None
+    expected = index.num_tokens * index.dtype.itemsize
+    if actual != expected:
+        what = "truncated" if actual < expected else "longer than its index"
+        raise CorruptDatasetError(
+            f"{bin_path}: {what}: {actual} bytes, index says {index.num_tokens} tokens x "
+            f"{index.dtype.itemsize} B = {expected} bytes"
+        )
+
+
+class DatasetWriter:
+    """Streaming builder: append documents, then :meth:`close` renames ``.bin`` and ``.idx`` into place.
+
+    Mirrors NeoX's ``MMapIndexedDatasetBuilder`` (``add_item`` + ``end_document``) so the output is
+    byte-identical to NeoX's for the same items. Sizes are kept in a growable int32 array (4 B/item),
+    tokens go straight to disk, so memory does not grow with the token count. Use as a context manager:
+    on an exception the temporary files are removed and nothing appears under the final names.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, dtype) -> None:
+        self.prefix = os.fspath(prefix)
+        self.dtype = np.dtype(dtype)
+        dtype_code(self.dtype)  # validate early
+        self.bin_path = data_path(self.prefix)
+        self.idx_path = index_path(self.prefix)
+        self._bin_tmp = self.bin_path.with_name(self.bin_path.name + ".tmp")
+        self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
+        self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._sizes = np.empty(1024, dtype=np.int32)
+        self._n = 0
+        self._doc_idx = np.zeros(1024, dtype=np.int64)  # doc_idx[0] = 0
+        self._d = 1
+        self._done = False
+
+    # --- NeoX builder API -------------------------------------------------------------------------
+    def add_item(self, tokens) -> None:
+        """Append one item (a token array) without ending the document."""
+        arr = np.asarray(tokens)
+        if arr.dtype != self.dtype:
+            arr = arr.astype(self.dtype)
+        self._file.write(arr.tobytes(order="C"))
+        self._push_size(arr.size)
+
+    def end_document(self) -> None:
+        """Close the current document: doc_idx gets the current item count."""
+        if self._d == len(self._doc_idx):
+            self._doc_idx = np.resize(self._doc_idx, 2 * len(self._doc_idx))
+        self._doc_idx[self._d] = self._n
+        self._d += 1
+
+    # --- conveniences ------------------------------------------------------------------------------
+    def add_document(self, tokens) -> None:
+        """One item that is one document (what NeoX's preprocess_data does per JSON line)."""
+        self.add_item(tokens)
+        self.end_document()
+
+    def add_documents(self, flat_tokens: np.ndarray, sizes: np.ndarray) -> None:
+        """Append many one-item documents at once: ``flat_tokens`` is their concatenation."""
+        flat = np.asarray(flat_tokens)
+        if flat.dtype != self.dtype:
+            flat = flat.astype(self.dtype)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if int(sizes.sum()) != flat.size:
+            raise ValueError(f"sizes sum to {int(sizes.sum())} but {flat.size} tokens were given")
+        self._file.write(flat.tobytes(order="C"))
+        if sizes.size and (sizes.min() < 0 or sizes.max() > np.iinfo(np.int32).max):
+            raise ValueError("sizes must fit in int32 and be >= 0")
+        start, end = self._n, self._n + len(sizes)
+        if end > len(self._sizes):
+            self._sizes = np.resize(self._sizes, max(end, 2 * len(self._sizes)))
+        self._sizes[start:end] = sizes
+        self._n = end
+        d_end = self._d + len(sizes)
+        if d_end > len(self._doc_idx):
+            self._doc_idx = np.resize(self._doc_idx, max(d_end, 2 * len(self._doc_idx)))
+        self._doc_idx[self._d : d_end] = np.arange(start + 1, end + 1, dtype=np.int64)
+        self._d = d_end
+
+    def _push_size(self, size: int) -> None:
+        if self._n == len(self._sizes):
+            self._sizes = np.resize(self._sizes, 2 * len(self._sizes))
+        self._sizes[self._n] = size
+        self._n += 1
+
+    @property
+    def num_items(self) -> int:
+        return self._n
+
+    @property
+    def num_docs(self) -> int:
+        return self._d - 1
+
+    def close(self) -> None:
+        """Flush, fsync, write the index, then rename ``.bin`` and finally ``.idx`` into place."""
+        if self._done:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            sizes = self._sizes[: self._n]
+            with open(self._idx_tmp, "wb") as f:
+                for chunk in _index_chunks(sizes, self._doc_idx[: self._d], self.dtype):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self._bin_tmp, self.bin_path)
+            os.replace(self._idx_tmp, self.idx_path)
+            self._done = True
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard everything written so far; final names are left untouched."""
+        if not self._file.closed:
+            self._file.close()
+        self._bin_tmp.unlink(missing_ok=True)
+        self._idx_tmp.unlink(missing_ok=True)
+        self._done = True
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DatasetReader:
+    """Random access to a written dataset: ``len(r)`` items, ``r[i]`` -> numpy array (memmap-backed)."""
+
+    def __init__(self, prefix: str | os.PathLike, *, check_size: bool = True) -> None:
+        self.prefix = os.fspath(prefix)
+        self.index = read_index(index_path(self.prefix))
+        if check_size:
+            check_data_size(self.prefix, self.index)
+        if self.index.num_tokens:
+            self._data = np.memmap(data_path(self.prefix), mode="r", dtype=self.index.dtype)
+        else:
+            self._data = np.empty(0, dtype=self.index.dtype)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.index.dtype
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.index.sizes
+
+    @property
+    def doc_idx(self) -> np.ndarray:
+        return self.index.doc_idx
+
+    @property
+    def num_tokens(self) -> int:
+        return self.index.num_tokens
+
+    @property
+    def num_docs(self) -> int:
+        return self.index.num_docs
+
+    def __len__(self) -> int:
+        return self.index.num_items
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"item {i} out of range for {n} items in {self.prefix}")
+        start = int(self.index.pointers[i]) // self.dtype.itemsize
+        return self._data[start : start + int(self.index.sizes[i])]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
