@@ -1,0 +1,458 @@
+"""Shared plumbing of the cluster-side data movers (fetch_to_s3.py, stage_to_fsx.py).
+
+These scripts run as Slurm array tasks, one shard each, on the cluster (in the NeoX container or the
+local cluster's Python env). They must not import neoxflow or airflow; they need only the standard
+library and boto3. What lives here:
+
+* the manifest format: one tab-separated line per array task, line i for ``SLURM_ARRAY_TASK_ID=i``
+  (written by ``neoxflow.data.shards.format_manifest``);
+* resumable byte sources (HTTP(S) with ``Range``, S3 ``GetObject`` with ``Range``, local files) whose
+  errors are sorted into *transient* (retry: connection drops, timeouts, 5xx) and *permanent*
+  (404, 403, bad input: fail now, with a message naming the shard);
+* :func:`pump`, the copy loop: read chunks, hand them to a sink, resume from the last byte after a
+  transient failure with jittered exponential backoff, and detect truncated responses;
+* progress lines (MB, MB/s) and a final machine-readable ``NEOXFLOW_RESULT {json}`` line.
+
+Exit codes: 0 done (or skipped), 2 usage, 3 permanent error (do not retry the task), 75 transient
+error after all retries (EX_TEMPFAIL: a later retry of the task may succeed).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import resource
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PERMANENT = 3
+EXIT_TRANSIENT = 75
+
+MiB = 1024 * 1024
+USER_AGENT = "neoxflow-datamove/0.1"
+RESULT_PREFIX = "NEOXFLOW_RESULT "
+
+
+class DataMoveError(Exception):
+    """Base of the errors the movers report; ``exit_code`` tells Slurm/Airflow whether to retry."""
+
+    exit_code = EXIT_TRANSIENT
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class TransientError(DataMoveError):
+    """Worth retrying: the connection dropped, the server said 5xx, a read timed out."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class PermanentError(DataMoveError):
+    """Retrying cannot help: the file does not exist, access is denied, the data is corrupt."""
+
+    exit_code = EXIT_PERMANENT
+
+
+class SinkError(DataMoveError):
+    """Writing the copy failed (S3 upload, local disk) after the client's own retries; the source is
+    not re-read for this, the whole task fails and a later task retry starts clean."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- manifest and arguments
+
+
+def read_manifest_line(path: str, index: int, columns: int) -> list[str]:
+    """Return the ``columns`` tab-separated fields of line ``index`` (0-based) of ``path``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle):
+                if lineno == index:
+                    fields = line.rstrip("\n").split("\t")
+                    if len(fields) != columns or not all(fields):
+                        raise PermanentError(
+                            f"manifest {path} line {index + 1}: expected {columns} non-empty tab-separated "
+                            f"fields, got {len(fields)}"
+                        )
+                    return fields
+    except OSError as exc:
+        raise PermanentError(f"manifest {path}: cannot read ({exc.strerror})") from None
+    raise PermanentError(f"manifest {path}: has no line {index + 1} (array index {index})")
+
+
+def task_index(value: int | None) -> int:
+    """The array index: ``--index`` when given, else ``SLURM_ARRAY_TASK_ID``."""
+    if value is not None:
+        return value
+    env = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if env is None or not env.isdigit():
+        raise PermanentError("no --index given and SLURM_ARRAY_TASK_ID is not set to a number")
+    return int(env)
+
+
+def parse_size(text: str) -> int:
+    """``"8MiB"``, ``"64M"``, ``"1048576"`` -> bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 64MiB or 1048576")
+    scale = {"": 1, "K": 1024, "M": MiB, "G": 1024 * MiB}[match.group(2).upper()]
+    return int(match.group(1)) * scale
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    key = parts.path.lstrip("/")
+    if parts.scheme != "s3" or not parts.netloc or not key:
+        raise PermanentError(f"{uri!r} is not an s3://bucket/key URI")
+    return parts.netloc, key
+
+
+# ---------------------------------------------------------------- S3
+
+
+def s3_client():
+    """A boto3 S3 client: endpoint from ``AWS_ENDPOINT_URL`` (moto, MinIO), credentials from the usual
+    AWS chain (env, profile, instance role) - never from arguments, which would land in ``ps`` and logs.
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=20, read_timeout=120)
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
+
+
+def s3_error_code(exc: BaseException) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def classify_s3_error(exc: BaseException, what: str) -> DataMoveError:
+    """Sort a botocore error into transient or permanent, with a message naming ``what``."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code, status = s3_error_code(exc)
+        text = f"{what}: S3 said {code or status} ({exc})"
+        if status in (404, 403, 400, 401) or code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "404"):
+            return PermanentError(text)
+        return TransientError(text)
+    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def head_object(client, bucket: str, key: str) -> dict[str, Any] | None:
+    """HEAD an object; ``None`` when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code, status = s3_error_code(exc)
+        if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise classify_s3_error(exc, f"HEAD s3://{bucket}/{key}") from None
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class Opened:
+    """An open byte stream starting at ``start`` of a resource of ``total`` bytes (None if unknown)."""
+
+    stream: BinaryIO
+    start: int
+    total: int | None
+
+
+class Source(Protocol):
+    description: str
+
+    def size(self) -> int | None: ...
+
+    def open(self, offset: int) -> Opened: ...
+
+    def read(self, opened: Opened, amount: int) -> bytes: ...
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _KeepMethodRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib turns a redirected HEAD into a GET (downloading the body); keep the method."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and req.get_method() == "HEAD":
+            new.method = "HEAD"
+        return new
+
+
+class HttpSource:
+    """An HTTP(S) URL read with ``Range`` requests so a dropped connection resumes where it stopped."""
+
+    def __init__(self, url: str, *, timeout: float = 60.0):
+        self.url = url
+        self.description = url
+        self.timeout = timeout
+        self._opener = urllib.request.build_opener(_KeepMethodRedirect)
+
+    def _request(self, method: str, headers: dict[str, str]):
+        request = urllib.request.Request(
+            self.url, method=method, headers={"User-Agent": USER_AGENT, **headers}
+        )
+        try:
+            return self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            message = f"{method} {self.url} returned HTTP {exc.code} {exc.reason}"
+            if exc.code in _TRANSIENT_HTTP:
+                raise TransientError(message, status=exc.code) from None
+            raise PermanentError(message + " (not retried)", status=exc.code) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransientError(f"{method} {self.url} failed: {reason}") from None
+
+    def size(self) -> int | None:
+        """Content-Length from a HEAD request, or None when the server does not say (or refuses HEAD)."""
+        try:
+            response = self._request("HEAD", {})
+        except PermanentError as exc:
+            if exc.status in (404, 410, 401, 403):
+                raise
+            return None
+        with response:
+            length = response.headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else None
+
+    def open(self, offset: int) -> Opened:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        response = self._request("GET", headers)
+        length = response.headers.get("Content-Length")
+        if response.status == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+            if not match:
+                response.close()
+                raise TransientError(f"GET {self.url}: 206 without a usable Content-Range")
+            total = None if match.group(3) == "*" else int(match.group(3))
+            return Opened(response, int(match.group(1)), total)
+        total = int(length) if length and length.isdigit() else None
+        return Opened(response, 0, total)
+
+    def read(self, opened: Opened, amount: int) -> bytes:
+        try:
+            return opened.stream.read(amount)
+        except (TimeoutError, http.client.HTTPException, OSError) as exc:
+            raise TransientError(f"reading {self.url}: {type(exc).__name__}: {exc}") from None
+
+
+class S3Source:
+    """An S3 object read with ranged GETs (the tokenizer JSON may already live in S3)."""
+
+    def __init__(self, client, uri: str):
+        self.client = client
+        self.bucket, self.key = parse_s3_uri(uri)
+        self.description = uri
+
+    def size(self) -> int | None:
+        head = head_object(self.client, self.bucket, self.key)
+        if head is None:
+            raise PermanentError(f"{self.description} does not exist (not retried)")
+        return int(head["ContentLength"])
+
+    def open(self, offset: int) -> Opened:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key, **kwargs)
+        except ClientError as exc:
+            raise classify_s3_error(exc, f"GET {self.description}") from None
+        except BotoCoreError as exc:
+            raise TransientError(f"GET {self.description}: {exc}") from None
+        match = _CONTENT_RANGE.fullmatch(str(response.get("ContentRange", "")).strip())
+        if match:
+            return Opened(response["Body"], int(match.group(1)), int(match.group(3)))
+        return Opened(response["Body"], 0, int(response["ContentLength"]))
+
+    def read(self, opened: Opened, amount: int) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return opened.stream.read(amount)
+        except (BotoCoreError, OSError, http.client.HTTPException) as exc:
+            raise TransientError(f"reading {self.description}: {type(exc).__name__}: {exc}") from None
+
+
+class FileSource:
+    """A local file (``file:///path``): the demo's tokenizer from a shared folder."""
+
+    def __init__(self, uri: str):
+        self.path = unquote(urlsplit(uri).path)
+        self.description = uri
+
+    def size(self) -> int | None:
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            raise PermanentError(f"{self.path} does not exist (not retried)") from None
+
+    def open(self, offset: int) -> Opened:
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed by pump
+        except OSError as exc:
+            raise PermanentError(f"{self.path}: {exc.strerror}") from None
+        handle.seek(offset)
+        return Opened(handle, offset, os.fstat(handle.fileno()).st_size)
+
+    def read(self, opened: Opened, amount: int) -> bytes:
+        return opened.stream.read(amount)
+
+
+def open_source(uri: str, *, s3=None, timeout: float = 60.0) -> Source:
+    scheme = urlsplit(uri).scheme
+    if scheme in ("http", "https"):
+        return HttpSource(uri, timeout=timeout)
+    if scheme == "s3":
+        return S3Source(s3 if s3 is not None else s3_client(), uri)
+    if scheme == "file":
+        return FileSource(uri)
+    raise PermanentError(f"source {uri!r}: unsupported scheme {scheme!r} (http, https, s3, file)")
+
+
+# ---------------------------------------------------------------- the copy loop
+
+
+class Progress:
+    """Prints ``label: 120.0/316.2 MB (38%) 45.3 MB/s`` at most every ``interval`` seconds."""
+
+    def __init__(self, label: str, *, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.label = label
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self._last = self.started
+
+    def update(self, done: int, total: int | None, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        log(f"{self.label}: {self.line(done, total, now - self.started)}")
+
+    @staticmethod
+    def line(done: int, total: int | None, elapsed: float) -> str:
+        rate = done / MiB / elapsed if elapsed > 0 else 0.0
+        if total:
+            return f"{done / MiB:.1f}/{total / MiB:.1f} MB ({100.0 * done / total:.0f}%) {rate:.1f} MB/s"
+        return f"{done / MiB:.1f} MB {rate:.1f} MB/s"
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+def pump(
+    source: Source,
+    write: Callable[[bytes], None],
+    restart: Callable[[], None],
+    *,
+    name: str,
+    chunk_size: int = MiB,
+    retries: int = 5,
+    backoff: float = 2.0,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Copy ``source`` into ``write`` chunk by chunk; return the number of bytes copied.
+
+    After a transient failure the source is reopened at the first missing byte; if it ignores the
+    range and starts again from byte 0, ``restart()`` tells the sink to throw away what it has.
+    ``retries`` counts consecutive failures without progress, so a long download over a flaky link
+    that keeps advancing is not abandoned. Errors raised by ``write`` are not retried here.
+    """
+    offset = 0
+    total: int | None = None
+    failures = 0
+    offset_at_last_failure = -1
+    while True:
+        try:
+            opened = source.open(offset)
+            try:
+                if opened.start != offset:
+                    if opened.start != 0:
+                        raise TransientError(
+                            f"{name}: asked for byte {offset}, got data from byte {opened.start}"
+                        )
+                    log(f"{name}: source ignored the range request; starting again from byte 0")
+                    restart()
+                    offset = 0
+                if opened.total is not None:
+                    total = opened.total
+                while True:
+                    chunk = source.read(opened, chunk_size)
+                    if not chunk:
+                        break
+                    write(chunk)
+                    offset += len(chunk)
+                    if progress is not None:
+                        progress.update(offset, total)
+            finally:
+                opened.stream.close()
+            if total is not None and offset < total:
+                raise TransientError(f"{name}: connection closed after {offset} of {total} bytes")
+            if total is not None and offset > total:
+                raise PermanentError(f"{name}: received {offset} bytes, more than the announced {total}")
+            return offset
+        except TransientError as exc:
+            if offset != offset_at_last_failure:
+                failures = 0
+            offset_at_last_failure = offset
+            failures += 1
+            if failures > retries:
+                raise TransientError(f"{name}: giving up after {retries} retries: {exc}") from None
+            delay = backoff * (2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+            log(f"{name}: {exc}; retry {failures}/{retries} from byte {offset} in {delay:.2f}s")
+            sleep(delay)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def emit_result(**fields: Any) -> None:
+    """One machine-readable line on stdout, for the Airflow side to collect per-shard numbers."""
+    print(RESULT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a mover's main body, turning its errors into one clear line and the matching exit code."""
+    try:
+        return body()
+    except DataMoveError as exc:
+        log(f"ERROR: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log("ERROR: interrupted")
+        return EXIT_TRANSIENT
