@@ -1,0 +1,440 @@
+"""Stand-in for GPT-NeoX's train.py on the CPU-only local Slurm cluster: same inputs, same outputs.
+
+    python standin_train.py --config merged.json          # one process per Slurm task (srun)
+
+Why it exists: the embedded cluster and the demo have no GPUs, DeepSpeed or containers, yet everything
+around training (launch template, log watcher, checkpoint sensor, export, resume) must be exercised for
+real. So this script reads the merged NeoX config and the ``.bin/.idx`` data, trains a real GPT-NeoX
+architecture model (standin_model) data-parallel over torch.distributed/gloo with one rank per task, and
+writes NeoX's log lines, resume lines and checkpoint layout. Rank 0 alone logs and saves.
+
+Contract with the rest of the pipeline:
+- ranks from RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT, else SLURM_PROCID/SLURM_NTASKS/
+  SLURM_LOCALID and the first host of SLURM_JOB_NODELIST; one process when neither is set;
+- resume from ``load/latest`` restores iteration, model, optimizer, LR schedule and data position, so a
+  resumed run logs exactly the losses an uninterrupted run logs;
+- SIGUSR1 or SIGTERM (Slurm's ``--signal`` before the time limit, or scancel): every rank finishes the
+  current iteration, rank 0 saves a checkpoint at it, and the job exits 0;
+- exit 0 after the final checkpoint at ``train_iters``; a config problem exits 2 naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+# --- pure helpers (no torch), tested directly -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a Slurm hostlist: "node[1-2]" -> "node1", "gpu[07,09-10],cpu1" -> "gpu07"."""
+    nodelist = nodelist.strip()
+    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m or not nodelist:
+        raise ValueError(f"SLURM_JOB_NODELIST {nodelist!r} is not a Slurm hostlist")
+    prefix, ranges = m.group(1), m.group(2)
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def dist_env(environ: dict | None = None) -> DistEnv:
+    """Rank layout from torch's variables, falling back to Slurm's (one rank per Slurm task)."""
+    env = os.environ if environ is None else environ
+
+    def pick(*names: str, default: str | None = None) -> str | None:
+        for name in names:
+            if env.get(name, "") != "":
+                return env[name]
+        return default
+
+    world = int(pick("WORLD_SIZE", "SLURM_NTASKS", default="1"))
+    rank = int(pick("RANK", "SLURM_PROCID", default="0"))
+    local = int(pick("LOCAL_RANK", "SLURM_LOCALID", default="0"))
+    addr = pick("MASTER_ADDR")
+    if addr is None:
+        nodelist = pick("SLURM_JOB_NODELIST", "SLURM_NODELIST")
+        addr = first_host(nodelist) if nodelist else "127.0.0.1"
+    port = pick("MASTER_PORT")
+    if port is None:
+        job = pick("SLURM_JOB_ID", default="0")
+        port = str(29500 + int(job) % 10000) if job.isdigit() else "29500"
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    return DistEnv(rank, world, local, addr, int(port))
+
+
+def human_readable_flops(num: float) -> str:
+    """NeoX megatron/logging.py: 2.9TFLOPS, 286.9GFLOPS."""
+    for unit in ["", "KFLOPS", "MFLOPS", "GFLOPS", "TFLOPS", "PFLOPS", "EFLOPS", "ZFLOPS"]:
+        if abs(num) < 1000.0:
+            return f"{num:3.1f}{unit}"
+        num /= 1000.0
+    return f"{num:.1f}Yi"
+
+
+def flops_per_iteration(cfg: dict, vocab: int, batch: int) -> float:
+    """NeoX's get_flops estimate for one iteration of the whole job (megatron/utils.py)."""
+    factor = 4 if cfg.get("checkpoint_activations") else 3
+    h, layers, s = cfg["hidden_size"], cfg["num_layers"], cfg["seq_length"]
+    return 24 * factor * batch * s * layers * h**2 * (1.0 + s / (6.0 * h) + vocab / (16.0 * layers * h))
+
+
+def format_train_line(
+    *,
+    iteration: int,
+    train_iters: int,
+    elapsed_ms: float,
+    samples_per_sec: float,
+    lr: float,
+    flops_per_gpu: float,
+    lm_loss: float,
+    skipped: int,
+    nans: int,
+) -> str:
+    """NeoX's training_log line, field for field (no 'loss scale': the stand-in trains in fp32)."""
+    return (
+        f" samples/sec: {samples_per_sec:.3f} | iteration {iteration:8d}/{train_iters:8d} |"
+        f" elapsed time per iteration (ms): {elapsed_ms:.1f} | learning rate: {lr:.3E} |"
+        f" approx flops per GPU: {human_readable_flops(flops_per_gpu)} | lm_loss: {lm_loss:.6E} |"
+        f" number of skipped iterations: {skipped:3d} | number of nan iterations: {nans:3d} |"
+    )
+
+
+def should_save(iteration: int, cfg: dict) -> bool:
+    """NeoX: every checkpoint_factor iterations and at each of extra_save_iters."""
+    factor = cfg.get("checkpoint_factor")
+    return bool(factor and iteration % factor == 0) or iteration in (cfg.get("extra_save_iters") or [])
+
+
+class StopRequest:
+    """Remembers SIGUSR1/SIGTERM instead of dying, so the loop can checkpoint and exit 0."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+STOP = StopRequest()
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to reuse freed large blocks instead of returning them to the OS after every step.
+
+    Why: each step allocates tens of MB (logits over the 50k vocabulary and their gradients); by default
+    glibc maps and unmaps such blocks every time, and the page faults cost ~20% of a tiny model's step.
+    mallopt(M_MMAP_THRESHOLD=-3 / M_TRIM_THRESHOLD=-1, 1 GiB) keeps them in the heap. No-op off glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)
+        libc.mallopt(-1, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def info_line(where: str, message: str) -> str:
+    """DeepSpeed-style prefix, so the checkpoint lines read like NeoX's."""
+    now = datetime.now()
+    return f"[{now:%Y-%m-%d %H:%M:%S},{now.microsecond // 1000:03d}] [INFO] [{where}] {message}"
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One rank of the job. Build with a checked config; :meth:`run` returns the exit code."""
+
+    def __init__(self, cfg: dict, config_path: str, env: DistEnv) -> None:
+        import numpy as np  # noqa: F401 - fail early if the cluster env lacks it
+        import standin_config as sc
+        import torch
+        from standin_data import SampleStream
+        from standin_model import GPTNeoX, ModelShape, no_weight_decay
+
+        self.torch, self.cfg, self.config_path, self.env = torch, cfg, config_path, env
+        torch.set_num_threads(int(os.environ.get("STANDIN_NUM_THREADS", "1")))
+        self.batch = sc.train_batch_size(cfg, env.world_size)
+        self.micro, self.gas = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
+        self.vocab = sc.padded_vocab_size(cfg)
+        self.stream = SampleStream(sc.data_paths(cfg), cfg["seq_length"], cfg["seed"], cfg["split"])
+        torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
+        self.model = GPTNeoX(
+            ModelShape(
+                num_layers=cfg["num_layers"],
+                hidden_size=cfg["hidden_size"],
+                num_attention_heads=cfg["num_attention_heads"],
+                padded_vocab_size=self.vocab,
+                max_position_embeddings=cfg["max_position_embeddings"],
+                rotary_pct=float(cfg["rotary_pct"]),
+                rotary_emb_base=int(cfg["rotary_emb_base"]),
+                gpt_j_residual=bool(cfg["gpt_j_residual"]),
+                no_weight_tying=bool(cfg["no_weight_tying"]),
+                layernorm_epsilon=float(cfg["layernorm_epsilon"]),
+                hidden_dropout=float(cfg["hidden_dropout"]),
+                attention_dropout=float(cfg["attention_dropout"]),
+            )
+        )
+        self.params = list(self.model.parameters())
+        named = list(self.model.named_parameters())
+        decay = [p for n, p in named if not no_weight_decay(n)]
+        plain = [p for n, p in named if no_weight_decay(n)]
+        opt = cfg["optimizer"]["params"]
+        groups = [
+            {"params": decay, "weight_decay": float(cfg["weight_decay"])},
+            {"params": plain, "weight_decay": 0.0},
+        ]
+        kwargs = {
+            "lr": float(opt["lr"]),
+            "betas": tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
+            "eps": float(opt.get("eps", 1.0e-8)),
+        }
+        try:
+            self.optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError):
+            self.optimizer = torch.optim.AdamW(groups, foreach=True, **kwargs)
+        self.scheduler = sc.AnnealingLR.from_config(cfg)
+        self.iteration = 0
+        self.consumed = 0
+        self.flops = flops_per_iteration(cfg, self.vocab, self.batch)
+
+    # rank 0 speaks for the job
+    def log(self, message: str) -> None:
+        if self.env.rank == 0:
+            print(message, flush=True)
+
+    def info(self, where: str, message: str) -> None:
+        self.log(info_line(where, message))
+
+    def resume(self) -> None:
+        """NeoX's resume lines; restore everything that makes the continuation exact."""
+        import standin_checkpoint as ck
+
+        load = self.cfg.get("load")
+        if load:
+            found = ck.load_checkpoint(load)
+            if found is None:
+                self.info(
+                    "standin_checkpoint.py:load_checkpoint",
+                    f"Unable to find latest file at {Path(load) / ck.LATEST}, if trying to load latest "
+                    "checkpoint please ensure this file exists or pass an explicit checkpoint tag when "
+                    "loading a checkpoint.",
+                )
+                self.log("Unable to load checkpoint.")
+            else:
+                tag, state = found
+                self.model.load_state_dict(state["module"])
+                if not self.cfg.get("finetune"):
+                    self.optimizer.load_state_dict(state["optimizer"])
+                    for msg in self.scheduler.load_state_dict(
+                        state["lr_scheduler"],
+                        override=bool(self.cfg.get("override_lr_scheduler")),
+                        use_checkpoint=bool(self.cfg.get("use_checkpoint_lr_scheduler")),
+                    ):
+                        self.log(msg)
+                    self.iteration = int(state["iteration"])
+                    self.consumed = int(state["data_position"]["consumed_samples"])
+                self.log(f"  successfully loaded {Path(load) / tag / ck.MODEL_STATES}")
+            self.log(f"Loading checkpoint and starting from iteration {self.iteration}")
+        self.log(f"setting training data start iteration to {self.iteration}")
+
+    def state(self) -> dict:
+        import numpy as np
+
+        torch = self.torch
+        return {
+            "module": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "global_steps": self.iteration,
+            "global_samples": self.consumed,
+            "data_position": {
+                "consumed_samples": self.consumed,
+                "seed": self.cfg["seed"],
+                "seq_length": self.cfg["seq_length"],
+                "train_batch_size": self.batch,
+            },
+            "dp_world_size": self.env.world_size,
+            "mp_world_size": 1,
+            "skipped_steps": 0,
+            "args": {**self.cfg, "padded_vocab_size": self.vocab},
+            "torch_rng_state": torch.get_rng_state(),
+            "np_rng_state": np.random.get_state(),
+            "standin": True,
+        }
+
+    def save(self) -> None:
+        import standin_checkpoint as ck
+
+        if self.cfg.get("save") and self.env.rank == 0:
+            ck.save_checkpoint(
+                self.cfg["save"],
+                self.iteration,
+                self.state(),
+                self.config_path,
+                log=lambda m: self.info("standin_checkpoint.py:save_checkpoint", m),
+            )
+
+    def step(self) -> tuple[float, bool, bool]:
+        """One iteration (all micro-batches, gradient all-reduce, optimizer step).
+
+        Returns (loss averaged over ranks, stop requested on any rank, iteration was nan-skipped).
+        """
+        torch, F = self.torch, self.torch.nn.functional
+        torch.manual_seed(self.cfg["seed"] * 1009 + self.env.rank * 7919 + self.iteration)  # dropout
+        self.model.train()
+        lr = self.scheduler.lr_at(self.scheduler.num_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for m in range(self.gas):
+            first = self.consumed + m * self.env.world_size * self.micro + self.env.rank * self.micro
+            tokens = torch.from_numpy(self.stream.batch(first, self.micro))
+            logits = self.model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            (loss / self.gas).backward()
+            total += float(loss.detach())
+        loss_value, stop = total / self.gas, STOP.requested
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.env.world_size > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_value, float(stop)])])
+            torch.distributed.all_reduce(flat)
+            flat /= self.env.world_size
+            offset = 0
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = flat[offset : offset + g.numel()].view_as(g)
+                offset += g.numel()
+            loss_value, stop = float(flat[-2]), bool(flat[-1] > 0)
+        nan = not math.isfinite(loss_value)
+        if not nan:
+            clip = self.cfg.get("gradient_clipping")
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.params, float(clip))
+            self.optimizer.step()
+        self.scheduler.num_iters += 1
+        self.iteration += 1
+        self.consumed += self.batch
+        return loss_value, stop, nan
+
+    def run(self) -> int:
+        cfg = self.cfg
+        self.log(f" > number of parameters on model parallel rank 0: {sum(p.numel() for p in self.params)}")
+        self.log(
+            f"standin_train: {self.env.world_size} rank(s), master {self.env.master_addr}:"
+            f"{self.env.master_port}, train_batch_size {self.batch}, padded vocab {self.vocab}, "
+            f"torch threads {self.torch.get_num_threads()}"
+        )
+        self.resume()
+        self.log("done with setups ...")
+        self.log("training ...")
+        losses, nans, last_log, since = [], 0, time.perf_counter(), 0
+        saved_at = self.iteration if cfg.get("load") and self.iteration else None
+        while self.iteration < cfg["train_iters"]:
+            loss, stop, nan = self.step()
+            since += 1
+            if nan:
+                nans += 1
+            else:
+                losses.append(loss)
+            if self.iteration % cfg["log_interval"] == 0:
+                now = time.perf_counter()
+                per_iter = (now - last_log) / since
+                self.log(
+                    format_train_line(
+                        iteration=self.iteration,
+                        train_iters=cfg["train_iters"],
+                        elapsed_ms=per_iter * 1000.0,
+                        samples_per_sec=self.batch / per_iter,
+                        lr=self.scheduler.lr_at(self.scheduler.num_iters),
+                        flops_per_gpu=self.flops / (per_iter * self.env.world_size),
+                        lm_loss=sum(losses) / max(len(losses), 1),
+                        skipped=nans,
+                        nans=nans,
+                    )
+                )
+                losses, nans, last_log, since = [], 0, now, 0
+            if stop:
+                self.log(
+                    f"standin_train: stop signal received, saving at iteration {self.iteration} and exiting"
+                )
+                break
+            if should_save(self.iteration, cfg):
+                self.save()
+                saved_at = self.iteration
+        if saved_at != self.iteration:
+            self.save()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="merged NeoX config (strict JSON)")
+    args = parser.parse_args(argv)
+    STOP.install()
+    keep_freed_memory()
+    import standin_config as sc
+
+    try:
+        cfg = sc.load_config(args.config)
+        env = dist_env()
+    except (sc.ConfigError, ValueError) as exc:
+        print(f"standin_train: {exc}", file=sys.stderr, flush=True)
+        return 2
+    import torch.distributed as dist
+
+    if env.world_size > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(seconds=int(os.environ.get("STANDIN_DIST_TIMEOUT", "600"))),
+        )
+    try:
+        try:
+            trainer = Trainer(cfg, args.config, env)
+        except sc.ConfigError as exc:
+            print(f"standin_train: {exc}", file=sys.stderr, flush=True)
+            return 2
+        code = trainer.run()
+        if env.world_size > 1:
+            dist.barrier()  # nobody leaves before rank 0 has committed the last checkpoint
+        return code
+    finally:
+        if env.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
