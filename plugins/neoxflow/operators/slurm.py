@@ -1,0 +1,314 @@
+"""SlurmOperator: submit a batch script once, follow it to the end without holding a worker slot.
+
+Lifecycle of one task instance:
+
+1. re-attach: the job recorded in ``task_state_store`` by an earlier try, or a live job under the task's
+   deterministic name (squeue), is followed instead of submitting a second copy. A recorded job that
+   already COMPLETED is adopted as the result.
+2. submit: the rendered script is uploaded by SFTP (content-addressed file) and ``sbatch --parsable`` runs
+   with validated, quoted options; the job id goes to ``task_state_store`` and XCom at once.
+3. watch: deferred to :class:`SlurmJobTrigger` (default) or polled in the worker.
+4. verdict: COMPLETED -> success (the job record is the XCom return value); anything else raises
+   :class:`SlurmJobFailed` naming state, exit code, reason, nodes and the last log lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException
+
+from neoxflow.hooks.slurm import SlurmSSHHook
+from neoxflow.slurm import naming
+from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.states import Outcome
+from neoxflow.slurm.status import array_task_ids
+from neoxflow.slurm.validate import check_env, check_remote_path, check_sbatch_option
+from neoxflow.triggers.slurm_job import SlurmJobTrigger
+
+STATE_KEY = "slurm_job"
+
+
+class SlurmJobFailed(AirflowException):
+    """The Slurm job ended in a state other than COMPLETED. ``record`` holds the job's final status."""
+
+    def __init__(self, message: str, record: Mapping[str, Any]):
+        super().__init__(message)
+        self.record = dict(record)
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.record.get("status", {}).get("outcome", "unknown"))
+
+
+def failure_message(event: Mapping[str, Any]) -> str:
+    status = event.get("status") or {}
+    summary = status.get("summary") or event.get("message") or f"job {event.get('job_id')}"
+    kind = {
+        "infra_failure": "infrastructure failure (resume from the latest checkpoint is safe)",
+        "app_failure": "application failure (needs a human: no automatic resubmit)",
+        "cancelled": "cancelled",
+        "held": "held: a human must release or fix the job",
+    }.get(status.get("outcome", ""), event.get("event", "failed"))
+    tail = event.get("tail") or []
+    lines = "\n".join(f"    {line}" for line in tail[-20:])
+    return f"Slurm {summary} - {kind}" + (f"\n  last log lines:\n{lines}" if lines else "")
+
+
+class SlurmOperator(BaseOperator):
+    """Run a batch script on a Slurm cluster over SSH.
+
+    :param script: the batch script text (templated). It is uploaded, never put on a command line.
+    :param remote_dir: folder on the cluster for scripts and logs (templated); one sub-folder per job name.
+    :param sbatch_options: sbatch long options without dashes, e.g. ``{"nodes": 2, "time": "01:00:00"}``
+        (templated; allow-listed and validated before anything is sent).
+    :param env: environment exported at the top of the script (templated; no secrets: they would be
+        written into the uploaded file - use the cluster's credentials instead).
+    :param array: ``--array`` spec; the task waits for every array task.
+    :param ssh_conn_id: SSH connection to the login node (host key pinned in its ``host_key`` extra).
+    :param deferrable: watch from the triggerer (default) instead of a worker slot.
+    :param poll_interval: seconds between state polls.
+    :param unknown_timeout: seconds a job may be unknown to squeue, scontrol and sacct before failing.
+    :param job_name: override the deterministic name (keep it unique per task instance).
+    """
+
+    template_fields: Sequence[str] = ("script", "remote_dir", "sbatch_options", "env", "array", "job_name")
+    template_fields_renderers = {"script": "bash", "sbatch_options": "json", "env": "json"}
+    ui_color = "#d6e9f8"
+
+    def __init__(
+        self,
+        *,
+        script: str,
+        remote_dir: str,
+        sbatch_options: Mapping[str, Any] | None = None,
+        env: Mapping[str, Any] | None = None,
+        array: str | None = None,
+        ssh_conn_id: str = "neoxflow_cluster",
+        deferrable: bool = True,
+        poll_interval: float = 10.0,
+        unknown_timeout: float = 900.0,
+        job_name: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.script = script
+        self.remote_dir = remote_dir
+        self.sbatch_options = sbatch_options or {}
+        self.env = env or {}
+        self.array = array
+        self.ssh_conn_id = ssh_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.unknown_timeout = unknown_timeout
+        self.job_name = job_name
+        self._job_id: str | None = None
+
+    @cached_property
+    def hook(self) -> SlurmSSHHook:
+        return SlurmSSHHook(self.ssh_conn_id)
+
+    # -- planning (pure) -------------------------------------------------------------------------------
+    def _name(self, context: Context) -> str:
+        if self.job_name:
+            return self.job_name
+        ti = context["ti"]
+        return naming.job_name(ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1))
+
+    def _validated_options(self) -> dict[str, Any]:
+        options = dict(self.sbatch_options)
+        for reserved in ("job-name", "output", "chdir", "array", "parsable", "wrap"):
+            if reserved in options:
+                raise ValueError(f"sbatch_options: --{reserved} is set by the operator, remove it")
+        if self.array:
+            options["array"] = self.array
+        for name, value in options.items():
+            check_sbatch_option(name, value)
+        return options
+
+    def _script_bytes(self) -> bytes:
+        env = check_env(self.env)
+        script = self.script if self.script.startswith("#!") else "#!/bin/bash\n" + self.script
+        if env:
+            import shlex
+
+            first, _, rest = script.partition("\n")
+            # after the #SBATCH header block would be nicer, but sbatch stops reading directives at the
+            # first command, so exports go at the very end of the directive block: find it.
+            lines = rest.split("\n")
+            cut = 0
+            while cut < len(lines) and (lines[cut].startswith("#") or not lines[cut].strip()):
+                cut += 1
+            exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+            script = "\n".join([first, *lines[:cut], *exports, *lines[cut:]])
+        return script.encode()
+
+    # -- execution -------------------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        remote_dir = check_remote_path(self.remote_dir, "remote_dir")
+        options = self._validated_options()
+        script = self._script_bytes()
+        name = self._name(context)
+        job_dir = posixpath.join(remote_dir, name)
+        store = context.get("task_state_store")
+
+        record = self._reattach(store, name)
+        if record and record.get("adopted_success"):
+            self.log.info("Job %s of an earlier try already COMPLETED: adopting its result", record["job_id"])
+            return record
+        if record is None:
+            digest = hashlib.sha256(script).hexdigest()[:12]
+            script_path = posixpath.join(job_dir, f"job-{digest}.sbatch")
+            output = posixpath.join(job_dir, "slurm-%A_%a.out" if self.array else "slurm-%j.out")
+            self.hook.upload(script, script_path, mode=0o755)
+            job_id = self.hook.submit(
+                script_path,
+                job_name=name,
+                output=output,
+                workdir=job_dir,
+                options=options,
+                comment=naming.job_comment(context["ti"].dag_id, context["run_id"], context["ti"].task_id),
+            )
+            record = {
+                "job_id": job_id,
+                "job_name": name,
+                "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "array": self.array,
+                "log_path": None if self.array else posixpath.join(job_dir, f"slurm-{job_id}.out"),
+                "job_dir": job_dir,
+            }
+            if store is not None:
+                store.set(STATE_KEY, record)
+            self.log.info("Submitted Slurm job %s as %s (script %s)", job_id, name, script_path)
+        context["ti"].xcom_push(key="job_id", value=record["job_id"])
+        self._job_id = record["job_id"]
+        return self._watch(context, record)
+
+    def _reattach(self, store: Any, name: str) -> dict[str, Any] | None:
+        """The job an earlier try of this task instance submitted, if it is still worth following."""
+        record = store.get(STATE_KEY) if store is not None else None
+        if record:
+            status, _ = self.hook.probe(self._probe_request(record), self._expected(record))
+            if not status.final and status.outcome is not Outcome.UNKNOWN:
+                self.log.info(
+                    "Re-attaching to job %s of an earlier try (%s)", record["job_id"], status.summary()
+                )
+                return record
+            if status.outcome is Outcome.SUCCESS:
+                return {**record, "adopted_success": True, "status": status.to_dict()}
+            self.log.info(
+                "Job %s of an earlier try ended (%s): submitting anew", record["job_id"], status.summary()
+            )
+        live = self.hook.active_jobs_named(name)
+        if live:
+            if len(live) > 1:
+                self.log.warning("Several live jobs named %s: %s; following the first", name, live)
+            self.log.info(
+                "Found live job %s named %s: re-attaching instead of submitting again", live[0], name
+            )
+            job_id = live[0]
+            return {
+                "job_id": job_id,
+                "job_name": name,
+                "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "array": self.array,
+                "job_dir": None,
+                "log_path": None
+                if self.array
+                else posixpath.join(check_remote_path(self.remote_dir), name, f"slurm-{job_id}.out"),
+            }
+        return None
+
+    def _expected(self, record: Mapping[str, Any]) -> list[str] | None:
+        return array_task_ids(record["job_id"], record.get("array"))
+
+    def _probe_request(self, record: Mapping[str, Any], offset: int = 0) -> ProbeRequest:
+        return ProbeRequest(
+            record["job_id"], record["start_day"], log_path=record.get("log_path"), log_offset=offset
+        )
+
+    def _trigger(self, record: Mapping[str, Any], offset: int = 0) -> SlurmJobTrigger:
+        return SlurmJobTrigger(
+            ssh_conn_id=self.ssh_conn_id,
+            job_id=record["job_id"],
+            start_day=record["start_day"],
+            expected_tasks=self._expected(record),
+            log_path=record.get("log_path"),
+            log_offset=offset,
+            poll_interval=self.poll_interval,
+            unknown_timeout=self.unknown_timeout,
+        )
+
+    def _watch(self, context: Context, record: dict[str, Any]) -> Any:
+        if self.deferrable:
+            self.defer(
+                trigger=self._trigger(record), method_name="execute_complete", kwargs={"record": record}
+            )
+        return self._poll_in_worker(context, record)
+
+    def _poll_in_worker(self, context: Context, record: dict[str, Any]) -> Any:
+        offset, unknown_since = 0, None
+        while True:
+            try:
+                status, chunk = self.hook.probe(self._probe_request(record, offset), self._expected(record))
+            except Exception as err:  # one failed poll is not a verdict
+                self.log.warning("Poll failed (%s); retrying", err)
+                self.hook.close()
+                time.sleep(self.poll_interval)
+                continue
+            for line in chunk.decode("utf-8", "replace").splitlines():
+                self.log.info("[slurm %s] %s", record["job_id"], line)
+            offset += len(chunk)
+            if status.final or status.outcome is Outcome.HELD:
+                tail = self.hook.tail(record["log_path"]).splitlines() if record.get("log_path") else []
+                event = {
+                    "event": "final" if status.final else "held",
+                    "job_id": record["job_id"],
+                    "status": status.to_dict(),
+                    "tail": tail,
+                }
+                return self.execute_complete(context, event, record=record)
+            if status.outcome is Outcome.UNKNOWN:
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > self.unknown_timeout:
+                    event = {
+                        "event": "lost",
+                        "job_id": record["job_id"],
+                        "status": status.to_dict(),
+                        "message": status.note,
+                    }
+                    return self.execute_complete(context, event, record=record)
+            else:
+                unknown_since = None
+            time.sleep(self.poll_interval)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], record: dict[str, Any] | None = None
+    ) -> Any:
+        record = {**(record or {}), "status": event.get("status"), "event": event.get("event")}
+        if event.get("polls"):
+            self.log.info(
+                "Watched job %s with %s polls over %s SSH connection(s)",
+                event.get("job_id"),
+                event["polls"],
+                event.get("connections"),
+            )
+        context["ti"].xcom_push(key="slurm_job", value=record)
+        status = event.get("status") or {}
+        if event.get("event") == "final" and status.get("outcome") == Outcome.SUCCESS.value:
+            self.log.info("Slurm %s", status.get("summary"))
+            return record
+        raise SlurmJobFailed(failure_message(event), record)
+
+    def on_kill(self) -> None:
+        """Worker-side kill (non-deferrable mode). While deferred, the trigger's on_kill cancels."""
+        if self._job_id:
+            self.log.info("Task killed: cancelling Slurm job %s", self._job_id)
+            self.hook.cancel(self._job_id)

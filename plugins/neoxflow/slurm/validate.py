@@ -1,0 +1,139 @@
+"""Validation of every value neoxflow puts on a remote shell line.
+
+Values reach the cluster from the trigger form (user input), profiles and DAG code. Each one is checked
+against a strict allow-list here, BEFORE anything is sent, and is still shlex-quoted by the command
+builders afterwards (defence in depth). A refused value raises :class:`UnsafeValueError` naming the field,
+so the person who typed it knows what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+__all__ = [
+    "UnsafeValueError",
+    "check_env",
+    "check_job_id",
+    "check_job_name",
+    "check_partition",
+    "check_remote_path",
+    "check_sbatch_option",
+    "check_nodelist",
+]
+
+
+class UnsafeValueError(ValueError):
+    """A value that must not reach a remote shell (or that Slurm would misread)."""
+
+    def __init__(self, field: str, value: object, why: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"{field}: {why} (got {value!r})")
+
+
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Absolute or relative POSIX path made of ordinary file-name characters. No "..": a run folder name
+# from the trigger form must not climb out of the FSx root it is placed under.
+_PATH = re.compile(r"[A-Za-z0-9_./%+=,@-]{1,1024}")
+_JOB_ID = re.compile(r"[0-9]{1,12}(_[0-9]{1,7})?")
+_NODELIST = re.compile(r"[A-Za-z0-9_.,\[\]-]{1,1024}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# sbatch long options we accept from callers, with the shape of their value. Anything else is refused:
+# an allow-list is the only way to keep `--wrap=...` and friends out.
+_SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
+    "nodes": re.compile(r"[0-9]{1,5}(-[0-9]{1,5})?"),
+    "ntasks": re.compile(r"[0-9]{1,6}"),
+    "ntasks-per-node": re.compile(r"[0-9]{1,4}"),
+    "cpus-per-task": re.compile(r"[0-9]{1,4}"),
+    "gpus-per-node": re.compile(r"([A-Za-z0-9_-]{1,32}:)?[0-9]{1,3}"),
+    "mem": re.compile(r"[0-9]{1,9}[KMGT]?"),
+    "time": re.compile(r"([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{2}){0,2}"),
+    "partition": _PARTITION,
+    "account": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
+    "qos": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
+    "reservation": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
+    "constraint": re.compile(r"[A-Za-z0-9_&|]{1,128}"),
+    "exclude": _NODELIST,
+    "nodelist": _NODELIST,
+    "array": re.compile(r"[0-9]{1,7}(-[0-9]{1,7})?(:[0-9]{1,7})?(,[0-9]{1,7}(-[0-9]{1,7})?)*(%[0-9]{1,5})?"),
+    "signal": re.compile(r"(B:|R:)?[A-Z0-9]{1,8}(@[0-9]{1,6})?"),
+    "dependency": re.compile(r"(after|afterok|afterany|afternotok|singleton)(:[0-9_]+)*"),
+    "exclusive": None,
+    "requeue": None,
+    "no-requeue": None,
+    "hold": None,
+}
+
+
+def _check(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str):
+        raise UnsafeValueError(field, value, f"must be a string ({what})")
+    if not pattern.fullmatch(value):
+        raise UnsafeValueError(field, value, f"must be {what}")
+    return value
+
+
+def check_job_name(value: object, field: str = "job_name") -> str:
+    return _check(field, value, _JOB_NAME, "1-128 of A-Z a-z 0-9 _ . + - starting with a letter or digit")
+
+
+def check_partition(value: object, field: str = "partition") -> str:
+    return _check(field, value, _PARTITION, "a Slurm partition name (A-Z a-z 0-9 _ . -)")
+
+
+def check_job_id(value: object, field: str = "job_id") -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _check(field, value, _JOB_ID, "a numeric Slurm job id (optionally ARRAYID_TASK)")
+
+
+def check_nodelist(value: object, field: str = "nodelist") -> str:
+    return _check(field, value, _NODELIST, "a Slurm node list such as node[1-2],gpu7")
+
+
+def check_remote_path(value: object, field: str = "path") -> str:
+    path = _check(field, value, _PATH, "a path of A-Z a-z 0-9 _ . / % + = , @ - characters")
+    if path.startswith("-"):
+        raise UnsafeValueError(field, value, "must not start with '-' (it would be read as an option)")
+    if ".." in path.split("/"):
+        raise UnsafeValueError(field, value, "must not contain '..'")
+    return path
+
+
+def check_sbatch_option(name: object, value: object) -> tuple[str, str | None]:
+    """Check one sbatch long option (name without dashes) and its value; flags take ``None``/True."""
+    if not isinstance(name, str) or name not in _SBATCH_OPTIONS:
+        allowed = ", ".join(sorted(_SBATCH_OPTIONS))
+        raise UnsafeValueError("sbatch option", name, f"is not an allowed sbatch option (allowed: {allowed})")
+    pattern = _SBATCH_OPTIONS[name]
+    if pattern is None:
+        if value not in (None, True):
+            raise UnsafeValueError(f"sbatch --{name}", value, "is a flag and takes no value")
+        return name, None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return name, _check(f"sbatch --{name}", value, pattern, f"a valid --{name} value")
+
+
+def check_env(env: Mapping[str, object], field: str = "env") -> dict[str, str]:
+    """Environment for a job: names are identifiers, values printable single-line text.
+
+    Values are still quoted when they reach a shell; refusing control characters keeps a newline from
+    ending an ``export`` line early and NUL from truncating it.
+    """
+    checked: dict[str, str] = {}
+    for name, value in env.items():
+        _check(f"{field} name", name, _ENV_NAME, "an identifier (A-Z a-z 0-9 _)")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise UnsafeValueError(f"{field}[{name}]", value, "must be a string or number")
+        text = str(value)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise UnsafeValueError(
+                f"{field}[{name}]", value, "must not contain control characters or newlines"
+            )
+        if len(text) > 4096:
+            raise UnsafeValueError(f"{field}[{name}]", value[:40], "is longer than 4096 characters")
+        checked[name] = text
+    return checked
