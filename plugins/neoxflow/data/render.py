@@ -1,0 +1,287 @@
+"""Render the data pipeline's Slurm array scripts (fetch, stage, tokenize) from a validated spec.
+
+Each data step is one Slurm job array: task i handles shard i (``--array=0-(N-1)%P``, P tasks at a
+time). The per-shard values (URLs, keys, paths) never enter the script: they go into a manifest file
+shipped beside it (``<job_dir>/<step>.manifest``, line i+1 for task i), which the cluster-side scripts
+read themselves. The few values that do enter the script come from the spec below; each one is checked
+against an allow-list (``neoxflow.slurm.validate``) and, where the shell sees it, shlex-quoted too.
+
+Pure: :func:`render_fetch_array` and friends return the file texts; uploading them to ``job_dir`` and
+running ``sbatch <job_dir>/<script>`` is the Slurm layer's job.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neoxflow.data.shards import ManifestEntry, TokenizeEntry, format_manifest
+from neoxflow.slurm.validate import (
+    UnsafeValueError,
+    check_env,
+    check_job_name,
+    check_remote_path,
+    check_sbatch_option,
+)
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "include" / "templates"
+MAX_ARRAY_SIZE = 100_000
+
+_PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:#@+-]{0,511}")
+_MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
+_PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
+_EXTRA_SBATCH = (
+    "partition",
+    "time",
+    "mem",
+    "account",
+    "qos",
+    "reservation",
+    "constraint",
+    "exclude",
+    "nodelist",
+)
+_TOKENIZE_FLAGS = {"--ftfy": None, "--log-interval": re.compile(r"[0-9]{1,9}")}
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where and how an array job runs; every field is validated by :meth:`checked`.
+
+    :param job_name: Slurm job name (deterministic, so the Slurm layer can re-attach after a retry).
+    :param job_dir: absolute folder on the cluster holding the script, its manifest and (by default) logs.
+    :param scripts_dir: absolute folder on the cluster holding ``include/cluster`` (fetch_to_s3.py ...).
+    :param python: interpreter on the nodes (or in the container), absolute path or a bare name.
+    :param parallelism: array tasks running at once (the ``%P`` of ``--array``).
+    :param image: container image; when set, each task runs under ``srun --container-image`` (pyxis).
+    :param container_mounts: pyxis ``--container-mounts`` value, e.g. ``/fsx:/fsx``.
+    :param sbatch: extra sbatch options (partition, time, mem, account, qos, ...), allow-listed.
+    :param env: exported before the task runs (e.g. ``AWS_ENDPOINT_URL`` for moto); never credentials.
+    :param log_dir: folder for ``%x-%A_%a.out`` logs; defaults to ``job_dir`` (it must exist).
+    """
+
+    job_name: str
+    job_dir: str
+    scripts_dir: str
+    python: str = "python3"
+    parallelism: int = 4
+    cpus_per_task: int = 1
+    image: str | None = None
+    container_mounts: str | None = None
+    sbatch: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    log_dir: str | None = None
+
+    def checked(self) -> ArraySpec:
+        check_job_name(self.job_name, "job_name")
+        for name in ("job_dir", "scripts_dir"):
+            _absolute(getattr(self, name), name)
+        if self.log_dir is not None:
+            _absolute(self.log_dir, "log_dir")
+        if (
+            not isinstance(self.python, str)
+            or not _PYTHON.fullmatch(self.python)
+            or self.python.startswith("-")
+        ):
+            raise UnsafeValueError(
+                "python", self.python, "must be an interpreter path or name (A-Z a-z 0-9 _ . / + -)"
+            )
+        _positive_int(self.parallelism, "parallelism", 10_000)
+        _positive_int(self.cpus_per_task, "cpus_per_task", 4096)
+        if self.image is not None and not _IMAGE.fullmatch(self.image):
+            raise UnsafeValueError("image", self.image, "must be an image reference or .sqsh path")
+        if self.container_mounts is not None:
+            if self.image is None:
+                raise UnsafeValueError("container_mounts", self.container_mounts, "needs an image")
+            if not _MOUNTS.fullmatch(self.container_mounts):
+                raise UnsafeValueError(
+                    "container_mounts", self.container_mounts, "must look like /fsx:/fsx[,...]"
+                )
+        for key, value in self.sbatch.items():
+            if key not in _EXTRA_SBATCH:
+                raise UnsafeValueError(
+                    "sbatch", key, f"is not one of the options a data step may set {_EXTRA_SBATCH}"
+                )
+            check_sbatch_option(key, value)
+        check_env(self.env, "env")
+        return self
+
+
+@dataclass(frozen=True)
+class RenderedArray:
+    """A rendered array job: the batch script and the manifest to place beside it in ``job_dir``."""
+
+    script_name: str
+    script: str
+    manifest_name: str
+    manifest: str
+    array_size: int
+    job_dir: str
+
+    def files(self) -> dict[str, str]:
+        return {self.script_name: self.script, self.manifest_name: self.manifest}
+
+    @property
+    def script_path(self) -> str:
+        return f"{self.job_dir.rstrip('/')}/{self.script_name}"
+
+
+def _absolute(value: object, name: str) -> str:
+    path = check_remote_path(value, name)
+    if not path.startswith("/"):
+        raise UnsafeValueError(name, value, "must be an absolute path")
+    if "%" in path:
+        raise UnsafeValueError(name, value, "must not contain '%' (Slurm expands it in --output)")
+    return path
+
+
+def _positive_int(value: object, name: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise UnsafeValueError(name, value, f"must be an integer in 1..{limit}")
+    return value
+
+
+def array_directive(size: int, parallelism: int) -> str:
+    """``0-(size-1)%P``, P capped at the array size."""
+    _positive_int(size, "array size", MAX_ARRAY_SIZE)
+    return f"0-{size - 1}%{min(parallelism, size)}"
+
+
+def _check_entries(entries: Sequence[ManifestEntry | TokenizeEntry]) -> None:
+    if not entries:
+        raise UnsafeValueError("entries", entries, "an array job needs at least one manifest entry")
+    for number, entry in enumerate(entries, start=1):
+        for name, value in vars(entry).items():
+            if not isinstance(value, str) or not value or any(c in value for c in "\t\r\n\x00"):
+                raise UnsafeValueError(
+                    f"manifest entry {number} {name}", value, "must be non-empty, no tab/newline"
+                )
+
+
+def fill_template(text: str, values: Mapping[str, str], *, template: str = "template") -> str:
+    """Replace every ``@@NAME@@``; a placeholder without a value (or a value never used) is an error."""
+    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    unused = sorted(set(values) - set(_PLACEHOLDER.findall(text)))
+    if missing or unused:
+        raise ValueError(
+            f"{template}: placeholders without values {missing}, values without placeholders {unused}"
+        )
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def load_template(name: str, templates_dir: Path | None = None) -> str:
+    return ((templates_dir or TEMPLATES_DIR) / name).read_text(encoding="utf-8")
+
+
+def _common_values(spec: ArraySpec, size: int, manifest_name: str) -> dict[str, str]:
+    launch: list[str] = []
+    if spec.image:
+        launch = ["srun", f"--container-image={spec.image}"]
+        if spec.container_mounts:
+            launch.append(f"--container-mounts={spec.container_mounts}")
+    extra = "\n".join(f"#SBATCH --{k}={v}" for k, v in spec.sbatch.items())
+    exports = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in check_env(spec.env).items())
+    return {
+        "JOB_NAME": spec.job_name,
+        "ARRAY": array_directive(size, spec.parallelism),
+        "LOG_DIR": (spec.log_dir or spec.job_dir).rstrip("/") or "/",
+        "CPUS": str(spec.cpus_per_task),
+        "SBATCH_EXTRA": extra,
+        "JOB_DIR": shlex.quote(spec.job_dir),
+        "SCRIPTS_DIR": shlex.quote(spec.scripts_dir),
+        "PYTHON": shlex.quote(spec.python),
+        "LAUNCH": " ".join(shlex.quote(word) for word in launch),
+        "EXPORTS": exports,
+        "MANIFEST_NAME": shlex.quote(manifest_name),
+    }
+
+
+def _render(
+    template_name: str,
+    step: str,
+    spec: ArraySpec,
+    entries: Sequence[ManifestEntry | TokenizeEntry],
+    extra_values: Mapping[str, str],
+    templates_dir: Path | None,
+) -> RenderedArray:
+    spec = spec.checked()
+    _check_entries(entries)
+    manifest_name = f"{step}.manifest"
+    values = {**_common_values(spec, len(entries), manifest_name), **extra_values}
+    script = fill_template(load_template(template_name, templates_dir), values, template=template_name)
+    return RenderedArray(
+        script_name=f"{step}_array.sbatch",
+        script=script,
+        manifest_name=manifest_name,
+        manifest=format_manifest(entries),
+        array_size=len(entries),
+        job_dir=spec.job_dir,
+    )
+
+
+def render_fetch_array(
+    spec: ArraySpec,
+    entries: Sequence[ManifestEntry],
+    *,
+    part_size: int = 64 * 1024 * 1024,
+    retries: int = 5,
+    templates_dir: Path | None = None,
+) -> RenderedArray:
+    """Array job running ``fetch_to_s3.py`` on each entry (HTTP/S3/file source -> S3)."""
+    _positive_int(part_size, "part_size", 5 * 1024**3)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise UnsafeValueError("retries", retries, "must be an integer in 0..100")
+    extra = {"PART_SIZE": str(part_size), "RETRIES": str(retries)}
+    return _render("fetch_array.sbatch", "fetch", spec, entries, extra, templates_dir)
+
+
+def render_stage_array(
+    spec: ArraySpec, entries: Sequence[ManifestEntry], *, templates_dir: Path | None = None
+) -> RenderedArray:
+    """Array job running ``stage_to_fsx.py`` on each entry (S3 -> FSx, verified, atomic)."""
+    return _render("stage_array.sbatch", "stage", spec, entries, {}, templates_dir)
+
+
+def render_tokenize_array(
+    spec: ArraySpec,
+    entries: Sequence[TokenizeEntry],
+    *,
+    vocab_file: str,
+    workers: int | None = None,
+    skip_existing: bool = True,
+    extra_flags: Mapping[str, str | None] | None = None,
+    templates_dir: Path | None = None,
+) -> RenderedArray:
+    """Array job running NeoX-compatible ``preprocess_data.py`` on each staged shard.
+
+    ``workers`` defaults to ``spec.cpus_per_task``. ``extra_flags`` may hold ``--ftfy`` (no value) and
+    ``--log-interval N``. With ``skip_existing`` a task whose ``.bin`` and ``.idx`` already exist exits 0.
+    """
+    _absolute(vocab_file, "vocab_file")
+    workers = spec.cpus_per_task if workers is None else workers
+    _positive_int(workers, "workers", 4096)
+    flags: list[str] = []
+    for flag, value in (extra_flags or {}).items():
+        if flag not in _TOKENIZE_FLAGS:
+            raise UnsafeValueError("extra_flags", flag, f"is not one of {sorted(_TOKENIZE_FLAGS)}")
+        pattern = _TOKENIZE_FLAGS[flag]
+        flags.append(flag)
+        if pattern is None:
+            if value not in (None, True):
+                raise UnsafeValueError(f"extra_flags {flag}", value, "is a flag and takes no value")
+            continue
+        text = str(value)
+        if not pattern.fullmatch(text):
+            raise UnsafeValueError(f"extra_flags {flag}", value, "has an invalid value")
+        flags.append(text)
+    extra = {
+        "VOCAB_FILE": shlex.quote(vocab_file),
+        "WORKERS": str(workers),
+        "SKIP_EXISTING": "1" if skip_existing else "0",
+        "EXTRA_FLAGS": " ".join(shlex.quote(f) for f in flags),
+    }
+    return _render("tokenize_array.sbatch", "tokenize", spec, entries, extra, templates_dir)
