@@ -291,3 +291,25 @@ def test_cluster_script_and_local_scan_agree(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["latest"] == "global_step15" and list(printed["tags"]) == ["global_step15"]
     assert printed["format"] == 1
+
+
+def test_standin_trainer_checkpoints_meet_the_rule(tmp_path):
+    """Contract with include/cluster/standin_checkpoint.py: what it saves is complete, and it says so."""
+    standin_checkpoint = pytest.importorskip("standin_checkpoint")
+    from neoxflow.neox.logparse import CheckpointCommitted, parse_line
+
+    config = tmp_path / "run.json"
+    config.write_text("{}")
+    printed: list[str] = []
+    for iteration in (10, 20):
+        standin_checkpoint.save_checkpoint(
+            tmp_path / "save", iteration, {"iteration": iteration}, config, printed.append
+        )
+    listing = scan_local(tmp_path / "save")
+    assert [c.tag for c in complete_checkpoints(listing, Expectation.standin())] == [
+        "global_step10",
+        "global_step20",
+    ]
+    assert resume_plan(listing, Expectation.standin()).action == "keep"
+    commits = [ev for ev in map(parse_line, printed) if isinstance(ev, CheckpointCommitted)]
+    assert [c.iteration for c in commits] == [10, 20]

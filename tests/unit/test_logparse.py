@@ -82,6 +82,42 @@ def test_gflops_is_converted_to_tflops_from_real_line():
     assert parse_line(line).tflops == pytest.approx(printed / 1000)
 
 
+@pytest.mark.parametrize(
+    "printed, tflops",
+    [
+        ("512.0", 512e-12),
+        ("1.5KFLOPS", 1.5e-9),
+        ("766.2GFLOPS", 0.7662),
+        ("2.9TFLOPS", 2.9),
+        ("1.2PFLOPS", 1200.0),
+    ],
+)
+def test_every_flops_unit_of_megatron_human_readable_flops(printed, tflops):
+    step = parse_line(DOC_LINE.replace("193.1TFLOPS", printed))
+    assert step.tflops == pytest.approx(tflops)
+
+
+def test_standin_trainer_lines_parse_like_neox():
+    """Contract with include/cluster/standin_train.py: its log line is read by the same parser."""
+    standin_train = pytest.importorskip("standin_train")
+    line = standin_train.format_train_line(
+        iteration=40,
+        train_iters=100,
+        elapsed_ms=812.5,
+        samples_per_sec=9.846,
+        lr=6.0e-4,
+        flops_per_gpu=3.2e9,
+        lm_loss=5.4321,
+        skipped=0,
+        nans=1,
+    )
+    step = parse_line("1: " + line)
+    assert (step.iteration, step.total, step.rank) == (40, 100, 1)
+    assert (step.elapsed_ms, step.samples_per_sec, step.lr) == (812.5, 9.846, pytest.approx(6.0e-4))
+    assert step.tflops == pytest.approx(3.2e-3) and step.lm_loss == pytest.approx(5.4321)
+    assert (step.skipped, step.nan, step.loss_scale) == (0, 1, None)
+
+
 def test_bf16_line_has_no_loss_scale_and_keeps_extra_fields():
     line = DOC_LINE.replace(" loss scale: 256.0 |", " MFU: 41.25% | moe_loss: 1.5E-02 |")
     step = parse_line(line)

@@ -156,8 +156,9 @@ _SRUN_LABEL = re.compile(r"^\s*(\d{1,6}): ?")
 _TORCH_RANK = re.compile(r"^\[rank(\d+)\]: ?")
 _ITERATION = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)")
 _FIELD = re.compile(r"^\s*([^:|]+?)\s*:\s*(\S+)\s*$")
-_FLOPS = re.compile(r"^([0-9.+\-eE]+|nan|inf)\s*([KMGTPEZY]?)FLOPS$", re.IGNORECASE)
-_FLOP_SCALE = {"": 1e-12, "K": 1e-9, "M": 1e-6, "G": 1e-3, "T": 1.0, "P": 1e3, "E": 1e6, "Z": 1e9, "Y": 1e12}
+# megatron/logging.py human_readable_flops: "%3.1f%s" with units "", KFLOPS ... ZFLOPS, then "Yi" (1e24).
+_FLOPS = re.compile(r"^([0-9.+\-eE]+|nan|inf)\s*(?:([KMGTPEZ]?)FLOPS|(Yi))?$", re.IGNORECASE)
+_FLOP_SCALE = {"": 1e-12, "K": 1e-9, "M": 1e-6, "G": 1e-3, "T": 1.0, "P": 1e3, "E": 1e6, "Z": 1e9, "YI": 1e12}
 _VALIDATION = re.compile(r"\b(validation|test) results at (?:iteration\s+(\d+)|the end of training)")
 _COMMIT = re.compile(r"Checkpoint (global_step(\d+)) is ready now!")
 _RESUME = re.compile(r"Loading checkpoint and starting from iteration\s+(\d+)")
@@ -213,7 +214,8 @@ def _tflops(text: str) -> float | None:
     if not m:
         return None
     value = _number(m.group(1))
-    return None if value is None else value * _FLOP_SCALE[m.group(2).upper()]
+    unit = (m.group(2) or m.group(3) or "").upper()
+    return None if value is None else value * _FLOP_SCALE[unit]
 
 
 def _fields(line: str) -> dict[str, str]:
