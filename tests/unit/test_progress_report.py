@@ -181,3 +181,55 @@ def test_loss_curve_png(tmp_path):
     assert (width, height) == (800, 450)
     path = write_loss_curve_png([], tmp_path / "out" / "loss.png")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def _materialise_tree(root: Path, section: str) -> Path:
+    """Rebuild a ckpt_tree.txt section as sparse files (real names and sizes) under ``root``."""
+    text = (FIXTURES / "ckpt_tree.txt").read_text().split(f"## after {section}")[1].split("## after")[0]
+    lines = [line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("/fsx/")]
+    paths = {path for path, _ in lines}
+    parents = {str(Path(p).parent) for p in paths}
+    latest = text.split("latest:\n")[1].split()[0]
+    for path, size in lines:
+        target = root / Path(path).relative_to("/fsx/checkpoints/tiny")
+        if path in parents:
+            target.mkdir(parents=True, exist_ok=True)
+        elif target.name == "latest":
+            target.write_text(latest)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.truncate(int(size))
+    return root
+
+
+def test_analyse_run_on_the_rebuilt_real_run(tmp_path):
+    from neoxflow.neox.checkpoints import Expectation, scan_local
+    from neoxflow.neox.report import analyse_run
+
+    save = _materialise_tree(tmp_path / "tiny", "run2")
+    (save / "global_step80" / "configs" / "tiny80.json").unlink()  # as if killed before configs/
+    expect = Expectation.from_neox_config(json.loads((FIXTURES / "tiny-config.json").read_text()), 1)
+    log = (FIXTURES / "run2.log").read_text()
+    result = analyse_run(log, scan_local(save), expect, train_iters=80, exit_code=1, seq_length=SEQ)
+    assert result["complete_checkpoints"] == ["global_step20", "global_step40", "global_step60"]
+    assert list(result["partial_checkpoints"]) == ["global_step80"]
+    assert (
+        result["verdict"]["status"] == "failed"
+        and "newest complete: global_step60" in result["verdict"]["reason"]
+    )
+    assert (
+        result["resume"]
+        == {
+            "action": "write",
+            "latest": "global_step60",
+            "reason": result["resume"]["reason"],
+        }
+        and "incomplete" in result["resume"]["reason"]
+    )
+    assert result["progress"].startswith("iteration 80/80 (100.0%)")
+    json.loads(summary_json(result["summary"]))
+
+    (save / "global_step80" / "configs" / "tiny80.json").write_text("{}")
+    healed = analyse_run(log, scan_local(save), expect, train_iters=80, exit_code=1, seq_length=SEQ)
+    assert healed["verdict"]["status"] == "finished" and healed["resume"]["action"] == "keep"

@@ -14,11 +14,19 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from neoxflow.neox.checkpoints import Checkpoint
-from neoxflow.neox.logparse import LogState, Verdict
+from neoxflow.neox.checkpoints import (
+    Checkpoint,
+    Expectation,
+    complete_checkpoints,
+    partial_checkpoints,
+    resume_plan,
+)
+from neoxflow.neox.logparse import LogState, Verdict, parse_text, training_verdict
+from neoxflow.neox.progress import compute_progress, summary_line
 
 __all__ = [
     "SUMMARY_FORMAT",
+    "analyse_run",
     "build_summary",
     "downsample",
     "iterations_lost",
@@ -191,3 +199,37 @@ def write_loss_curve_png(points: Sequence[Point], path: str | Path, **kwargs) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(loss_curve_png(points, **kwargs))
     return target
+
+
+def analyse_run(
+    log_text: str,
+    listing: Mapping,
+    expect: Expectation,
+    *,
+    train_iters: int,
+    exit_code: int | None,
+    seq_length: int | None = None,
+) -> dict:
+    """The whole watcher logic applied to one finished job: a log and its save folder's listing.
+
+    For checks outside Airflow (the GPU proof, a post-mortem): parse the log, judge the checkpoints
+    by the completeness rule, decide the verdict and what a resume would do, and build the summary.
+    """
+    state = LogState.from_events(parse_text(log_text))
+    complete = complete_checkpoints(listing, expect)
+    verdict = training_verdict(state, train_iters, exit_code, [c.iteration for c in complete])
+    plan = resume_plan(listing, expect)
+    last_ckpt = complete[-1].iteration if complete else None
+    progress = compute_progress(
+        state, train_iters=train_iters, seq_length=seq_length, last_checkpoint=last_ckpt
+    )
+    return {
+        "verdict": {"status": verdict.status, "reason": verdict.reason, "exit_code": exit_code},
+        "progress": summary_line(progress),
+        "complete_checkpoints": [c.tag for c in complete],
+        "partial_checkpoints": partial_checkpoints(listing, expect),
+        "resume": {"action": plan.action, "latest": plan.content, "reason": plan.reason},
+        "summary": build_summary(
+            state, complete, train_iters=train_iters, seq_length=seq_length, verdict=verdict
+        ),
+    }
