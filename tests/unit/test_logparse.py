@@ -317,7 +317,7 @@ def test_verdict_needs_the_log_to_reach_train_iters():
     verdict = training_verdict(parse_text(killed), 60, 137, [20])
     assert not verdict.finished and verdict.last_iteration == 30
     assert "stopped at iteration 30 of 60 with exit code 137" in verdict.reason
-    assert "global_step20" in verdict.reason
+    assert "global_step20" in verdict.reason and verdict.resume_from == 20
     with_ckpt = training_verdict(parse_text(killed), 60, 137, [20, 60])
     assert not with_ckpt.finished and "log does not show iteration 60" in with_ckpt.reason
 

@@ -484,6 +484,11 @@ class Verdict:
     def status(self) -> str:
         return "finished" if self.finished else "failed"
 
+    @property
+    def resume_from(self) -> int | None:
+        """Where a retry would continue (the newest complete checkpoint); None = from scratch."""
+        return None if self.finished else self.last_complete_iteration
+
 
 def _error_summary(state: LogState) -> str:
     if not state.errors:
