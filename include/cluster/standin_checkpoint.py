@@ -55,10 +55,13 @@ def read_latest(load_dir: str | os.PathLike) -> str | None:
 
 
 def is_complete(tag_dir: str | os.PathLike) -> bool:
-    """NeoX's completeness rule for this layout: model states file and a non-empty configs/ folder."""
+    """NeoX's completeness rule for this layout: non-empty model states and a non-empty file in configs/."""
     tag_dir = Path(tag_dir)
     configs = tag_dir / "configs"
-    return (tag_dir / MODEL_STATES).is_file() and configs.is_dir() and any(configs.iterdir())
+    model = tag_dir / MODEL_STATES
+    if not (model.is_file() and model.stat().st_size > 0 and configs.is_dir()):
+        return False
+    return any(p.is_file() and p.stat().st_size > 0 for p in configs.iterdir())
 
 
 def save_checkpoint(
@@ -72,6 +75,8 @@ def save_checkpoint(
     save_dir = Path(save_dir)
     tag = tag_for(iteration)
     tag_dir = save_dir / tag
+    config_path = Path(config_path)
+    config_bytes = config_path.read_bytes()  # before touching the save folder: a missing config fails clean
     save_dir.mkdir(parents=True, exist_ok=True)
     if read_latest(save_dir) == tag and is_complete(tag_dir):
         log(f"checkpoint {tag} is already committed in {save_dir}; not rewriting it")
@@ -86,14 +91,16 @@ def save_checkpoint(
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
-    configs = tag_dir / "configs"
-    configs.mkdir()
-    config_path = Path(config_path)
-    with open(configs / config_path.name, "wb") as f:
-        f.write(config_path.read_bytes())
+    # configs/ is the completeness marker for every reader (NeoX writes it last): build it under another
+    # name and rename the folder, so a configs/ that exists is never half written.
+    staging = tag_dir / "configs.tmp"
+    staging.mkdir()
+    with open(staging / config_path.name, "wb") as f:
+        f.write(config_bytes)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(configs)
+    _fsync_path(staging)
+    os.replace(staging, tag_dir / "configs")
     _fsync_path(tag_dir)
     write_latest(save_dir, tag)
     log(f"[Torch] Checkpoint {tag} is ready now!")

@@ -1,0 +1,432 @@
+"""The CPU stand-in for GPT-NeoX (include/cluster/standin_*.py): NeoX's inputs in, NeoX's outputs out.
+
+Pure parts are checked against the real NeoX run in tests/fixtures/neox-run (LR schedule, log line, FLOPs
+estimate); the trainer itself runs as real subprocesses on a tiny dataset tokenized with the real 20B
+tokenizer: one rank, two gloo ranks, resume, signals. A 2-layer hidden-64 model keeps each run a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mmidx
+import numpy as np
+import pytest
+import standin_checkpoint as ck
+import standin_config as sc
+import standin_train as st
+import torch
+from standin_data import SampleStream, split_bounds
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = REPO / "include" / "cluster" / "standin_train.py"
+FIXTURES = REPO / "tests" / "fixtures" / "neox-run"
+TOKENIZER = Path(
+    os.environ.get("NEOXFLOW_TOKENIZER", REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json")
+)
+LINE = re.compile(r"iteration\s+(\d+)/\s*(\d+) \|.*learning rate: (\S+) \|.*lm_loss: (\S+) \|")
+
+SUBJECTS = ["the old farmer", "a young girl", "my brother", "the teacher", "our neighbour", "the small dog"]
+VERBS = ["walked to", "looked at", "painted", "cleaned", "talked about", "visited"]
+OBJECTS = ["the river", "the red house", "a quiet garden", "the market", "the school", "a big tree"]
+TIMES = ["in the morning", "after lunch", "every Sunday", "before dinner", "at night", "yesterday"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    """400 short documents of plain English sentences, tokenized like NeoX's preprocess_data (+EOD)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    if not TOKENIZER.is_file():
+        pytest.skip(f"20B tokenizer not found at {TOKENIZER} (set NEOXFLOW_TOKENIZER)")
+    tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
+    rng = np.random.default_rng(0)
+    prefix = str(tmp_path_factory.mktemp("data") / "demo_text_document")
+    with mmidx.DatasetWriter(prefix, np.uint16) as writer:
+        for _ in range(400):
+            sentences = [
+                f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
+                f"{rng.choice(TIMES)}."
+                for _ in range(int(rng.integers(1, 5)))
+            ]
+            writer.add_document(tok.encode(" ".join(sentences)).ids + [0])
+    return prefix
+
+
+def make_config(tmp: Path, data: str, name: str = "run.json", **overrides) -> Path:
+    cfg = {
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "seq_length": 32,
+        "max_position_embeddings": 32,
+        "pos_emb": "rotary",
+        "rotary_pct": 0.25,
+        "rotary_emb_base": 10000,
+        "gpt_j_residual": True,
+        "no_weight_tying": True,
+        "norm": "layernorm",
+        "hidden_dropout": 0,
+        "attention_dropout": 0,
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "train_iters": 20,
+        "lr_decay_iters": 100,
+        "lr_decay_style": "cosine",
+        "warmup": 0.01,
+        "optimizer": {"type": "Adam", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1.0e-8}},
+        "min_lr": 0.0003,
+        "weight_decay": 0.1,
+        "gradient_clipping": 1.0,
+        "checkpoint_factor": 10,
+        "log_interval": 5,
+        "seed": 1234,
+        "save": str(tmp / "ckpt"),
+        "load": str(tmp / "ckpt"),
+        "data_path": data,
+        "vocab_file": str(TOKENIZER),
+        "fp16": {"enabled": True},
+        "zero_optimization": {"stage": 1},
+    }
+    cfg.update(overrides)
+    path = tmp / name
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
+
+
+def run_env(**extra) -> dict:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))
+    }
+    env.pop("LOCAL_RANK", None)
+    env.update(extra)
+    return env
+
+
+def train(config: Path, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TRAIN), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=run_env(**env),
+    )
+
+
+def logged(stdout: str) -> dict[int, tuple[str, str]]:
+    """iteration -> (learning rate, lm_loss) as printed."""
+    return {int(m.group(1)): (m.group(3), m.group(4)) for m in LINE.finditer(stdout)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- pure parts against the real NeoX run ------------------------------------------------------------------
+
+
+def _real_lines(name: str) -> list[str]:
+    return [ln for ln in (FIXTURES / name).read_text().splitlines() if ln.startswith(" samples/sec:")]
+
+
+def test_lr_schedule_reproduces_the_real_runs():
+    real = json.loads((FIXTURES / "tiny-config.json").read_text())
+    real["lr_decay_iters"] = 80
+    sched = sc.AnnealingLR.from_config(real)
+    seen = 0
+    for name in ("run1.log", "run2.log"):
+        for line in _real_lines(name):
+            m = LINE.search(line)
+            assert f"{sched.lr_at(int(m.group(1))):.3E}" == m.group(3), line
+            seen += 1
+    assert seen == 16
+    assert sched.lr_at(0) == 0.0  # warmup starts from zero, as NeoX's first step does
+
+
+def test_train_line_is_neox_format_field_for_field():
+    real = _real_lines("run1.log")[1]  # iteration 10
+    ours = st.format_train_line(
+        iteration=10,
+        train_iters=60,
+        elapsed_ms=22.5,
+        samples_per_sec=354.862,
+        lr=9.704e-4,
+        flops_per_gpu=2.9e12,
+        lm_loss=9.809254,
+        skipped=0,
+        nans=0,
+    )
+    assert ours == real.replace(" loss scale: 4096.0 |", "")
+
+
+def test_flops_estimate_matches_neox():
+    real = json.loads((FIXTURES / "tiny-config.json").read_text())
+    flops = st.flops_per_iteration(real, 50304, 8)
+    for line in _real_lines("run1.log")[1:]:
+        ms = float(re.search(r"per iteration \(ms\): (\S+)", line).group(1))
+        reported = re.search(r"approx flops per GPU: (\S+)TFLOPS", line)
+        if reported:  # ms is rounded to 0.1, so allow the last digit to differ by one
+            assert abs(flops / (ms / 1000.0) / 1e12 - float(reported.group(1))) <= 0.15, line
+    assert st.human_readable_flops(286.9e9) == "286.9GFLOPS"
+
+
+def test_padded_vocab_from_the_real_tokenizer():
+    if not TOKENIZER.is_file():
+        pytest.skip("20B tokenizer not available")
+    assert sc.tokenizer_vocab_size(TOKENIZER) == 50277
+    assert (
+        sc.padded_vocab_size(
+            {"vocab_file": str(TOKENIZER), "make_vocab_size_divisible_by": 128, "model_parallel_size": 1}
+        )
+        == 50304
+    )
+
+
+def test_rank_layout_from_torch_or_slurm_variables():
+    assert st.dist_env({}) == st.DistEnv(0, 1, 0, "127.0.0.1", 29500)
+    slurm = {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "node[1-2]",
+        "SLURM_JOB_ID": "42",
+    }
+    assert st.dist_env(slurm) == st.DistEnv(3, 4, 1, "node1", 29542)
+    torchrun = {
+        **slurm,
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "h",
+        "MASTER_PORT": "7",
+    }
+    assert st.dist_env(torchrun) == st.DistEnv(1, 2, 0, "h", 7)
+    assert st.first_host("gpu[07,09-10],cpu1") == "gpu07"
+    assert st.first_host("node2,node1") == "node2"
+    with pytest.raises(ValueError, match="outside world size"):
+        st.dist_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train_iters": None}, "train_iters must be int"),
+        ({"optimizer": {"type": "Adam", "params": {"lr": 0.001, "eps": "1e-08"}}}, "optimizer.params.eps"),
+        ({"hidden_size": 66}, "not divisible by num_attention_heads"),
+        ({"pos_emb": "learned"}, "pos_emb"),
+        ({"data_path": None}, "neither data_path nor train_data_paths"),
+        ({"extra_save_iters": [5, "x"]}, "extra_save_iters"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, change, message):
+    path = make_config(tmp_path, "/nowhere/data", **change)
+    with pytest.raises(sc.ConfigError, match=re.escape(message)):
+        sc.load_config(path)
+    (tmp_path / "bad.json").write_text('{"num_layers": 2,}')
+    with pytest.raises(sc.ConfigError, match="bad.json: not strict JSON: line 1"):
+        sc.load_config(tmp_path / "bad.json")
+
+
+def test_batch_rule(tmp_path):
+    cfg = sc.load_config(make_config(tmp_path, "/d", train_batch_size=4, gradient_accumulation_steps=2))
+    assert sc.train_batch_size(cfg, 1) == 4
+    with pytest.raises(sc.ConfigError, match="train_batch_size 4 != .* world size 2 = 8"):
+        sc.train_batch_size(cfg, 2)
+
+
+# --- data order ---------------------------------------------------------------------------------------------
+
+
+def test_split_bounds_like_neox():
+    assert split_bounds("969,30,1", 1000) == [0, 969, 999, 1000]
+    assert split_bounds("969,30,1", 400)[1] == 388
+
+
+def test_sample_stream_covers_each_epoch_once_and_is_deterministic(dataset):
+    stream = SampleStream([dataset], seq_length=32, seed=7)
+    reader = mmidx.DatasetReader(dataset)
+    train_docs = np.concatenate([reader[i] for i in range(388)]).astype(np.int64)
+    epoch0 = stream.stream_tokens(0, stream.tokens_per_epoch)
+    assert stream.tokens_per_epoch == len(train_docs)
+    assert np.array_equal(np.sort(epoch0), np.sort(train_docs))  # every training token once
+    assert not np.array_equal(epoch0, train_docs)  # ...in a shuffled document order
+    epoch1 = stream.stream_tokens(stream.tokens_per_epoch, stream.tokens_per_epoch)
+    assert not np.array_equal(epoch0, epoch1)  # each epoch has its own order
+    s = stream.sample(5)
+    assert s.shape == (33,) and s.dtype == np.int64
+    again = SampleStream([dataset], seq_length=32, seed=7)
+    crossing = 2 * stream.block + 3  # a sample index past two epochs' worth
+    assert np.array_equal(again.batch(crossing, 4), stream.batch(crossing, 4))
+    assert not np.array_equal(SampleStream([dataset], 32, seed=8).batch(0, 4), stream.batch(0, 4))
+    firsts = [stream.sample(g)[0] for g in range(stream.block)]
+    assert len(set(map(int, firsts))) > 10  # samples are visited out of stream order
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+
+def test_partial_checkpoint_never_gets_latest(tmp_path, monkeypatch):
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text("{}")
+    ck.save_checkpoint(tmp_path / "save", 10, {"iteration": 10}, cfg_path, log=lambda m: None)
+    assert (tmp_path / "save" / "latest").read_text() == "global_step10"
+    # the save of step 20 dies after the model states were written (the configs step fails)
+    real_replace = os.replace
+
+    def crash_on_configs(src, dst):
+        if Path(dst).name == "configs":
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", crash_on_configs)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(tmp_path / "save", 20, {"iteration": 20}, cfg_path, log=lambda m: None)
+    monkeypatch.undo()
+    assert (tmp_path / "save" / "global_step20" / ck.MODEL_STATES).is_file()
+    assert not (tmp_path / "save" / "global_step20" / "configs").exists()
+    assert not ck.is_complete(tmp_path / "save" / "global_step20")
+    assert (tmp_path / "save" / "latest").read_text() == "global_step10"
+    tag, state = ck.load_checkpoint(tmp_path / "save")
+    assert (tag, state["iteration"]) == ("global_step10", 10)
+    assert not (tmp_path / "save" / "latest.tmp").exists()
+    # a retried save of 20 replaces the partial folder and commits it
+    ck.save_checkpoint(tmp_path / "save", 20, {"iteration": 20}, cfg_path, log=lambda m: None)
+    assert ck.load_checkpoint(tmp_path / "save")[0] == "global_step20"
+    # a hand-edited latest naming a partial folder is refused, not silently restarted from 0
+    (tmp_path / "save" / "global_step30").mkdir()
+    ck.write_latest(tmp_path / "save", "global_step30")
+    with pytest.raises(ck.CheckpointError, match="global_step30 is missing or incomplete"):
+        ck.load_checkpoint(tmp_path / "save")
+
+
+# --- the trainer as a process -------------------------------------------------------------------------------
+
+
+def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
+    config = make_config(tmp_path, dataset, train_iters=100, checkpoint_factor=40, log_interval=10)
+    t0 = time.perf_counter()
+    proc = train(config)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"Unable to find latest file at {tmp_path / 'ckpt' / 'latest'}" in out
+    assert "Loading checkpoint and starting from iteration 0" in out
+    assert "setting training data start iteration to 0" in out
+    losses = {i: float(v[1]) for i, v in logged(out).items()}
+    assert sorted(losses) == list(range(10, 101, 10))
+    assert losses[10] > 8.0  # ~ln(50304) at the start: the model really predicts over the full vocab
+    assert losses[100] < losses[10] - 5.0 and losses[100] < 2.5, losses
+    for tag in ("global_step40", "global_step80", "global_step100"):  # factor 40 and the end of training
+        assert (
+            f"Checkpoint {tag} is about to be saved!" in out
+            and f"[Torch] Checkpoint {tag} is ready now!" in out
+        )
+        assert ck.is_complete(tmp_path / "ckpt" / tag)
+    assert (tmp_path / "ckpt" / "latest").read_text() == "global_step100"
+    assert (tmp_path / "ckpt" / "global_step100" / "configs" / "run.json").read_bytes() == config.read_bytes()
+    state = torch.load(tmp_path / "ckpt" / "global_step100" / ck.MODEL_STATES, weights_only=False)
+    assert state["iteration"] == 100 and state["data_position"]["consumed_samples"] == 200
+    assert state["lr_scheduler"]["num_iters"] == 100 and state["optimizer"]["state"]
+    assert state["module"]["embed_in.weight"].shape == (50304, 64)
+    print(f"100 iterations in {wall:.1f}s wall including start-up")
+
+
+def test_resume_continues_exactly(tmp_path, dataset):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = make_config(tmp_path / "a", dataset, train_iters=20)
+    first = make_config(tmp_path / "b", dataset, train_iters=10)
+    second = make_config(tmp_path / "b", dataset, name="run20.json", train_iters=20)
+    a = train(straight)
+    b1 = train(first)
+    b2 = train(second)
+    for proc in (a, b1, b2):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Loading checkpoint and starting from iteration 10" in b2.stdout
+    assert "setting training data start iteration to 10" in b2.stdout
+    resumed = {**logged(b1.stdout), **logged(b2.stdout)}
+    assert sorted(resumed) == [5, 10, 15, 20]
+    assert resumed == logged(a.stdout)  # same learning rates and losses, digit for digit
+    sa = torch.load(tmp_path / "a" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
+    sb = torch.load(tmp_path / "b" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
+    for name, tensor in sa["module"].items():
+        assert torch.equal(tensor, sb["module"][name]), name
+    exp_avg = [s["exp_avg"] for s in sa["optimizer"]["state"].values()]
+    assert all(
+        torch.equal(x, y["exp_avg"]) for x, y in zip(exp_avg, sb["optimizer"]["state"].values(), strict=True)
+    )
+    assert sa["data_position"] == sb["data_position"]
+
+
+def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, dataset):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = make_config(tmp_path / "one", dataset, train_iters=10, train_micro_batch_size_per_gpu=4)
+    two = make_config(
+        tmp_path / "two", dataset, train_iters=10, train_micro_batch_size_per_gpu=2, train_batch_size=4
+    )
+    port = str(free_port())
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(TRAIN), "--config", str(two)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run_env(
+                RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+            ),
+        )
+        for r in (0, 1)
+    ]
+    single = train(one)
+    outs = [p.communicate(timeout=120) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert "2 rank(s)" in outs[0][0] and "train_batch_size 4" in outs[0][0]
+    assert logged(outs[1][0]) == {} and "ready now" not in outs[1][0]  # rank 1 neither logs nor saves
+    dp, sp = logged(outs[0][0]), logged(single.stdout)
+    assert sorted(dp) == sorted(sp) == [5, 10]
+    for i in dp:  # same samples, averaged gradients: equal up to float summation order
+        assert dp[i][0] == sp[i][0]
+        assert float(dp[i][1]) == pytest.approx(float(sp[i][1]), rel=1e-5)
+    assert (tmp_path / "two" / "ckpt" / "latest").read_text() == "global_step10"
+    state = torch.load(tmp_path / "two" / "ckpt" / "global_step10" / ck.MODEL_STATES, weights_only=False)
+    assert state["dp_world_size"] == 2 and state["data_position"]["consumed_samples"] == 40
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_saves_the_current_iteration_and_exits_0(tmp_path, dataset, signum):
+    config = make_config(tmp_path, dataset, train_iters=100000, checkpoint_factor=None, log_interval=1)
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=run_env(),
+    )
+    lines = []
+    for line in proc.stdout:  # wait until training is under way
+        lines.append(line)
+        if "iteration        3/" in line:
+            break
+    proc.send_signal(signum)
+    rest, err = proc.communicate(timeout=60)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, err[-2000:]
+    last = max(logged(out))
+    assert 3 <= last < 100000
+    tag = f"global_step{last}"
+    assert f"[Torch] Checkpoint {tag} is ready now!" in out
+    assert (tmp_path / "ckpt" / "latest").read_text() == tag
+    assert ck.is_complete(tmp_path / "ckpt" / tag)
+    state = torch.load(tmp_path / "ckpt" / tag / ck.MODEL_STATES, weights_only=False)
+    assert state["iteration"] == last and state["data_position"]["consumed_samples"] == 2 * last
