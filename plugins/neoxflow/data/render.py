@@ -31,7 +31,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "include" / "templates"
 MAX_ARRAY_SIZE = 100_000
 
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
-_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:#@+-]{0,511}")
+_IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
 _MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
 _PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
 _EXTRA_SBATCH = (

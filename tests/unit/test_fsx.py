@@ -1,0 +1,293 @@
+"""FSx data repository task mode (neoxflow.data.fsx).
+
+moto 5.2.5 implements FSx file systems but not data repository tasks (HTTP 500 NotImplementedError), so
+these tests extend an in-process moto server with the two calls, as a small fake backend patched onto
+moto's FSx response class. The calls go through the real amazon provider ``AwsBaseHook`` with an Airflow
+connection whose ``endpoint_url`` points at that server, and through botocore's real serialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import pytest
+
+from neoxflow.data.fsx import (
+    CANCELLED,
+    FAILED,
+    IMPORT_TASK_TYPE,
+    RUNNING,
+    SUCCESS,
+    UNKNOWN,
+    FsxDataRepository,
+    FsxTaskError,
+    classify_task,
+    client_token,
+    import_task_request,
+    repository_paths,
+)
+
+FS_ID = "fs-0123456789abcdef0"
+
+# ------------------------------------------------------------------------------------------- pure parts
+
+
+def test_paths_are_made_relative_to_the_mount():
+    assert repository_paths(["/fsx/data/c4", "/fsx/tokenizers/", "/fsx/data/c4"]) == ["data/c4", "tokenizers"]
+    assert repository_paths(["/mnt/lustre/x"], mount_point="/mnt/lustre/") == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("paths", "fragment"),
+    [
+        (["data/c4"], "must be an absolute path"),
+        (["/scratch/c4"], "not under the FSx mount point /fsx"),
+        (["/fsxother/c4"], "not under the FSx mount point /fsx"),
+        (["/fsx/../etc"], "not under the FSx mount point"),
+        (["/fsx/a b"], "holds characters"),
+        ([], "no paths given"),
+        ([f"/fsx/p{i}" for i in range(101)], "at most 100"),
+    ],
+)
+def test_bad_paths_are_refused(paths, fragment):
+    with pytest.raises(FsxTaskError, match=fragment):
+        repository_paths(paths)
+
+
+def test_import_request_shape_and_validation():
+    token = client_token("pythia_pretrain", "manual__2026-11-27", "stage")
+    request = import_task_request(FS_ID, ["/fsx/data/c4"], token=token, tags={"run": "r1"})
+    assert request == {
+        "Type": IMPORT_TASK_TYPE,
+        "FileSystemId": FS_ID,
+        "Paths": ["data/c4"],
+        "Report": {"Enabled": False},
+        "ClientRequestToken": token,
+        "Tags": [{"Key": "run", "Value": "r1"}],
+    }
+    with_report = import_task_request(FS_ID, ["/fsx/d"], token=token, report_path="s3://bucket/reports")
+    assert with_report["Report"] == {
+        "Enabled": True,
+        "Path": "s3://bucket/reports",
+        "Format": "REPORT_CSV_20191124",
+        "Scope": "FAILED_FILES_ONLY",
+    }
+    with pytest.raises(FsxTaskError, match="file_system_id"):
+        import_task_request("fs-x; reboot", ["/fsx/d"], token=token)
+    with pytest.raises(FsxTaskError, match="client token"):
+        import_task_request(FS_ID, ["/fsx/d"], token="has space")
+    with pytest.raises(FsxTaskError, match="report_path"):
+        import_task_request(FS_ID, ["/fsx/d"], token=token, report_path="/local")
+
+
+def test_client_token_is_deterministic_and_valid():
+    a = client_token("dag", "run-1", "stage")
+    assert a == client_token("dag", "run-1", "stage")
+    assert a != client_token("dag", "run-2", "stage")
+    assert a != client_token("dag", "run-1stage")  # parts are separated, not concatenated
+    assert len(a) <= 63 and a.replace("-", "").isalnum()
+
+
+@pytest.mark.parametrize(
+    ("task", "status", "final", "fragment"),
+    [
+        ({"TaskId": "t1", "Lifecycle": "PENDING"}, RUNNING, False, "is PENDING"),
+        ({"TaskId": "t1", "Lifecycle": "EXECUTING"}, RUNNING, False, "is EXECUTING"),
+        ({"TaskId": "t1", "Lifecycle": "CANCELING"}, RUNNING, False, "is CANCELING"),
+        (
+            {
+                "TaskId": "t1",
+                "Lifecycle": "SUCCEEDED",
+                "Status": {"TotalCount": 4, "SucceededCount": 4, "FailedCount": 0},
+            },
+            SUCCESS,
+            True,
+            "4 files",
+        ),
+        (
+            {
+                "TaskId": "t1",
+                "Lifecycle": "SUCCEEDED",
+                "Status": {"TotalCount": 4, "SucceededCount": 3, "FailedCount": 1},
+            },
+            FAILED,
+            True,
+            "1 of 4 files",
+        ),
+        (
+            {"TaskId": "t1", "Lifecycle": "FAILED", "FailureDetails": {"Message": "bucket gone"}},
+            FAILED,
+            True,
+            "ended FAILED: bucket gone",
+        ),
+        ({"TaskId": "t1", "Lifecycle": "CANCELED"}, CANCELLED, True, "ended CANCELED"),
+        ({"TaskId": "t1", "Lifecycle": "SOMETHING_NEW"}, UNKNOWN, False, "unknown lifecycle"),
+        ({"TaskId": "t1"}, UNKNOWN, False, "unknown lifecycle"),
+    ],
+)
+def test_classify_task(task, status, final, fragment):
+    state = classify_task(task)
+    assert (state.status, state.final) == (status, final)
+    assert fragment in state.message
+    assert json.loads(json.dumps(state.to_dict()))["status"] == status
+
+
+# ------------------------------------------------------------------------------------------- moto + shim
+
+
+class FakeDraBackend:
+    """The two data repository task calls moto lacks. Each describe advances a task one lifecycle step
+    (PENDING -> EXECUTING -> SUCCEEDED), or to FAILED when a path contains 'broken'. Like AWS, a repeated
+    ClientRequestToken returns the task created first."""
+
+    def __init__(self):
+        self.tasks: dict[str, dict] = {}
+        self.by_token: dict[str, str] = {}
+        self.creates = 0
+
+    def create(self, params: dict) -> dict:
+        self.creates += 1
+        token = params.get("ClientRequestToken")
+        if token in self.by_token:
+            return self.tasks[self.by_token[token]]
+        if any(
+            t["Lifecycle"] in ("PENDING", "EXECUTING") and t["FileSystemId"] == params["FileSystemId"]
+            for t in self.tasks.values()
+        ):
+            raise _DraError("DataRepositoryTaskExecuting", "another task is running")
+        task_id = f"task-{uuid.uuid4().hex[:17]}"
+        self.tasks[task_id] = {
+            "TaskId": task_id,
+            "Lifecycle": "PENDING",
+            "Type": params["Type"],
+            "FileSystemId": params["FileSystemId"],
+            "Paths": params.get("Paths", []),
+            "Report": params["Report"],
+            "CreationTime": 0,
+        }
+        if token:
+            self.by_token[token] = task_id
+        return self.tasks[task_id]
+
+    def describe(self, params: dict) -> list[dict]:
+        found = []
+        for task_id in params.get("TaskIds", []):
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise _DraError("DataRepositoryTaskNotFound", f"{task_id} not found")
+            if task["Lifecycle"] == "PENDING":
+                task["Lifecycle"] = "EXECUTING"
+            elif task["Lifecycle"] == "EXECUTING":
+                if any("broken" in p for p in task["Paths"]):
+                    task["Lifecycle"] = "FAILED"
+                    task["FailureDetails"] = {"Message": "could not import broken/"}
+                else:
+                    n = len(task["Paths"])
+                    task["Lifecycle"] = "SUCCEEDED"
+                    task["Status"] = {"TotalCount": n, "SucceededCount": n, "FailedCount": 0}
+            found.append(task)
+        return found
+
+
+class _DraError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@pytest.fixture
+def fsx_server(monkeypatch):
+    """An in-process moto server whose FSx responses gain the data repository task calls."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.fsx.responses import FSxResponse
+    from moto.server import ThreadedMotoServer
+
+    backend = FakeDraBackend()
+
+    def _answer(fn):
+        def handler(self):
+            try:
+                return json.dumps(fn(json.loads(self.body)))
+            except _DraError as exc:
+                raise JsonRESTError(exc.code, str(exc)) from None  # moto turns it into an HTTP 400 AWS error
+
+        return handler
+
+    monkeypatch.setattr(
+        FSxResponse,
+        "create_data_repository_task",
+        _answer(lambda p: {"DataRepositoryTask": backend.create(p)}),
+        raising=False,
+    )
+    monkeypatch.setattr(
+        FSxResponse,
+        "describe_data_repository_tasks",
+        _answer(lambda p: {"DataRepositoryTasks": backend.describe(p)}),
+        raising=False,
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_NEOX_FSX_TEST", json.dumps(conn))
+    try:
+        yield backend
+    finally:
+        server.stop()
+
+
+def _repo() -> FsxDataRepository:
+    return FsxDataRepository(aws_conn_id="neox_fsx_test")
+
+
+def test_import_task_runs_to_success_through_the_aws_hook(fsx_server):
+    repo = _repo()
+    request = import_task_request(
+        FS_ID, ["/fsx/data/c4", "/fsx/tokenizers"], token=client_token("d", "r", "t")
+    )
+    task_id = repo.start_import(request)
+    assert fsx_server.tasks[task_id]["Paths"] == ["data/c4", "tokenizers"]
+    assert fsx_server.tasks[task_id]["Type"] == "IMPORT_METADATA_FROM_REPOSITORY"
+    seen = []
+    for _ in range(5):
+        state = repo.describe(task_id)
+        seen.append(state.lifecycle)
+        if state.final:
+            break
+    assert seen == ["EXECUTING", "SUCCEEDED"]
+    assert state.status == SUCCESS and state.succeeded == 2
+
+
+def test_retried_start_reuses_the_task_of_the_same_token(fsx_server):
+    repo = _repo()
+    request = import_task_request(FS_ID, ["/fsx/data"], token=client_token("d", "run-7", "stage"))
+    first, second = repo.start_import(request), repo.start_import(request)
+    assert first == second and len(fsx_server.tasks) == 1 and fsx_server.creates == 2
+
+
+def test_failed_import_is_reported_with_its_reason(fsx_server):
+    repo = _repo()
+    task_id = repo.start_import(import_task_request(FS_ID, ["/fsx/broken"], token="tok-broken"))
+    repo.describe(task_id)
+    state = repo.describe(task_id)
+    assert state.status == FAILED and state.final
+    assert "could not import broken/" in state.message
+
+
+def test_busy_file_system_is_a_retryable_error_and_unknown_tasks_are_refused(fsx_server):
+    repo = _repo()
+    repo.start_import(import_task_request(FS_ID, ["/fsx/a"], token="tok-a"))
+    with pytest.raises(FsxTaskError) as info:
+        repo.start_import(import_task_request(FS_ID, ["/fsx/b"], token="tok-b"))
+    assert info.value.retryable and "DataRepositoryTaskExecuting" in str(info.value)
+    with pytest.raises(FsxTaskError, match="does not exist"):
+        repo.describe("task-00000000000000000")
