@@ -180,6 +180,7 @@ class Trainer:
         import torch
         from standin_data import SampleStream
         from standin_model import GPTNeoX, ModelShape, no_weight_decay
+        from standin_optim import AdamW
 
         self.torch, self.cfg, self.config_path, self.env = torch, cfg, config_path, env
         torch.set_num_threads(int(os.environ.get("STANDIN_NUM_THREADS", "1")))
@@ -218,10 +219,7 @@ class Trainer:
             "betas": tuple(float(b) for b in opt.get("betas", (0.9, 0.999))),
             "eps": float(opt.get("eps", 1.0e-8)),
         }
-        try:
-            self.optimizer = torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError):
-            self.optimizer = torch.optim.AdamW(groups, foreach=True, **kwargs)
+        self.optimizer = AdamW(groups, **kwargs)
         self.scheduler = sc.AnnealingLR.from_config(cfg)
         self.iteration = 0
         self.consumed = 0
@@ -316,7 +314,7 @@ class Trainer:
         lr = self.scheduler.lr_at(self.scheduler.num_iters)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         total = 0.0
         for m in range(self.gas):
             first = self.consumed + m * self.env.world_size * self.micro + self.env.rank * self.micro

@@ -7,6 +7,8 @@ tokenizer: one rank, two gloo ranks, resume, signals. A 2-layer hidden-64 model 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -25,6 +27,7 @@ import standin_config as sc
 import standin_train as st
 import torch
 from standin_data import SampleStream, split_bounds
+from standin_optim import AdamW
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "include" / "cluster" / "standin_train.py"
@@ -118,6 +121,38 @@ def train(config: Path, timeout: float = 120, **env) -> subprocess.CompletedProc
         timeout=timeout,
         env=run_env(**env),
     )
+
+
+def train_here(config: Path) -> str:
+    """Run one rank in this process (no start-up cost); returns what rank 0 printed."""
+    threads = torch.get_num_threads()
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            assert st.Trainer(sc.load_config(config), str(config), st.dist_env({})).run() == 0
+    finally:
+        torch.set_num_threads(threads)
+    return buf.getvalue()
+
+
+def start_ranks(config: Path, world: int = 2) -> list[subprocess.Popen]:
+    port = str(free_port())
+    return [
+        subprocess.Popen(
+            [sys.executable, str(TRAIN), "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run_env(
+                RANK=str(r),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(r),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            ),
+        )
+        for r in range(world)
+    ]
 
 
 def logged(stdout: str) -> dict[int, tuple[str, str]]:
@@ -271,6 +306,55 @@ def test_sample_stream_covers_each_epoch_once_and_is_deterministic(dataset):
     assert len(set(map(int, firsts))) > 10  # samples are visited out of stream order
 
 
+# --- optimizer ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_matches_the_textbook_update(fused):
+    """Against torch's AdamW formula in float64: decoupled decay, bias corrections, per-group decay and lr."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(40, 3, generator=gen), torch.randn(5, generator=gen)]
+    params = [p.clone() for p in start]
+    opt = AdamW(
+        [{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}],
+        lr=0.01,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=fused,
+    )
+    ref = [p.double() for p in start]
+    m = [torch.zeros_like(p) for p in ref]
+    v = [torch.zeros_like(p) for p in ref]
+    for t in range(1, 6):
+        lr = 0.01 * t
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        for k, wd in enumerate((0.1, 0.0)):
+            g = grads[k].double()
+            ref[k] *= 1 - lr * wd
+            m[k] = 0.9 * m[k] + 0.1 * g
+            v[k] = 0.95 * v[k] + 0.05 * g * g
+            ref[k] -= lr / (1 - 0.9**t) * m[k] / ((v[k] / (1 - 0.95**t)).sqrt() + 1e-8)
+    for p, r in zip(params, ref, strict=True):
+        assert torch.allclose(p.double(), r, atol=1e-5, rtol=0)
+    assert not torch.allclose(params[0], start[0], atol=1e-3)  # it really moved
+    restored = AdamW(
+        [{"params": [p.clone() for p in params[:1]]}, {"params": [p.clone() for p in params[1:]]}],
+        lr=0.0,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=fused,
+    )
+    restored.load_state_dict(opt.state_dict())
+    assert restored.step_count == 5 and torch.equal(restored.exp_avg_sq[0], opt.exp_avg_sq[0])
+    with pytest.raises(ValueError, match="this model needs 1 AdamW tensors"):
+        AdamW([{"params": params[:1]}], lr=0.0, betas=(0.9, 0.95), eps=1e-8).load_state_dict(opt.state_dict())
+
+
 # --- checkpoints ------------------------------------------------------------------------------------------
 
 
@@ -335,7 +419,7 @@ def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
     assert (tmp_path / "ckpt" / "global_step100" / "configs" / "run.json").read_bytes() == config.read_bytes()
     state = torch.load(tmp_path / "ckpt" / "global_step100" / ck.MODEL_STATES, weights_only=False)
     assert state["iteration"] == 100 and state["data_position"]["consumed_samples"] == 200
-    assert state["lr_scheduler"]["num_iters"] == 100 and state["optimizer"]["state"]
+    assert state["lr_scheduler"]["num_iters"] == 100 and state["optimizer"]["step"] == 100
     assert state["module"]["embed_in.weight"].shape == (50304, 64)
     print(f"100 iterations in {wall:.1f}s wall including start-up")
 
@@ -346,24 +430,22 @@ def test_resume_continues_exactly(tmp_path, dataset):
     straight = make_config(tmp_path / "a", dataset, train_iters=20)
     first = make_config(tmp_path / "b", dataset, train_iters=10)
     second = make_config(tmp_path / "b", dataset, name="run20.json", train_iters=20)
-    a = train(straight)
-    b1 = train(first)
-    b2 = train(second)
-    for proc in (a, b1, b2):
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = train_here(straight)
+    b1 = train_here(first)
+    b2 = train(second)  # the resume itself through the real command line, in a fresh process
+    assert b2.returncode == 0, b2.stderr[-3000:]
     assert "Loading checkpoint and starting from iteration 10" in b2.stdout
     assert "setting training data start iteration to 10" in b2.stdout
-    resumed = {**logged(b1.stdout), **logged(b2.stdout)}
+    resumed = {**logged(b1), **logged(b2.stdout)}
     assert sorted(resumed) == [5, 10, 15, 20]
-    assert resumed == logged(a.stdout)  # same learning rates and losses, digit for digit
+    assert resumed == logged(a)  # same learning rates and losses, digit for digit
     sa = torch.load(tmp_path / "a" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
     sb = torch.load(tmp_path / "b" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
     for name, tensor in sa["module"].items():
         assert torch.equal(tensor, sb["module"][name]), name
-    exp_avg = [s["exp_avg"] for s in sa["optimizer"]["state"].values()]
-    assert all(
-        torch.equal(x, y["exp_avg"]) for x, y in zip(exp_avg, sb["optimizer"]["state"].values(), strict=True)
-    )
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert all(torch.equal(x, y) for x, y in zip(sa["optimizer"][key], sb["optimizer"][key], strict=True))
+    assert sa["optimizer"]["step"] == sb["optimizer"]["step"] == 20
     assert sa["data_position"] == sb["data_position"]
 
 
@@ -374,26 +456,13 @@ def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, data
     two = make_config(
         tmp_path / "two", dataset, train_iters=10, train_micro_batch_size_per_gpu=2, train_batch_size=4
     )
-    port = str(free_port())
-    ranks = [
-        subprocess.Popen(
-            [sys.executable, str(TRAIN), "--config", str(two)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=run_env(
-                RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
-            ),
-        )
-        for r in (0, 1)
-    ]
-    single = train(one)
+    ranks = start_ranks(two)
+    single = train_here(one)
     outs = [p.communicate(timeout=120) for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert single.returncode == 0, single.stderr[-2000:]
     assert "2 rank(s)" in outs[0][0] and "train_batch_size 4" in outs[0][0]
     assert logged(outs[1][0]) == {} and "ready now" not in outs[1][0]  # rank 1 neither logs nor saves
-    dp, sp = logged(outs[0][0]), logged(single.stdout)
+    dp, sp = logged(outs[0][0]), logged(single)
     assert sorted(dp) == sorted(sp) == [5, 10]
     for i in dp:  # same samples, averaged gradients: equal up to float summation order
         assert dp[i][0] == sp[i][0]
@@ -403,8 +472,28 @@ def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, data
     assert state["dp_world_size"] == 2 and state["data_position"]["consumed_samples"] == 40
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM])
-def test_signal_saves_the_current_iteration_and_exits_0(tmp_path, dataset, signum):
+def _until_iteration(proc: subprocess.Popen, iteration: int) -> list[str]:
+    lines = []
+    for line in proc.stdout:  # wait until training is under way
+        lines.append(line)
+        if f"iteration {iteration:8d}/" in line:
+            return lines
+    raise AssertionError(f"training ended before iteration {iteration}: {''.join(lines)[-2000:]}")
+
+
+def _assert_saved_where_stopped(out: str, save: Path, samples_per_iter: int) -> None:
+    last = max(logged(out))
+    assert 3 <= last < 100000
+    tag = f"global_step{last}"
+    assert f"[Torch] Checkpoint {tag} is ready now!" in out
+    assert (save / "latest").read_text() == tag
+    assert ck.is_complete(save / tag)
+    state = torch.load(save / tag / ck.MODEL_STATES, weights_only=False)
+    assert state["iteration"] == last
+    assert state["data_position"]["consumed_samples"] == samples_per_iter * last
+
+
+def test_sigusr1_saves_the_current_iteration_and_exits_0(tmp_path, dataset):
     config = make_config(tmp_path, dataset, train_iters=100000, checkpoint_factor=None, log_interval=1)
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "--config", str(config)],
@@ -413,20 +502,20 @@ def test_signal_saves_the_current_iteration_and_exits_0(tmp_path, dataset, signu
         text=True,
         env=run_env(),
     )
-    lines = []
-    for line in proc.stdout:  # wait until training is under way
-        lines.append(line)
-        if "iteration        3/" in line:
-            break
-    proc.send_signal(signum)
+    lines = _until_iteration(proc, 3)
+    proc.send_signal(signal.SIGUSR1)
     rest, err = proc.communicate(timeout=60)
-    out = "".join(lines) + rest
     assert proc.returncode == 0, err[-2000:]
-    last = max(logged(out))
-    assert 3 <= last < 100000
-    tag = f"global_step{last}"
-    assert f"[Torch] Checkpoint {tag} is ready now!" in out
-    assert (tmp_path / "ckpt" / "latest").read_text() == tag
-    assert ck.is_complete(tmp_path / "ckpt" / tag)
-    state = torch.load(tmp_path / "ckpt" / tag / ck.MODEL_STATES, weights_only=False)
-    assert state["iteration"] == last and state["data_position"]["consumed_samples"] == 2 * last
+    assert "stop signal received" in rest
+    _assert_saved_where_stopped("".join(lines) + rest, tmp_path / "ckpt", 2)
+
+
+def test_sigterm_to_one_rank_stops_the_whole_job_cleanly(tmp_path, dataset):
+    """Rank 1 alone gets SIGTERM: the ranks agree through the all-reduce, rank 0 saves, both exit 0."""
+    config = make_config(tmp_path, dataset, train_iters=100000, checkpoint_factor=None, log_interval=1)
+    ranks = start_ranks(config)
+    lines = _until_iteration(ranks[0], 3)
+    ranks[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=60) for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    _assert_saved_where_stopped("".join(lines) + outs[0][0], tmp_path / "ckpt", 4)
