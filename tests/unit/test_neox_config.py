@@ -578,5 +578,6 @@ def test_profile_may_not_set_save_or_escape_fsx_root() -> None:
 
 
 def test_run_name_must_be_a_safe_folder_name(aws) -> None:
-    with pytest.raises(ValueError, match="run name"):
-        aws.run_paths("../other")
+    for bad in ("../other", "demo\n", "a b", ""):
+        with pytest.raises(ValueError, match="run name"):
+            aws.run_paths(bad)

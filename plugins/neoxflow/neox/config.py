@@ -772,7 +772,7 @@ class Profile:
         return f"{self.data_dir}/{self.dataset}"
 
     def run_paths(self, run_name: str) -> RunPaths:
-        if not _NAME.match(run_name or ""):
+        if not _NAME.fullmatch(run_name or ""):
             raise ValueError(f"run name {run_name!r} must match {_NAME.pattern} (it becomes a folder name)")
         run_dir = f"{self.runs_dir}/{run_name}"
         return RunPaths(
@@ -841,7 +841,7 @@ def load_profile(
     """
     text_path = Path(name_or_path)
     if text_path.suffix not in (".yaml", ".yml"):
-        if not _NAME.match(str(name_or_path)):
+        if not _NAME.fullmatch(str(name_or_path)):
             raise ValueError(f"profile name {str(name_or_path)!r} must match {_NAME.pattern}")
         base = Path(config_dir) if config_dir is not None else CONFIG_DIR
         text_path = base / "profiles" / f"{name_or_path}.yaml"

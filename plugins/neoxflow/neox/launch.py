@@ -110,7 +110,7 @@ class LaunchSpec:
 def parse_time_limit(text: str) -> int:
     """Seconds in a Slurm time limit string; ``ValueError`` for anything else (including 0)."""
     for pattern in _TIME:
-        match = pattern.match(text or "")
+        match = pattern.fullmatch(text or "")
         if match:
             parts = {k: int(v) for k, v in match.groupdict().items() if v is not None}
             seconds = (
@@ -126,7 +126,7 @@ def parse_time_limit(text: str) -> int:
 
 
 def _check_path(errors: list[ConfigError], key: str, value: object, suffix: str | None = None) -> None:
-    if not isinstance(value, str) or not _PATH.match(value):
+    if not isinstance(value, str) or not _PATH.fullmatch(value):
         errors.append(ConfigError(key, f"{value!r} must be an absolute path of letters, digits and ._+-/"))
     elif "//" in value or any(part in (".", "..") for part in value.split("/")[1:]):
         errors.append(ConfigError(key, f"{value!r} must not contain '//', '.' or '..' components"))
@@ -138,7 +138,7 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     """Every problem with ``spec`` for ``template`` (each names the field and why); empty when renderable."""
     errors: list[ConfigError] = []
     add = errors.append
-    if not isinstance(spec.job_name, str) or not _JOB_NAME.match(spec.job_name):
+    if not isinstance(spec.job_name, str) or not _JOB_NAME.fullmatch(spec.job_name):
         add(ConfigError("job_name", f"{spec.job_name!r} must match {_JOB_NAME.pattern}"))
     for key, value, top in (("nodes", spec.nodes, 100000), ("tasks_per_node", spec.tasks_per_node, 256)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
@@ -160,7 +160,9 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     _check_path(errors, "log_dir", spec.log_dir)
     _check_path(errors, "config_path", spec.config_path, ".json")
     _check_path(errors, "launcher", spec.launcher, ".py")
-    if not isinstance(spec.python, str) or not (_PATH.match(spec.python) or _PROGRAM.match(spec.python)):
+    if not isinstance(spec.python, str) or not (
+        _PATH.fullmatch(spec.python) or _PROGRAM.fullmatch(spec.python)
+    ):
         add(ConfigError("python", f"{spec.python!r} must be an absolute path or a program name like python3"))
     elif spec.python.startswith("/"):
         _check_path(errors, "python", spec.python)
@@ -169,10 +171,10 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
         ("account", spec.account, _PARTITION),
         ("comment", spec.comment, _COMMENT),
     ):
-        if value is not None and (not isinstance(value, str) or not pattern.match(value)):
+        if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
             add(ConfigError(key, f"{value!r} must match {pattern.pattern}"))
     for i, node in enumerate(spec.exclude_nodes):
-        if not isinstance(node, str) or not _NODE.match(node):
+        if not isinstance(node, str) or not _NODE.fullmatch(node):
             add(ConfigError(f"exclude_nodes[{i}]", f"{node!r} is not a node name or host list like gpu[1-3]"))
     if spec.master_port is not None and (
         not isinstance(spec.master_port, int)
@@ -181,11 +183,11 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     ):
         add(ConfigError("master_port", f"must be an integer from 1024 to 65535, got {spec.master_port!r}"))
     for name, value in dict(spec.env).items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             add(ConfigError(f"env.{name}", "is not a valid environment variable name"))
         elif name in _RESERVED_ENV or name.startswith("SLURM_"):
             add(ConfigError(f"env.{name}", "is set by the launch itself and cannot be overridden"))
-        elif not isinstance(value, str) or not _ENV_VALUE.match(value):
+        elif not isinstance(value, str) or not _ENV_VALUE.fullmatch(value):
             add(ConfigError(f"env.{name}", f"{value!r} may only hold letters, digits and ._/:,=+@%^-"))
 
     if template == PRODUCTION_TEMPLATE:
@@ -194,7 +196,7 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
             add(ConfigError("container_image", "is required for the production template (pyxis/enroot)"))
         elif image.startswith("/"):
             _check_path(errors, "container_image", image)
-        elif not _IMAGE_REF.match(image):
+        elif not _IMAGE_REF.fullmatch(image):
             add(
                 ConfigError(
                     "container_image", f"{image!r} is neither an absolute .sqsh path nor an image name"
@@ -225,7 +227,7 @@ def _mount_errors(key: str, mount: object) -> list[ConfigError]:
     errors: list[ConfigError] = []
     _check_path(errors, f"{key}.source", parts[0])
     _check_path(errors, f"{key}.target", parts[1])
-    if len(parts) == 3 and not _MOUNT_FLAGS.match(parts[2]):
+    if len(parts) == 3 and not _MOUNT_FLAGS.fullmatch(parts[2]):
         errors.append(ConfigError(f"{key}.flags", f"{parts[2]!r} must be mount flags like ro or rw"))
     return errors
 
