@@ -132,12 +132,13 @@ def s3_client():
     """A boto3 S3 client: endpoint from ``AWS_ENDPOINT_URL`` (moto, MinIO), credentials from the usual
     AWS chain (env, profile, instance role) - never from arguments, which would land in ``ps`` and logs.
     """
-    import boto3
+    # plain botocore: importing boto3 (and s3transfer) costs more start-up time than a shard's task needs
+    import botocore.session
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=20, read_timeout=120)
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
+    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint, config=config)
 
 
 def s3_error_code(exc: BaseException) -> tuple[str, int]:
@@ -401,9 +402,7 @@ def pump(
             try:
                 if opened.start != offset:
                     if opened.start != 0:
-                        raise TransientError(
-                            f"{name}: asked for byte {offset}, got data from byte {opened.start}"
-                        )
+                        raise TransientError(f"asked for byte {offset}, got data from byte {opened.start}")
                     log(f"{name}: source ignored the range request; starting again from byte 0")
                     restart()
                     offset = 0
@@ -420,9 +419,9 @@ def pump(
             finally:
                 opened.stream.close()
             if total is not None and offset < total:
-                raise TransientError(f"{name}: connection closed after {offset} of {total} bytes")
+                raise TransientError(f"connection closed after {offset} of {total} bytes")
             if total is not None and offset > total:
-                raise PermanentError(f"{name}: received {offset} bytes, more than the announced {total}")
+                raise PermanentError(f"received {offset} bytes, more than the announced {total}")
             return offset
         except TransientError as exc:
             if offset != offset_at_last_failure:
@@ -430,7 +429,7 @@ def pump(
             offset_at_last_failure = offset
             failures += 1
             if failures > retries:
-                raise TransientError(f"{name}: giving up after {retries} retries: {exc}") from None
+                raise TransientError(f"giving up after {retries} retries: {exc}") from None
             delay = backoff * (2 ** (failures - 1)) * random.uniform(0.5, 1.0)
             log(f"{name}: {exc}; retry {failures}/{retries} from byte {offset} in {delay:.2f}s")
             sleep(delay)

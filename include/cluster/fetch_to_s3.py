@@ -167,13 +167,18 @@ class MultipartSink:
                 MetadataDirective="REPLACE",
             )
         else:
-            extra = {"Metadata": meta, "MetadataDirective": "REPLACE"}
-            self._call(
-                "Copy", self.client.copy, CopySource=source, Bucket=self.bucket, Key=self.key, ExtraArgs=extra
-            )
+            self._call("Copy", self._managed_copy, CopySource=source, Metadata=meta)
         self._call("DeleteObject", self.client.delete_object, Bucket=self.bucket, Key=self.temp_key)
         self.temp_written = False
         return meta
+
+    def _managed_copy(self, *, CopySource: dict, Metadata: dict) -> None:  # noqa: N803 - S3 argument names
+        """Beyond 5 GiB CopyObject refuses; s3transfer's managed copy does a multipart copy instead."""
+        from s3transfer.manager import TransferManager
+
+        extra = {"Metadata": Metadata, "MetadataDirective": "REPLACE"}
+        with TransferManager(self.client) as manager:
+            manager.copy(CopySource, self.bucket, self.key, extra_args=extra).result()
 
     def abort(self) -> None:
         """Leave nothing behind: abort the multipart upload, delete a completed temporary object."""

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -369,6 +370,7 @@ def test_fetch_uses_multipart_above_the_part_size(source, shards_dir, s3, bucket
     )
     assert proc.returncode == 0, proc.stderr
     result = result_of(proc)
+    assert f"fetch {name}: " in proc.stderr and " MB/s" in proc.stderr, "progress lines"
     assert result["parts"] == -(-size // part) > 1
     assert result["max_buffer_bytes"] == part
     assert keys(s3, bucket) == [f"c4/{name}"], "the temporary multipart key is removed"
@@ -818,3 +820,132 @@ def test_bad_manifest_values_and_flags_are_refused():
         render_tokenize_array(spec, [TokenizeEntry("a", "/fsx/a", "/t/a")], vocab_file="v.json")
     with pytest.raises(UnsafeValueError, match="^part_size"):
         render_fetch_array(spec, [ENTRY], part_size=0)
+
+
+def test_objects_beyond_the_copyobject_limit_use_a_managed_multipart_copy(
+    source, shards_dir, s3, bucket, monkeypatch
+):
+    """In-process: pretend CopyObject's 5 GiB limit is 0 so the multipart-copy branch runs on a small file."""
+    import fetch_to_s3
+
+    monkeypatch.setattr(fetch_to_s3, "COPY_OBJECT_LIMIT", 0)
+    name = "c4-train.00002-of-01024.json.gz"
+    result = fetch_to_s3.fetch(
+        source.url_for(name), f"s3://{bucket}/{name}", name=name, client=s3, part_size=16 * 1024, backoff=0.01
+    )
+    assert result["status"] == "fetched" and result["parts"] > 1
+    obj = s3.get_object(Bucket=bucket, Key=name)
+    assert obj["Body"].read() == (shards_dir / name).read_bytes()
+    assert obj["Metadata"]["sha256"] == sha256_of(shards_dir / name)
+    assert keys(s3, bucket) == [name] and pending_uploads(s3, bucket) == []
+
+
+def test_http_source_command_line_serves_faults_and_stats(shards_dir, work):
+    """The demo starts the source as a process: port file, injected 404, Range, request statistics."""
+    port_file = work / "port"
+    name = "c4-train.00000-of-01024.json.gz"
+    missing = "c4-train.00001-of-01024.json.gz"
+    args = [
+        "--dir",
+        str(shards_dir),
+        "--port-file",
+        str(port_file),
+        "--not-found",
+        missing,
+        "--fail",
+        f"{name}=503:1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(CLUSTER / "http_source.py"), *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "http_source did not start"
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port_file.read_text().strip()}/"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + name, timeout=5)
+        assert info.value.code == 503
+        request = urllib.request.Request(base + name, headers={"Range": "bytes=10-19"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 206 and answer.read() == (shards_dir / name).read_bytes()[10:20]
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "c4-train.00001-of-01024.json.gz", timeout=5)
+        assert info.value.code == 404
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(base + "../" + Path(__file__).name, timeout=5)
+        with urllib.request.urlopen(base + "_neoxflow/requests", timeout=5) as answer:
+            stats = json.loads(answer.read())
+        assert [(r["name"], r["status"]) for r in stats][:3] == [
+            (name, 503),
+            (name, 206),
+            ("c4-train.00001-of-01024.json.gz", 404),
+        ]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+class _FlakySource:
+    """In-memory source for the copy loop: drops after ``drop_every`` bytes per connection."""
+
+    description = "mem://flaky"
+
+    def __init__(self, data: bytes, drop_every: int, honour_range: bool = True, drops: int | None = None):
+        self.data, self.drop_every, self.honour_range, self.drops = data, drop_every, honour_range, drops
+        self.opens: list[int] = []
+
+    def size(self):
+        return len(self.data)
+
+    def open(self, offset):
+        import io
+
+        import datamove
+
+        self.opens.append(offset)
+        start = offset if self.honour_range else 0
+        cut = self.drops is None or len(self.opens) <= self.drops
+        end = start + self.drop_every if cut else len(self.data)
+        return datamove.Opened(io.BytesIO(self.data[start:end]), start, len(self.data))
+
+    def read(self, opened, amount):
+        return opened.stream.read(amount)
+
+
+def test_pump_keeps_going_while_progress_is_made_and_gives_up_on_a_stall():
+    import datamove
+
+    data = os.urandom(100_000)
+    out = bytearray()
+    source = _FlakySource(data, drop_every=7_000)
+    copied = datamove.pump(
+        source, out.extend, out.clear, name="flaky", chunk_size=4096, retries=2, sleep=lambda s: None
+    )
+    assert copied == len(data) and bytes(out) == data
+    assert len(source.opens) == 15, "14 drops survived with retries=2: each drop came after progress"
+
+    stalled = _FlakySource(data, drop_every=0)
+    with pytest.raises(datamove.TransientError, match="giving up after 2 retries"):
+        datamove.pump(stalled, out.extend, out.clear, name="stalled", retries=2, sleep=lambda s: None)
+    assert stalled.opens == [0, 0, 0]
+
+
+def test_pump_restarts_the_sink_when_the_source_ignores_ranges():
+    import datamove
+
+    data = os.urandom(50_000)
+    out = bytearray()
+    restarts = []
+    source = _FlakySource(data, drop_every=30_000, honour_range=False, drops=1)
+
+    def restart():
+        restarts.append(len(out))
+        out.clear()
+
+    assert (
+        datamove.pump(source, out.extend, restart, name="norange", chunk_size=8192, sleep=lambda s: None)
+        == 50_000
+    )
+    assert bytes(out) == data and restarts == [30_000]
