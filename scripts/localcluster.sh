@@ -320,9 +320,20 @@ cmd_status() {
   return $ok
 }
 
+cmd_restart() {  # service [seconds-down]: fault injection for tests
+  local svc=$1 down=${2:-0}
+  case $svc in
+    sshd) stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; sleep "$down"; start_sshd ;;
+    slurmctld) stop_pid "$RUN/slurmctld.pid" slurmctld; sleep "$down"; start_slurmctld ;;
+    moto) stop_pid "$RUN/moto.pid" moto_server; sleep "$down"; start_moto ;;
+    *) die "restart: unknown service $svc (sshd, slurmctld, moto)" ;;
+  esac
+}
+
 case ${1:-} in
   up) shift; cmd_up "$@" ;;
+  restart) shift; cmd_restart "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up [--accounting] | down | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--accounting] | down | status | restart sshd|slurmctld|moto [seconds-down]" >&2; exit 2 ;;
 esac

@@ -194,8 +194,8 @@ class SlurmJobTrigger(BaseTrigger):
             self.log.info("[slurm %s] %s", self.job_id, line)
         return rest
 
-    def _event(self, status: str, **payload: Any) -> dict[str, Any]:
-        return {"event": status, "job_id": self.job_id, **payload}
+    def _event(self, kind: str, **payload: Any) -> dict[str, Any]:
+        return {"event": kind, "job_id": self.job_id, **payload}
 
     async def on_kill(self) -> None:
         """A user killed the deferred task (mark failed/success, clear): cancel the Slurm job.

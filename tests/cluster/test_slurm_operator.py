@@ -1,0 +1,173 @@
+"""SlurmOperator and SlurmJobSensor on the real local cluster, through real sshd, via dag.test().
+
+dag.test() runs the deferrable path for real: the operator defers, the trigger runs inline (asyncssh to
+the local sshd), and execute_complete maps the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from neoxflow.hooks.slurm import SlurmSSHHook
+from tests.cluster.slurm_helpers import localcluster, run_dag, slurm, ti_states, unique_dir, wait_state
+
+pytestmark = [pytest.mark.cluster]
+
+
+def run_job(workdir, script, **conf):
+    """One SlurmOperator task (DAG nxf_test_slurm_job) on the local cluster."""
+    return run_dag("nxf_test_slurm_job", script=script, remote_dir=workdir, **conf)
+
+
+def when_file_appears(path: Path, action, delay: float = 1.0) -> threading.Thread:
+    """Run ``action`` in a thread once ``path`` exists (the job has started), after ``delay`` seconds."""
+
+    def wait_then_act():
+        end = time.monotonic() + 90
+        while not path.exists() and time.monotonic() < end:
+            time.sleep(0.2)
+        time.sleep(delay)
+        action()
+
+    thread = threading.Thread(target=wait_then_act)
+    thread.start()
+    return thread
+
+
+def task_log(capfd) -> str:
+    """What the run printed so far: dag.test() sends task and trigger logs to stdout (structlog)."""
+    out, err = capfd.readouterr()
+    return out + err
+
+
+@pytest.fixture
+def workdir(cluster_env, airflow_db):
+    return unique_dir(cluster_env["NEOXFLOW_FSX"])
+
+
+def test_one_node_job_succeeds_and_streams_output(workdir, capfd):
+    run = run_job(workdir, "#!/bin/bash\necho hello-from-$SLURMD_NODENAME\n")
+    log = task_log(capfd)
+    assert ti_states(run) == {"job": "success"}
+    assert "hello-from-node" in log  # the job's stdout reached the task log
+    scripts = list(Path(workdir).glob("nxf-job-*/job-*.sbatch"))
+    assert len(scripts) == 1 and scripts[0].read_text().startswith("#!/bin/bash")
+
+
+def test_two_node_job_runs_one_task_per_node(workdir, capfd):
+    script = "#!/bin/bash\nsrun -l printenv SLURMD_NODENAME\n"
+    run = run_job(workdir, script, sbatch_options={"nodes": 2, "ntasks-per-node": 1})
+    log = task_log(capfd)
+    assert ti_states(run) == {"job": "success"}
+    assert "0: node1" in log and "1: node2" in log
+
+
+def test_exit_code_3_fails_naming_it(workdir, capfd):
+    run = run_job(workdir, "#!/bin/bash\necho about to fail\nexit 3\n")
+    log = task_log(capfd)
+    assert ti_states(run) == {"job": "failed"}
+    assert "state FAILED, exit code 3" in log
+    assert "application failure" in log
+    assert "about to fail" in log  # last log lines in the failure message
+
+
+def test_array_job_waits_for_all_tasks_and_names_the_failing_one(workdir, capfd):
+    script = '#!/bin/bash\nsleep 1\n[ "$SLURM_ARRAY_TASK_ID" = 2 ] && exit 5\necho task $SLURM_ARRAY_TASK_ID ok\n'
+    run = run_job(workdir, script, array="0-3%2")
+    log = task_log(capfd)
+    assert ti_states(run) == {"job": "failed"}
+    assert "exit code 5" in log and "1/4 array tasks" in log
+    outputs = sorted(p.name for p in Path(workdir).glob("nxf-job-*/slurm-*_*.out"))
+    assert len(outputs) == 4  # every task ran before the verdict
+
+
+def test_array_job_success(workdir):
+    run = run_job(workdir, "#!/bin/bash\necho $SLURM_ARRAY_TASK_ID\n", array="0-2")
+    assert ti_states(run) == {"job": "success"}
+
+
+def test_node_fail_is_an_infrastructure_failure(workdir, capfd):
+    marker = Path(workdir) / "started"
+    thread = when_file_appears(
+        marker, lambda: slurm("scontrol", "update", "nodename=node2", "state=down", "reason=neoxflow-test")
+    )
+    try:
+        run = run_job(workdir, f"#!/bin/bash\ntouch {marker}\nsrun sleep 60\n", sbatch_options={"nodes": 2})
+    finally:
+        thread.join()
+        slurm("scontrol", "update", "nodename=node2", "state=resume", check=False)
+    log = task_log(capfd)
+    assert ti_states(run) == {"job": "failed"}
+    assert "state NODE_FAIL" in log and "infrastructure failure" in log
+
+
+def test_requeued_job_is_followed_to_its_end(workdir):
+    marker = Path(workdir) / "runs"
+    script = (
+        "#!/bin/bash\n"
+        f"echo run $SLURM_RESTART_COUNT >> {marker}\n"
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then srun sleep 60; fi\n'
+        "echo finished after restart\n"
+    )
+
+    def requeue():
+        job = slurm("squeue", "-h", "-o", "%i", "-n", "requeue-me").split()[0]
+        slurm("scontrol", "requeue", job)
+
+    thread = when_file_appears(marker, requeue)
+    try:
+        run = run_job(workdir, script, job_name="requeue-me", sbatch_options={"nodes": 2, "requeue": True})
+    finally:
+        thread.join()
+    assert ti_states(run) == {"job": "success"}
+    assert marker.read_text().split("\n")[:2] == ["run", "run 1"]
+
+
+def test_retry_reattaches_to_the_running_job(workdir):
+    """A new try of the same task instance finds the live job by its deterministic name: one job only."""
+    ledger = Path(workdir) / "ledger"
+    script = f"#!/bin/bash\necho $SLURM_JOB_ID >> {ledger}\nsleep 4\n"
+    hook = SlurmSSHHook("neoxflow_cluster")  # an earlier try's job, still running under the task's name
+    job_dir = Path(workdir) / "reattach-me"
+    hook.upload(script.encode(), f"{job_dir}/earlier.sbatch")
+    earlier = hook.submit(f"{job_dir}/earlier.sbatch", job_name="reattach-me", output=f"{job_dir}/slurm-%j.out")
+    wait_state(earlier, {"RUNNING"})
+    run = run_job(workdir, script, job_name="reattach-me")
+    assert ti_states(run) == {"job": "success"}
+    assert ledger.read_text().split() == [earlier]  # exactly one job ran
+    (ti,) = run.get_task_instances()
+    assert ti.xcom_pull(task_ids="job", key="job_id") == earlier
+
+
+def test_sensor_waits_for_a_job_from_elsewhere(workdir):
+    hook = SlurmSSHHook("neoxflow_cluster")
+    hook.upload(b"#!/bin/bash\nsleep 2\n", f"{workdir}/ext.sbatch")
+    job = hook.submit(f"{workdir}/ext.sbatch", job_name="external", output=f"{workdir}/ext-%j.out")
+    run = run_dag("nxf_test_slurm_sensor", job_id=job)
+    assert ti_states(run) == {"wait": "success"}
+
+
+def test_unknown_host_key_is_refused(monkeypatch, cluster_env):
+    conn = json.loads(cluster_env["AIRFLOW_CONN_NEOXFLOW_CLUSTER"])
+    # a well-formed ed25519 key that is not the server's
+    conn["extra"]["host_key"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    monkeypatch.setenv("AIRFLOW_CONN_WRONG_KEY", json.dumps(conn))
+    with pytest.raises(Exception, match="host_key"):
+        SlurmSSHHook("wrong_key").run("true")
+
+
+@pytest.mark.parametrize("service", ["sshd", "slurmctld"])
+def test_watch_survives_service_restart(workdir, service, capfd):
+    marker = Path(workdir) / "started"
+    thread = when_file_appears(marker, lambda: localcluster("restart", service, "3"))
+    try:
+        run = run_job(workdir, f"#!/bin/bash\ntouch {marker}\nsleep 8\necho survived\n")
+    finally:
+        thread.join()
+    assert ti_states(run) == {"job": "success"}
+    assert "survived" in log
