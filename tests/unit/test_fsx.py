@@ -291,3 +291,68 @@ def test_busy_file_system_is_a_retryable_error_and_unknown_tasks_are_refused(fsx
     assert info.value.retryable and "DataRepositoryTaskExecuting" in str(info.value)
     with pytest.raises(FsxTaskError, match="does not exist"):
         repo.describe("task-00000000000000000")
+
+
+# ------------------------------------------------------------------------------------------- trigger
+
+
+def test_trigger_serialises_to_primitives_and_back():
+    from neoxflow.data.fsx import FsxImportTaskTrigger
+
+    trigger = FsxImportTaskTrigger(
+        task_id="task-1", aws_conn_id="c", region_name="eu-west-1", poll_interval=5
+    )
+    path, kwargs = trigger.serialize()
+    assert path == "neoxflow.data.fsx.FsxImportTaskTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    again = FsxImportTaskTrigger(**kwargs)
+    assert again.serialize() == (path, kwargs)
+
+
+async def _events(trigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+async def test_trigger_waits_for_the_task_to_end(fsx_server):
+    from neoxflow.data.fsx import FsxImportTaskTrigger
+
+    task_id = _repo().start_import(import_task_request(FS_ID, ["/fsx/data"], token="tok-trig"))
+    events = await _events(
+        FsxImportTaskTrigger(task_id=task_id, aws_conn_id="neox_fsx_test", poll_interval=0)
+    )
+    assert len(events) == 1
+    assert (
+        events[0]["status"] == SUCCESS
+        and events[0]["task_id"] == task_id
+        and events[0]["lifecycle"] == "SUCCEEDED"
+    )
+
+
+async def test_trigger_reports_failure_and_missing_tasks(fsx_server):
+    from neoxflow.data.fsx import FsxImportTaskTrigger
+
+    task_id = _repo().start_import(import_task_request(FS_ID, ["/fsx/broken"], token="tok-trig-broken"))
+    events = await _events(
+        FsxImportTaskTrigger(task_id=task_id, aws_conn_id="neox_fsx_test", poll_interval=0)
+    )
+    assert [e["status"] for e in events] == [FAILED] and "could not import broken/" in events[0]["message"]
+    events = await _events(
+        FsxImportTaskTrigger(task_id="task-missing", aws_conn_id="neox_fsx_test", poll_interval=0)
+    )
+    assert [e["status"] for e in events] == [FAILED] and "does not exist" in events[0]["message"]
+
+
+async def test_trigger_gives_up_as_unknown_never_as_success(monkeypatch):
+    """An endpoint that answers nothing useful: after max_unknown polls the event says unknown."""
+    from neoxflow.data import fsx
+
+    calls = []
+
+    def describe(self, task_id):
+        calls.append(task_id)
+        return fsx.DraTaskState(task_id, "", UNKNOWN, "no answer")
+
+    monkeypatch.setattr(fsx.FsxDataRepository, "describe", describe)
+    trigger = fsx.FsxImportTaskTrigger(task_id="task-x", poll_interval=0, max_unknown=3)
+    events = await _events(trigger)
+    assert [e["status"] for e in events] == [UNKNOWN] and len(calls) == 3
