@@ -45,7 +45,7 @@ while args and args[0].startswith("-"):
     key, _, value = args.pop(0).partition("=")
     opts[key] = value or True
 with open(os.environ["FAKE_SRUN_RECORD"], "a") as f:
-    f.write(json.dumps({"opts": opts, "command": args}) + "\n")
+    f.write(json.dumps({"opts": opts, "command": args, "pid": os.getpid()}) + "\n")
 ntasks, per_node = int(opts["--ntasks"]), int(opts["--ntasks-per-node"])
 assert ntasks == int(opts["--nodes"]) * per_node
 procs = []
@@ -68,6 +68,14 @@ if [[ $1 == show && $2 == node ]]; then
   echo "NodeName=$4 Arch=x86_64 NodeAddr=FAKE_ADDR NodeHostName=$4"; exit 0
 fi
 exit 1
+"""
+
+FAKE_SCANCEL = r"""#!/bin/bash
+# scancel --signal=SIG JOBID: signal the job's tasks (here: through the fake srun, which forwards)
+echo "$*" >>"$FAKE_RECORD_DIR/scancel.log"
+[[ $1 == --signal=* ]] || exit 1
+pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$FAKE_SRUN_RECORD" | tail -n 1)
+kill -"${1#--signal=}" "$pid"
 """
 
 FAKE_NEOX_ARGS = r'''
@@ -110,7 +118,8 @@ def fake_cluster(tmp_path: Path):
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(FAKE_SRUN.replace("PYTHON", sys.executable))
     (bin_dir / "scontrol").write_text(FAKE_SCONTROL.replace("FAKE_ADDR", MASTER_NODE_ADDR))
-    for tool in ("srun", "scontrol"):
+    (bin_dir / "scancel").write_text(FAKE_SCANCEL)
+    for tool in ("srun", "scontrol", "scancel"):
         (bin_dir / tool).chmod(0o755)
     neox = tmp_path / "gpt-neox"
     (neox / "megatron" / "neox_arguments").mkdir(parents=True)
@@ -340,6 +349,8 @@ def test_usr1_before_time_limit_waits_for_the_checkpoint_then_stops_cleanly(fake
     terms = [float((fake_cluster["records"] / f"term-{r}").read_text()) for r in (0, 1)]
     assert min(terms) >= ready, "ranks were stopped before the checkpoint was committed"
     assert "stopping the training step" in text and "NEOXFLOW slice_end reason=time_limit step_exit=0" in text
+    # the ranks are signalled through Slurm (srun would kill the step on its own SIGTERM)
+    assert (fake_cluster["records"] / "scancel.log").read_text() == "--signal=TERM 99\n"
 
 
 # --- validation and injection -----------------------------------------------------------------------------
