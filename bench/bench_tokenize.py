@@ -1,0 +1,198 @@
+"""Benchmark: our include/cluster/preprocess_data.py vs plain HF ``encode_batch`` vs NeoX's script.
+
+One command, same C4-format input, same cores, same run:
+
+    .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--neox /work/neox --neox-python PY]
+
+Prints tokens/s, MB/s (UTF-8 bytes of the text fields) and peak RSS (process tree) for each tool, the
+ratios against NeoX (when ``--neox`` is given) and against plain HF ``Tokenizer.encode_batch`` (always),
+and whether the ``.bin``/``.idx`` outputs are byte-identical. Wall time includes each tool's start-up.
+The input is generated from prose found on this machine (``/usr/share/doc``; synthetic words if
+absent) shaped like allenai/c4 lines (``text``, ``timestamp``, ``url``), ~10% non-ASCII documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "include" / "cluster"
+DEFAULT_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json"
+
+sys.path.insert(0, str(CLUSTER))
+import mmidx  # noqa: E402
+
+# Plain HF encode_batch baseline: the simplest correct script a user would write (same output format).
+HF_BASELINE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[4])
+import mmidx, numpy as np
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[2])
+eod = tok.token_to_id("<|endoftext|>")
+w = mmidx.DatasetWriter(sys.argv[3], mmidx.best_fitting_dtype(tok.get_vocab_size()))
+def flush(batch):
+    for enc in tok.encode_batch(batch):
+        w.add_document(enc.ids + [eod])
+batch = []
+with open(sys.argv[1], encoding="utf-8") as f:
+    for line in f:
+        text = json.loads(line)["text"]
+        if text:
+            batch.append(text)
+        if len(batch) == 1000:
+            flush(batch); batch = []
+flush(batch)
+w.close()
+"""
+
+
+def _paragraphs() -> list[str]:
+    paras: list[str] = []
+    root = Path("/usr/share/doc")
+    for path in sorted(root.glob("*/*"))[:4000] if root.is_dir() else []:
+        try:
+            if path.suffix == ".gz":
+                text = gzip.open(path, "rt", errors="ignore").read()
+            elif path.is_file() and path.stat().st_size < 500_000:
+                text = path.read_text(errors="ignore")
+            else:
+                continue
+        except OSError:
+            continue
+        for p in text.split("\n\n"):
+            p = p.strip()
+            letters = sum(c.isalpha() or c == " " for c in p)
+            if len(p) > 80 and letters > 0.8 * len(p):  # prose-like
+                paras.append(p)
+    if len(paras) < 1000:  # no docs on this machine: synthetic words
+        rng = random.Random(1)
+        words = [
+            "".join(rng.choice("etaoinshrdlucmfwypvbgkqjxz") for _ in range(rng.randint(1, 9)))
+            for _ in range(5000)
+        ]
+        paras = [" ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) + "." for _ in range(20000)]
+    return paras
+
+
+_NON_ASCII = ["café", "naïve", "“quoted”", "it’s", "—", "東京都", "Привет мир", "👩‍👩‍👧", "½ €5"]
+
+
+def make_input(path: Path, docs: int, seed: int = 0) -> int:
+    """Write ``docs`` C4-format JSON lines to ``path``; returns the UTF-8 bytes of the text fields."""
+    rng = random.Random(seed)
+    paras = _paragraphs()
+    total = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(docs):
+            text = "\n".join(rng.choice(paras) for _ in range(rng.randint(1, 6)))
+            if rng.random() < 0.1:
+                words = text.split(" ")
+                for _ in range(3):
+                    words.insert(rng.randrange(len(words) + 1), rng.choice(_NON_ASCII))
+                text = " ".join(words)
+            total += len(text.encode("utf-8"))
+            rec = {"text": text, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.com/{i}"}
+            f.write(json.dumps(rec) + "\n")
+    return total
+
+
+def timed(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, int]:
+    """Run ``cmd``; return (wall seconds, peak RSS of its process tree in bytes). Raises on failure."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, peak
+
+
+def same_files(a: str, b: str) -> bool:
+    return all(filecmp.cmp(f"{a}{ext}", f"{b}{ext}", shallow=False) for ext in (".bin", ".idx"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=20000, help="documents to generate (default 20000)")
+    p.add_argument("--input", help="use this .jsonl instead of generating one")
+    p.add_argument("--workers", type=int, default=2, help="--workers for our script and NeoX's")
+    p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    p.add_argument("--neox", help="a GPT-NeoX checkout: also run its tools/datasets/preprocess_data.py")
+    p.add_argument("--neox-python", default=sys.executable, help="python with NeoX's deps (lm_dataformat..)")
+    p.add_argument("--workdir", help="keep inputs/outputs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.input:
+        src = Path(args.input)
+        text_bytes = sum(len(json.loads(line)["text"].encode()) for line in open(src, encoding="utf-8"))
+    else:
+        src = work / "c4-bench.jsonl"
+        text_bytes = make_input(src, args.docs)
+    print(f"input {src}: {text_bytes / 1e6:.1f} MB of text, cores {os.cpu_count()}, workers {args.workers}")
+
+    results: dict[str, tuple[float, int, str]] = {}
+    ours = str(work / "ours")
+    wall, rss = timed(
+        [sys.executable, str(CLUSTER / "preprocess_data.py"), "--input", str(src), "--tokenizer-type",
+         "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", ours,
+         "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"]
+    )  # fmt: skip
+    results["ours"] = (wall, rss, ours + "_text_document")
+
+    hf = str(work / "hf_text_document")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(args.workers))
+    wall, rss = timed(
+        [sys.executable, "-c", HF_BASELINE, str(src), args.tokenizer, hf, str(CLUSTER)], env=env
+    )
+    results["hf_encode_batch"] = (wall, rss, hf)
+
+    if args.neox:
+        neox = str(work / "neox")
+        wall, rss = timed(
+            [args.neox_python, "tools/datasets/preprocess_data.py", "--input", str(src), "--tokenizer-type",
+             "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", neox,
+             "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"],
+            cwd=Path(args.neox),
+        )  # fmt: skip
+        results["neox"] = (wall, rss, neox + "_text_document")
+
+    tokens = mmidx.DatasetReader(results["ours"][2]).num_tokens
+    print(f"{'tool':<16} {'wall s':>8} {'M tok/s':>8} {'MB/s':>7} {'peak RSS MB':>12}  output")
+    for name, (wall, rss, prefix) in results.items():
+        same = "reference" if name == "ours" else (
+            "byte-identical" if same_files(prefix, results["ours"][2]) else "DIFFERENT")  # fmt: skip
+        print(f"{name:<16} {wall:8.2f} {tokens / wall / 1e6:8.3f} {text_bytes / wall / 1e6:7.2f} "
+              f"{rss / 2**20:12.0f}  {same}")  # fmt: skip
+    for base in ("hf_encode_batch", "neox"):
+        if base in results:
+            print(f"speed-up ours vs {base}: {results[base][0] / results['ours'][0]:.2f}x")
+    identical = all(same_files(r[2], results["ours"][2]) for r in results.values())
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
