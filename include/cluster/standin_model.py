@@ -176,6 +176,36 @@ class GPTNeoX(nn.Module):
         return self.embed_out(self.final_layer_norm(x))
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Mean token cross-entropy with one pass over the logits each way.
+
+    Why: with NeoX's 50304-entry vocabulary the loss dominates a tiny model's step on CPU. Autograd's
+    log_softmax + nll_loss writes a log-probability copy, zero-fills a gradient buffer and runs a second
+    exp pass. Here the forward keeps only logsumexp per token, and the backward turns the saved logits
+    into the gradient in place: softmax - onehot, scaled by 1/N. Same values as F.cross_entropy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, targets, lse)
+        return (lse - picked).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad = logits.sub_(lse.unsqueeze(-1)).exp_()  # logits are not needed again: reuse their memory
+        grad.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(lse, -1.0).unsqueeze(-1))
+        grad.mul_(grad_out / targets.numel())
+        return grad, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` [N, V] against ``targets`` [N] (see _CrossEntropy)."""
+    return _CrossEntropy.apply(logits, targets)
+
+
 def no_weight_decay(name: str) -> bool:
     """NeoX exempts biases and norms from weight decay (get_params_for_weight_decay_optimization)."""
     return name.endswith("bias") or "layernorm" in name or "layer_norm" in name

@@ -27,6 +27,7 @@ import standin_config as sc
 import standin_train as st
 import torch
 from standin_data import SampleStream, split_bounds
+from standin_model import GPTNeoX, ModelShape, cross_entropy
 from standin_optim import AdamW
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,6 +305,52 @@ def test_sample_stream_covers_each_epoch_once_and_is_deterministic(dataset):
     assert not np.array_equal(SampleStream([dataset], 32, seed=8).batch(0, 4), stream.batch(0, 4))
     firsts = [stream.sample(g)[0] for g in range(stream.block)]
     assert len(set(map(int, firsts))) > 10  # samples are visited out of stream order
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+
+def test_fused_cross_entropy_equals_torchs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 300, generator=gen) * 4
+    targets = torch.randint(0, 300, (12,), generator=gen)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    (cross_entropy(a * 2.0, targets) * 3).backward()
+    (torch.nn.functional.cross_entropy(b * 2.0, targets) * 3).backward()
+    assert torch.allclose(cross_entropy(logits, targets), torch.nn.functional.cross_entropy(logits, targets))
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_model_is_causal_and_shaped_like_neox():
+    shape = ModelShape(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        padded_vocab_size=256,
+        max_position_embeddings=16,
+        rotary_pct=0.25,
+        gpt_j_residual=True,
+        no_weight_tying=True,
+    )
+    assert shape.rotary_ndims == 2
+    torch.manual_seed(0)
+    model = GPTNeoX(shape).eval()
+    names = dict(model.named_parameters())
+    assert names["layers.0.attention.query_key_value.weight"].shape == (96, 32)
+    assert names["layers.1.mlp.dense_h_to_4h.weight"].shape == (128, 32)
+    assert names["embed_out.weight"].data_ptr() != names["embed_in.weight"].data_ptr()
+    tokens = torch.randint(0, 256, (2, 10))
+    changed = tokens.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 256
+    with torch.no_grad():
+        out, out2 = model(tokens), model(changed)
+    assert out.shape == (2, 10, 256)
+    assert torch.allclose(out[:, :6], out2[:, :6], atol=1e-6)  # a later token never changes an earlier logit
+    assert not torch.allclose(out[:, 6:], out2[:, 6:])
+    tied = GPTNeoX(ModelShape(1, 32, 4, 256, 16, no_weight_tying=False))
+    assert tied.embed_out.weight is tied.embed_in.weight
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
 
 
 # --- optimizer ---------------------------------------------------------------------------------------------
