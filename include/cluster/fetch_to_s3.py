@@ -36,6 +36,7 @@ import datamove
 from datamove import MiB, PermanentError, SinkError, TransientError
 
 DEFAULT_PART_SIZE = 64 * MiB
+MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 COPY_OBJECT_LIMIT = 5 * 1024 * MiB  # CopyObject handles up to 5 GiB; beyond that a managed multipart copy
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -110,6 +111,8 @@ class MultipartSink:
             )
             self.upload_id = created["UploadId"]
         number = len(self.parts) + 1
+        if number > MAX_PARTS:
+            raise PermanentError(f"more than {MAX_PARTS} parts of {self.part_size} bytes: raise --part-size")
         answer = self._call(
             f"UploadPart {number}",
             self.client.upload_part,

@@ -8,8 +8,9 @@ it also works without one and verifies checksums.
 
 There is no FSx hook in the amazon provider, so this uses ``AwsBaseHook(client_type="fsx")``. The pure
 parts (request building, path mapping, idempotency token, status classification) are separate from the
-two calls that touch AWS, so the operator can start the task on a worker and a trigger or a
-reschedule-mode sensor can poll :meth:`FsxDataRepository.describe` without holding a worker slot.
+two calls that touch AWS: an operator starts the task on a worker (with a deterministic client token,
+so a retry gets the same task), then defers to :class:`FsxImportTaskTrigger`, which polls
+:meth:`FsxDataRepository.describe` in the triggerer without holding a worker slot.
 """
 
 from __future__ import annotations
