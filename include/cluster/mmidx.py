@@ -16,6 +16,7 @@ pair) only when :meth:`DatasetWriter.close` succeeds.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,28 @@ class DatasetWriter:
             self._doc_idx = np.resize(self._doc_idx, max(d_end, 2 * len(self._doc_idx)))
         self._doc_idx[self._d : d_end] = np.arange(start + 1, end + 1, dtype=np.int64)
         self._d = d_end
+
+    def append_dataset(self, prefix: str | os.PathLike) -> Index:
+        """Append a whole written dataset (streamed copy of its ``.bin``), keeping its document
+        boundaries: its doc_idx is shifted by the number of items already written. Validates it
+        first (header, pointers, doc_idx, ``.bin`` size) and requires the same dtype."""
+        index = read_index(index_path(prefix))
+        check_data_size(prefix, index)
+        if index.dtype != self.dtype:
+            raise ValueError(f"{prefix}: dtype {index.dtype} differs from the output's {self.dtype}")
+        with open(data_path(prefix), "rb") as f:
+            shutil.copyfileobj(f, self._file, 16 << 20)
+        start, end = self._n, self._n + index.num_items
+        if end > len(self._sizes):
+            self._sizes = np.resize(self._sizes, max(end, 2 * len(self._sizes)))
+        self._sizes[start:end] = index.sizes
+        self._n = end
+        d_end = self._d + index.num_docs
+        if d_end > len(self._doc_idx):
+            self._doc_idx = np.resize(self._doc_idx, max(d_end, 2 * len(self._doc_idx)))
+        self._doc_idx[self._d : d_end] = np.asarray(index.doc_idx[1:], dtype=np.int64) + start
+        self._d = d_end
+        return index
 
     def _push_size(self, size: int) -> None:
         if self._n == len(self._sizes):
