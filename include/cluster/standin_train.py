@@ -25,6 +25,7 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -55,8 +56,21 @@ def first_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0]
 
 
-def dist_env(environ: dict | None = None) -> DistEnv:
-    """Rank layout from torch's variables, falling back to Slurm's (one rank per Slurm task)."""
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
+def dist_env(environ: dict | None = None, resolves=_resolves) -> DistEnv:
+    """Rank layout from torch's variables, falling back to Slurm's (one rank per Slurm task).
+
+    Without MASTER_ADDR the first node of the allocation hosts rank 0. Slurm node names need not be
+    host names (the local cluster's node1/node2 are one machine, NodeAddr 127.0.0.1), so a name that does
+    not resolve falls back to SLURM_LAUNCH_NODE_IPADDR, the address srun was started from.
+    """
     env = os.environ if environ is None else environ
 
     def pick(*names: str, default: str | None = None) -> str | None:
@@ -72,6 +86,8 @@ def dist_env(environ: dict | None = None) -> DistEnv:
     if addr is None:
         nodelist = pick("SLURM_JOB_NODELIST", "SLURM_NODELIST")
         addr = first_host(nodelist) if nodelist else "127.0.0.1"
+        if nodelist and not resolves(addr):
+            addr = pick("SLURM_LAUNCH_NODE_IPADDR", default=addr)
     port = pick("MASTER_PORT")
     if port is None:
         job = pick("SLURM_JOB_ID", default="0")

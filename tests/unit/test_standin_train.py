@@ -236,7 +236,9 @@ def test_rank_layout_from_torch_or_slurm_variables():
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_JOB_ID": "42",
     }
-    assert st.dist_env(slurm) == st.DistEnv(3, 4, 1, "node1", 29542)
+    assert st.dist_env(slurm, resolves=lambda h: True) == st.DistEnv(3, 4, 1, "node1", 29542)
+    local = {**slurm, "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1"}  # node names that are not host names
+    assert st.dist_env(local, resolves=lambda h: False).master_addr == "127.0.0.1"
     torchrun = {
         **slurm,
         "RANK": "1",
