@@ -1,0 +1,155 @@
+"""mmidx: NeoX's MMIDIDX layout byte for byte, round trips, atomic writes, and corruption detection."""
+
+import struct
+
+import mmidx
+import numpy as np
+import pytest
+
+
+def _write(prefix, docs, dtype=np.uint16):
+    with mmidx.DatasetWriter(prefix, dtype) as w:
+        for doc in docs:
+            w.add_document(doc)
+    return str(prefix)
+
+
+def test_index_layout_matches_neox_spec():
+    """Header fields at the documented offsets, then int32 sizes, int64 pointers, int64 doc_idx."""
+    sizes, doc_idx = [3, 0, 2], [0, 2, 3]
+    raw = mmidx.encode_index(sizes, doc_idx, np.uint16)
+    assert raw[:9] == b"MMIDIDX\x00\x00"
+    assert struct.unpack_from("<Q", raw, 9) == (1,)
+    assert raw[17] == 8  # uint16's code
+    assert struct.unpack_from("<QQ", raw, 18) == (3, 3)
+    assert struct.unpack_from("<3i", raw, 34) == (3, 0, 2)
+    assert struct.unpack_from("<3q", raw, 46) == (0, 6, 6)  # byte offsets: 2-byte tokens
+    assert struct.unpack_from("<3q", raw, 70) == (0, 2, 3)
+    assert len(raw) == 94
+
+
+def test_int32_pointers_use_itemsize():
+    raw = mmidx.encode_index([2, 5], [0, 1, 2], np.int32)
+    assert raw[17] == 4
+    assert struct.unpack_from("<2q", raw, 34 + 8) == (0, 8)
+
+
+@pytest.mark.parametrize(("vocab", "dtype"), [(50277, np.uint16), (65499, np.uint16), (65500, np.int32)])
+def test_best_fitting_dtype(vocab, dtype):
+    assert mmidx.best_fitting_dtype(vocab) == np.dtype(dtype)
+
+
+def test_round_trip(tmp_path):
+    docs = [[1, 2, 3], [65535], [], list(range(1000))]
+    prefix = _write(tmp_path / "d", docs)
+    r = mmidx.DatasetReader(prefix)
+    assert len(r) == 4 and r.num_docs == 4 and r.num_tokens == 1004
+    assert [r[i].tolist() for i in range(4)] == docs
+    assert r[-1].tolist() == docs[-1]
+    assert r.doc_idx.tolist() == [0, 1, 2, 3, 4]
+    assert (tmp_path / "d.bin").stat().st_size == 1004 * 2
+    with pytest.raises(IndexError):
+        r[4]
+
+
+def test_add_documents_equals_one_by_one(tmp_path):
+    docs = [[5, 6], [7], [8, 9, 10]]
+    a = _write(tmp_path / "a", docs)
+    with mmidx.DatasetWriter(tmp_path / "b", np.uint16) as w:
+        w.add_documents(np.array([5, 6, 7, 8, 9, 10]), np.array([2, 1, 3]))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes(), a
+
+
+def test_multi_item_documents(tmp_path):
+    with mmidx.DatasetWriter(tmp_path / "m", np.int32) as w:
+        w.add_item([1, 2])
+        w.add_item([3])
+        w.end_document()
+        w.add_item([4])
+        w.end_document()
+    r = mmidx.DatasetReader(tmp_path / "m")
+    assert r.doc_idx.tolist() == [0, 2, 3] and r.num_docs == 2 and len(r) == 3
+    assert r[2].tolist() == [4] and r.dtype == np.int32
+
+
+def test_writer_error_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with mmidx.DatasetWriter(tmp_path / "x", np.uint16) as w:
+            w.add_document([1, 2])
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_replaces_existing_output_atomically(tmp_path):
+    _write(tmp_path / "x", [[1]])
+    _write(tmp_path / "x", [[2, 3]])
+    assert mmidx.DatasetReader(tmp_path / "x")[0].tolist() == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin", "x.idx"]
+
+
+def test_write_index_and_read_index(tmp_path):
+    path = tmp_path / "i.idx"
+    mmidx.write_index(path, [4, 1], [0, 2], np.uint16)
+    ix = mmidx.read_index(path)
+    assert ix.dtype == np.uint16 and ix.sizes.tolist() == [4, 1] and ix.pointers.tolist() == [0, 8]
+    assert ix.num_docs == 1 and ix.num_tokens == 5
+
+
+@pytest.fixture
+def good(tmp_path):
+    return _write(tmp_path / "g", [[1, 2, 3], [4, 5]])
+
+
+def _corrupt(prefix, offset, data):
+    path = f"{prefix}.idx"
+    raw = bytearray(open(path, "rb").read())
+    raw[offset : offset + len(data)] = data
+    open(path, "wb").write(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("offset", "data", "message"),
+    [
+        (0, b"XX", "bad magic"),
+        (9, struct.pack("<Q", 2), "unsupported version"),
+        (17, b"\x09", "unknown dtype code"),
+        (18, struct.pack("<Q", 3), "truncated"),
+        (34, struct.pack("<i", -1), "negative size"),
+        (34 + 8 + 8, struct.pack("<q", 7), "pointer of item 1"),
+        (34 + 8 + 16 + 16, struct.pack("<q", 5), "doc_idx ends at 5"),
+        (34 + 8 + 16, struct.pack("<q", 1), r"doc_idx\[0\] is 1"),
+    ],
+)
+def test_read_index_rejects_corruption(good, offset, data, message):
+    _corrupt(good, offset, data)
+    with pytest.raises(mmidx.CorruptDatasetError, match=message) as err:
+        mmidx.read_index(f"{good}.idx")
+    assert "g.idx" in str(err.value)
+
+
+def test_read_index_rejects_every_truncation(good):
+    raw = open(f"{good}.idx", "rb").read()
+    for cut in range(len(raw)):
+        open(f"{good}.idx", "wb").write(raw[:cut])
+        with pytest.raises(mmidx.CorruptDatasetError):
+            mmidx.read_index(f"{good}.idx")
+
+
+def test_trailing_bytes_rejected(good):
+    with open(f"{good}.idx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(mmidx.CorruptDatasetError, match="trailing bytes"):
+        mmidx.read_index(f"{good}.idx")
+
+
+def test_reader_rejects_short_bin(good):
+    raw = open(f"{good}.bin", "rb").read()
+    open(f"{good}.bin", "wb").write(raw[:-1])
+    with pytest.raises(mmidx.CorruptDatasetError, match="truncated"):
+        mmidx.DatasetReader(good)
+
+
+def test_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.idx"):
+        mmidx.DatasetReader(tmp_path / "nope")
