@@ -4,11 +4,10 @@ Like NeoX's GPT2Dataset, a sample is ``seq_length + 1`` consecutive tokens of a 
 concatenating the training documents in a shuffled order, consecutive samples overlapping by one token,
 and samples are visited in a shuffled order. Unlike NeoX, the order does not depend on ``train_iters``:
 the stream is an endless series of epochs, epoch ``e`` using its own seeded permutation of the documents,
-and samples are shuffled within fixed blocks of one epoch's worth. Global sample ``g`` is therefore the
-same whatever the run length, which is what makes "train N, resume, train to 2N" equal to "train 2N"
-even when a resumed run raises ``train_iters`` (NeoX rebuilds its index map then). Only the document
-sizes are held in memory (one int per document and epoch); tokens are read from the memory-mapped
-``.bin`` on demand.
+and samples are shuffled within fixed blocks of about one epoch (at most MAX_BLOCK samples). Global
+sample ``g`` is therefore the same whatever the run length, which is what makes "train N, resume, train
+to 2N" equal to "train 2N" even when the resumed run raises ``train_iters`` (NeoX rebuilds its index map
+then). Only document sizes are held in memory; tokens are read from the memory-mapped ``.bin`` on demand.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from collections import OrderedDict
 
 import mmidx
 import numpy as np
+
+MAX_BLOCK = 1 << 20
 
 
 def split_bounds(split: str, num_docs: int) -> list[int]:
@@ -61,7 +62,8 @@ class SampleStream:
                 f"training split of {', '.join(prefixes)} has {self.tokens_per_epoch} tokens, fewer than "
                 f"one sample of seq_length + 1 = {seq_length + 1}"
             )
-        self.block = max(1, self.tokens_per_epoch // seq_length)
+        # shuffle within blocks of about one epoch, capped so the permutation stays small (8 MiB)
+        self.block = max(1, min(self.tokens_per_epoch // seq_length, MAX_BLOCK))
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
 
