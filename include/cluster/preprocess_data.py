@@ -121,6 +121,8 @@ def read_chunks(path: str | os.PathLike) -> Iterator[bytes]:
     with open(path, "rb") as f:
         magic = f.read(4)
         f.seek(0)
+        if comp != "plain" and not magic:
+            raise InputError(f"{path}: empty file, not a valid {comp} stream")
         if comp == "gzip":
             if magic[:2] != b"\x1f\x8b":
                 raise InputError(f"{path}: not a gzip file (magic {magic[:2]!r})")

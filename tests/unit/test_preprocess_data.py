@@ -1,0 +1,250 @@
+"""preprocess_data: token-for-token equality with HF ``Tokenizer.encode(text).ids`` (what NeoX's
+HFTokenizer calls), every input format, NeoX's document rules, and clear failures on bad input."""
+
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import mmidx
+import numpy as np
+import preprocess_data as pp
+import pytest
+
+TOKENIZER = Path(__file__).resolve().parents[2].parent / "shared/tokenizers/20B_tokenizer.json"
+needs_tokenizer = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"real tokenizer absent: {TOKENIZER}")
+pytestmark = needs_tokenizer
+
+ADVERSARIAL = [
+    " ", "  ", "   ", " " * 24, " " * 25, " " * 49, "a" + " " * 30 + "b", "\t", "\t\t  \t", "a  b",
+    "a   b\tc", "x \t y", "hello\r\nworld\r\n", "x \r\n y", "\n\n\n", " \n \n\n  x", "end   ", "  lead",
+    "café", "cafe\u0301", "Å vs A\u030a", "\u1112\u1161\u11ab \ud55c", "東京都は日本の首都です。",
+    "👩\u200d👩\u200d👧\u200d👦 family 🏳️\u200d🌈", "\x00\x01\x07\x1b[31m\x7f\x1c\x1d\x1e\x1f",
+    "\u200b\u200d\u2028\u2029\u00a0\u3000\u0085\x0b\x0c", "<|endoftext|>", "a<|endoftext|>b",
+    "<|padding|>  <|endoftext|>", "<|endoftext", "it's 'll 'LL I'M don't", "12345 ١٢٣ ½ Ⅻ ²",
+    "∑∫ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "\ufeffBOM", "Z̤͔ͧ̑̓ä͖̭̈̇lgo", "a" * 5000, "مرحبا بالعالم", "नमस्ते दुनिया",
+    "สวัสดีชาวโลก", "\U000e0100 \U0001fae8 \u0558 \u088f", "ﬁ ﬀ ㎏ Ⅸ", "  \u3000  \u00a0 ",
+]  # fmt: skip
+
+_POOL = list("aZ09 \t\n\r'!.-_") + [
+    "  ",
+    "   ",
+    "'s",
+    "'ll",
+    "é",
+    "e\u0301",
+    "東",
+    "🙂",
+    "\u200d",
+    "\u00a0",
+    "\x00",
+]
+
+
+def _fuzz(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_POOL) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return pp.FastExactEncoder(str(TOKENIZER))
+
+
+def test_fast_encoder_equals_hf_encode_on_adversarial_text(fast, hf):
+    for text in ADVERSARIAL + _fuzz(400):
+        assert fast.encode(text) == hf.encode(text).ids, repr(text)
+
+
+def test_added_whitespace_tokens_are_used(fast, hf):
+    """The 20B tokenizer's runs-of-spaces tokens (ids 50254..50276) appear, split leftmost-longest."""
+    ids = fast.encode("a" + " " * 30 + "b")
+    assert ids == hf.encode("a" + " " * 30 + "b").ids
+    assert hf.token_to_id(" " * 24) in ids and hf.token_to_id(" " * 6) in ids
+
+
+def test_encode_batch_equals_encode(hf):
+    """NeoX calls encode() per document; the HF batch API gives the same ids (the bench relies on it)."""
+    texts = ADVERSARIAL + _fuzz(100, seed=3)
+    assert [e.ids for e in hf.encode_batch(texts)] == [hf.encode(t).ids for t in texts]
+
+
+def test_multi_megabyte_document(fast, hf):
+    rng = random.Random(5)
+    words = ADVERSARIAL[:20] + ["the", "quick", "brown", "fox", "jumps", "café", "東京", "1999", "it's", "\n"]
+    text = " ".join(rng.choice(words) for _ in range(250_000))
+    assert len(text.encode()) > 2_000_000
+    assert fast.encode(text) == hf.encode(text).ids
+
+
+def _write_inputs(tmp_path: Path, docs: list[str], name: str) -> Path:
+    lines = "".join(
+        json.dumps({"text": d, "url": f"u{i}", "timestamp": "t"}) + "\n" for i, d in enumerate(docs)
+    )
+    data = lines.encode("utf-8")
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data[: len(data) // 2]) + gzip.compress(data[len(data) // 2 :]))
+    elif name.endswith(".zst"):
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+DOCS = [
+    "Hello world.",
+    "",
+    "   ",
+    "second  doc\twith\r\ntabs",
+    "",
+    "café 東京 👩\u200d👩\u200d👧",
+    "<|endoftext|>x",
+]
+
+
+@pytest.mark.parametrize("name", ["c4.jsonl", "c4.json", "c4.json.gz", "c4.jsonl.gz", "c4.jsonl.zst"])
+def test_every_format_gives_the_text_field_tokens(tmp_path, hf, name):
+    path = _write_inputs(tmp_path, DOCS, name)
+    stats = pp.run([str(path)], str(tmp_path / "out"), str(TOKENIZER), append_eod=True, log_interval=0)
+    r = mmidx.DatasetReader(tmp_path / "out_text_document")
+    kept = [d for d in DOCS if d]  # empty dropped, whitespace-only kept
+    assert r.dtype == np.uint16 and len(r) == len(kept) == r.num_docs == stats.items["text"]
+    assert [r[i].tolist() for i in range(len(r))] == [hf.encode(d).ids + [0] for d in kept]
+
+
+def test_workers_and_batches_do_not_change_bytes(tmp_path, monkeypatch):
+    docs = ADVERSARIAL + _fuzz(300, seed=11)
+    path = _write_inputs(tmp_path, docs, "in.jsonl")
+    pp.run([str(path)], str(tmp_path / "one"), str(TOKENIZER), append_eod=True, log_interval=0, engine="hf")
+    monkeypatch.setattr(pp, "BATCH_DOCS", 7)
+    pp.run([str(path)], str(tmp_path / "two"), str(TOKENIZER), append_eod=True, workers=2, log_interval=0)
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"one_text_document{ext}").read_bytes() == (
+            tmp_path / f"two_text_document{ext}"
+        ).read_bytes()
+
+
+def test_multiple_inputs_keys_and_no_eod(tmp_path, hf):
+    a = tmp_path / "a.jsonl"
+    a.write_text(
+        json.dumps({"text": "one", "title": "T1"}) + "\n\n" + json.dumps({"text": "two", "title": ""}) + "\n"
+    )
+    b = _write_inputs(tmp_path, ["three"], "b.jsonl.gz")
+    pp.run([str(a), str(b)], str(tmp_path / "o"), str(TOKENIZER), keys=("text",), log_interval=0)
+    r = mmidx.DatasetReader(tmp_path / "o_text_document")
+    assert [r[i].tolist() for i in range(len(r))] == [hf.encode(t).ids for t in ("one", "two", "three")]
+    pp.run([str(a)], str(tmp_path / "k"), str(TOKENIZER), keys=("text", "title"), log_interval=0)
+    titles = mmidx.DatasetReader(tmp_path / "k_title_document")
+    assert len(titles) == 1 and titles[0].tolist() == hf.encode("T1").ids  # empty title dropped
+
+
+def test_progress_lines_on_stderr(tmp_path, capsys):
+    path = _write_inputs(tmp_path, [f"doc {i}" for i in range(25)], "p.jsonl")
+    rc = pp.main(["--input", str(path), "--tokenizer-type", "HFTokenizer", "--vocab-file", str(TOKENIZER),
+                  "--output-prefix", str(tmp_path / "p"), "--log-interval", "10"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert "documents" in err and "tokens" in err and "MB/s" in err
+    summary = json.loads(out)
+    assert summary["outputs"][str(tmp_path / "p_text_document")]["documents"] == 25
+
+
+def _main(tmp_path, path, *extra):
+    return pp.main(["--input", str(path), "--tokenizer-type", "HFTokenizer", "--vocab-file", str(TOKENIZER),
+                    "--append-eod", "--output-prefix", str(tmp_path / "bad"), *extra])  # fmt: skip
+
+
+def _assert_failed_cleanly(tmp_path, capsys, rc, *fragments):
+    err = capsys.readouterr().err
+    assert rc == 1
+    for frag in fragments:
+        assert frag in err, err
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("bad")]
+
+
+GOOD = b'{"text": "ok"}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "fragments"),
+    [
+        ("x.jsonl", GOOD + b'{"text": "unterminated}\n', ["x.jsonl:2", "invalid JSON"]),
+        ("x.jsonl", GOOD * 2 + b'{"url": "u"}\n', ["x.jsonl:3", "no 'text' field"]),
+        ("x.jsonl", GOOD + b'{"text": 5}\n', ["x.jsonl:2", "expected a string"]),
+        ("x.jsonl", GOOD + b'{"text": "caf\xe9"}\n', ["x.jsonl:2", "invalid UTF-8"]),
+        ("x.jsonl", GOOD + b'["text"]\n', ["x.jsonl:2", "expected an object"]),
+        ("x.jsonl", GOOD + b'{"text": "lone \\ud800 surrogate"}\n', ["x.jsonl:2", "cannot tokenize"]),
+        ("x.json.gz", gzip.compress(GOOD * 500)[:-30], ["x.json.gz", "truncated gzip"]),
+        ("x.json.gz", GOOD, ["x.json.gz", "not a gzip file"]),
+        ("x.jsonl.gz", b"", ["x.jsonl.gz", "empty file"]),
+        ("x.txt", GOOD, ["x.txt", "unsupported input name"]),
+    ],
+)
+def test_bad_input_fails_with_file_and_line(tmp_path, capsys, name, payload, fragments):
+    path = tmp_path / name
+    path.write_bytes(payload)
+    _assert_failed_cleanly(tmp_path, capsys, _main(tmp_path, path), *fragments)
+
+
+def test_truncated_zstd(tmp_path, capsys):
+    import zstandard
+
+    path = tmp_path / "x.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(GOOD * 1000)[:-10])
+    _assert_failed_cleanly(tmp_path, capsys, _main(tmp_path, path), "x.jsonl.zst", "truncated zstd")
+
+
+def test_error_in_worker_process_names_line(tmp_path, capsys):
+    path = tmp_path / "w.jsonl"
+    path.write_bytes(GOOD * 50 + b'{"text": "\\udfff"}\n')
+    _assert_failed_cleanly(tmp_path, capsys, _main(tmp_path, path, "--workers", "2"), "w.jsonl:51")
+
+
+def test_missing_ftfy_is_a_clear_error(tmp_path):
+    try:
+        import ftfy  # noqa: F401
+    except ImportError:
+        path = _write_inputs(tmp_path, ["x"], "f.jsonl")
+        with pytest.raises(SystemExit, match="ftfy"):
+            _main(tmp_path, path, "--ftfy")
+    else:
+        pytest.skip("ftfy is installed here")
+
+
+def test_unsupported_flags_rejected(tmp_path, capsys):
+    path = _write_inputs(tmp_path, ["x"], "f.jsonl")
+    assert _main(tmp_path, path, "--dataset-impl", "lazy") == 2
+    assert "mmap only" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NEOX_CHECKOUT"), reason="set NEOX_CHECKOUT (and NEOX_PYTHON) to compare"
+)
+def test_byte_identical_to_neox_script(tmp_path):
+    """Runs NeoX's own tools/datasets/preprocess_data.py (its deps in NEOX_PYTHON's environment)."""
+    docs = [d for d in ADVERSARIAL if "\x00" not in d] + _fuzz(200, seed=13) + ["", "plain text"] * 30
+    path = _write_inputs(tmp_path, docs, "neox.jsonl")
+    for workers in ("1", "2"):
+        subprocess.run(
+            [os.environ.get("NEOX_PYTHON", sys.executable), "tools/datasets/preprocess_data.py", "--input",
+             str(path), "--tokenizer-type", "HFTokenizer", "--vocab-file", str(TOKENIZER), "--append-eod",
+             "--output-prefix", str(tmp_path / f"neox{workers}"), "--workers", workers],
+            cwd=os.environ["NEOX_CHECKOUT"], check=True, capture_output=True,
+        )  # fmt: skip
+        assert _main(tmp_path, path, "--workers", workers) == 0
+        for ext in (".bin", ".idx"):
+            ours = (tmp_path / f"bad_text_document{ext}").read_bytes()
+            assert ours == (tmp_path / f"neox{workers}_text_document{ext}").read_bytes(), (workers, ext)
