@@ -323,7 +323,9 @@ cmd_status() {
 cmd_restart() {  # service [seconds-down]: fault injection for tests
   local svc=$1 down=${2:-0}
   case $svc in
-    sshd) stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; sleep "$down"; start_sshd ;;
+    sshd)  # also drops open sessions (children of our sshd), like a network cut would
+      if pid_alive "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; then pkill -P "$(cat "$RUN/sshd.pid")" sshd || true; fi
+      stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; sleep "$down"; start_sshd ;;
     slurmctld) stop_pid "$RUN/slurmctld.pid" slurmctld; sleep "$down"; start_slurmctld ;;
     moto) stop_pid "$RUN/moto.pid" moto_server; sleep "$down"; start_moto ;;
     *) die "restart: unknown service $svc (sshd, slurmctld, moto)" ;;

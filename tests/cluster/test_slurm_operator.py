@@ -131,7 +131,7 @@ def test_requeued_job_is_followed_to_its_end(workdir):
 def test_retry_reattaches_to_the_running_job(workdir):
     """A new try of the same task instance finds the live job by its deterministic name: one job only."""
     ledger = Path(workdir) / "ledger"
-    script = f"#!/bin/bash\necho $SLURM_JOB_ID >> {ledger}\nsleep 4\n"
+    script = f"#!/bin/bash\necho $SLURM_JOB_ID >> {ledger}\nsleep 25\n"  # outlives dag.test start-up
     hook = SlurmSSHHook("neoxflow_cluster")  # an earlier try's job, still running under the task's name
     job_dir = Path(workdir) / "reattach-me"
     hook.upload(script.encode(), f"{job_dir}/earlier.sbatch")
@@ -141,7 +141,7 @@ def test_retry_reattaches_to_the_running_job(workdir):
     assert ti_states(run) == {"job": "success"}
     assert ledger.read_text().split() == [earlier]  # exactly one job ran
     (ti,) = run.get_task_instances()
-    assert ti.xcom_pull(task_ids="job", key="job_id") == earlier
+    assert str(ti.xcom_pull(task_ids="job", key="job_id")) == earlier
 
 
 def test_sensor_waits_for_a_job_from_elsewhere(workdir):
@@ -162,12 +162,18 @@ def test_unknown_host_key_is_refused(monkeypatch, cluster_env):
 
 
 @pytest.mark.parametrize("service", ["sshd", "slurmctld"])
-def test_watch_survives_service_restart(workdir, service, capfd):
+def test_watch_survives_service_restart(workdir, service, capfd, cluster_env):
     marker = Path(workdir) / "started"
+    pid_file = Path(cluster_env["SLURM_CONF"]).parents[1] / "run" / f"{service}.pid"
+    pid_before = pid_file.read_text()
     thread = when_file_appears(marker, lambda: localcluster("restart", service, "3"))
     try:
         run = run_job(workdir, f"#!/bin/bash\ntouch {marker}\nsleep 8\necho survived\n")
     finally:
         thread.join()
+    log = task_log(capfd)
     assert ti_states(run) == {"job": "success"}
     assert "survived" in log
+    assert pid_file.read_text() != pid_before  # the service really restarted while the job ran
+    if service == "sshd":
+        assert "retrying in" in log  # the dropped connection was seen and re-opened

@@ -1,0 +1,84 @@
+"""SlurmJobTrigger against the real cluster: a user's kill cancels, a triggerer restart does not."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from neoxflow.hooks.slurm import SlurmSSHHook
+from neoxflow.triggers.slurm_job import SlurmJobTrigger
+from tests.cluster.slurm_helpers import job_state, unique_dir, wait_state
+
+pytestmark = [pytest.mark.cluster]
+
+
+@pytest.fixture
+def running_job(cluster_env):
+    workdir = unique_dir(cluster_env["NEOXFLOW_FSX"])
+    hook = SlurmSSHHook("neoxflow_cluster")
+    hook.upload(b"#!/bin/bash\necho started\nsleep 120\n", f"{workdir}/long.sbatch")
+    job = hook.submit(f"{workdir}/long.sbatch", job_name="trigger-test", output=f"{workdir}/slurm-%j.out")
+    wait_state(job, {"RUNNING"})
+    yield job, f"{workdir}/slurm-{job}.out"
+    hook.run(f"scancel {job}", check=False)
+
+
+def make_trigger(job, log_path, **kwargs):
+    return SlurmJobTrigger(ssh_conn_id="neoxflow_cluster", job_id=job, start_day="2026-01-01",
+                           log_path=log_path, poll_interval=0.5, **kwargs)
+
+
+def test_serialize_round_trip():
+    trigger = make_trigger("12", "/fsx/x/slurm-12.out", expected_tasks=["12_0"])
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "neoxflow.triggers.slurm_job.SlurmJobTrigger"
+    again = SlurmJobTrigger(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+
+
+async def _run_briefly(trigger, seconds: float):
+    """Run the trigger like the triggerer does, then cancel it (what a triggerer shutdown does)."""
+    task = asyncio.ensure_future(trigger.run().__anext__())
+    await asyncio.sleep(seconds)
+    assert not task.done(), "a running job must not produce an event"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_triggerer_restart_does_not_cancel_the_job(running_job):
+    job, log = running_job
+    await _run_briefly(make_trigger(job, log), 3)
+    await asyncio.sleep(1)
+    assert job_state(job) == "RUNNING"
+    # a new triggerer picks the same trigger up again and keeps following the same job
+    await _run_briefly(make_trigger(job, log), 2)
+    assert job_state(job) == "RUNNING"
+
+
+async def test_user_kill_cancels_the_job(running_job):
+    job, log = running_job
+    trigger = make_trigger(job, log)
+    await _run_briefly(trigger, 2)
+    await trigger.on_kill()
+    assert await asyncio.to_thread(wait_state, job, {"CANCELLED"}, 30) == "CANCELLED"
+
+
+async def test_sensor_style_trigger_does_not_cancel_on_kill(running_job):
+    job, log = running_job
+    trigger = make_trigger(job, log, cancel_on_kill=False)
+    await trigger.on_kill()
+    await asyncio.sleep(1)
+    assert job_state(job) == "RUNNING"
+
+
+async def test_cancelled_job_yields_a_final_cancelled_event(running_job):
+    job, log = running_job
+    SlurmSSHHook("neoxflow_cluster").cancel(job)
+    event = await asyncio.wait_for(make_trigger(job, log).run().__anext__(), 60)
+    assert event.payload["event"] == "final"
+    assert event.payload["status"]["outcome"] == "cancelled"
+    assert "started" in event.payload["tail"]
+    assert Path(log).exists()
