@@ -499,9 +499,16 @@ def test_resume_continues_exactly(tmp_path, dataset):
 
 
 def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, dataset):
+    """2 ranks x micro 2 vs 1 rank x micro 2 x 2 accumulation steps: the same 4 samples per iteration."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = make_config(tmp_path / "one", dataset, train_iters=10, train_micro_batch_size_per_gpu=4)
+    one = make_config(
+        tmp_path / "one",
+        dataset,
+        train_iters=10,
+        train_micro_batch_size_per_gpu=2,
+        gradient_accumulation_steps=2,
+    )
     two = make_config(
         tmp_path / "two", dataset, train_iters=10, train_micro_batch_size_per_gpu=2, train_batch_size=4
     )
