@@ -27,11 +27,20 @@ os.environ.setdefault("NEOXFLOW_REPO", str(REPO))
 # dag.test() only runs DAGs found in a bundle: the product's dags/ plus the tests' own DAGs.
 os.environ.setdefault(
     "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST",
-    json.dumps([
-        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
-        {"name": "neoxflow-tests", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-         "kwargs": {"path": str(REPO / "tests" / "dags")}},
-    ]),
+    json.dumps(
+        [
+            {
+                "name": "dags-folder",
+                "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {},
+            },
+            {
+                "name": "neoxflow-tests",
+                "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(REPO / "tests" / "dags")},
+            },
+        ]
+    ),
 )
 
 
@@ -43,7 +52,7 @@ def load_cluster_env() -> dict[str, str]:
     values = {}
     for line in env_file.read_text().splitlines():
         if line.startswith("export "):
-            name, _, raw = line[len("export "):].partition("=")
+            name, _, raw = line[len("export ") :].partition("=")
             values[name] = shlex.split(raw)[0] if raw else ""
     return values
 
@@ -64,6 +73,10 @@ def airflow_db(tmp_path_factory) -> Path:
     """A migrated SQLite metadata DB for dag.test()."""
     home = Path(os.environ["AIRFLOW_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(REPO / ".venv/bin/airflow"), "db", "migrate"], check=True, capture_output=True,
-                   env={**os.environ})
+    subprocess.run(
+        [str(REPO / ".venv/bin/airflow"), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env={**os.environ},
+    )
     return home

@@ -39,7 +39,9 @@ def wait_state(job_id: str, states: set[str], timeout: float = 60) -> str:
 
 
 def localcluster(*args: str) -> None:
-    subprocess.run([str(REPO / "scripts/localcluster.sh"), *args], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(REPO / "scripts/localcluster.sh"), *args], check=True, capture_output=True, timeout=120
+    )
 
 
 def unique_dir(fsx: str) -> str:

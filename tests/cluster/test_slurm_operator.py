@@ -77,7 +77,9 @@ def test_exit_code_3_fails_naming_it(workdir, capfd):
 
 
 def test_array_job_waits_for_all_tasks_and_names_the_failing_one(workdir, capfd):
-    script = '#!/bin/bash\nsleep 1\n[ "$SLURM_ARRAY_TASK_ID" = 2 ] && exit 5\necho task $SLURM_ARRAY_TASK_ID ok\n'
+    script = (
+        '#!/bin/bash\nsleep 1\n[ "$SLURM_ARRAY_TASK_ID" = 2 ] && exit 5\necho task $SLURM_ARRAY_TASK_ID ok\n'
+    )
     run = run_job(workdir, script, array="0-3%2")
     log = task_log(capfd)
     assert ti_states(run) == {"job": "failed"}
@@ -135,7 +137,9 @@ def test_retry_reattaches_to_the_running_job(workdir):
     hook = SlurmSSHHook("neoxflow_cluster")  # an earlier try's job, still running under the task's name
     job_dir = Path(workdir) / "reattach-me"
     hook.upload(script.encode(), f"{job_dir}/earlier.sbatch")
-    earlier = hook.submit(f"{job_dir}/earlier.sbatch", job_name="reattach-me", output=f"{job_dir}/slurm-%j.out")
+    earlier = hook.submit(
+        f"{job_dir}/earlier.sbatch", job_name="reattach-me", output=f"{job_dir}/slurm-%j.out"
+    )
     wait_state(earlier, {"RUNNING"})
     run = run_job(workdir, script, job_name="reattach-me")
     assert ti_states(run) == {"job": "success"}
@@ -155,7 +159,9 @@ def test_sensor_waits_for_a_job_from_elsewhere(workdir):
 def test_unknown_host_key_is_refused(monkeypatch, cluster_env):
     conn = json.loads(cluster_env["AIRFLOW_CONN_NEOXFLOW_CLUSTER"])
     # a well-formed ed25519 key that is not the server's
-    conn["extra"]["host_key"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    conn["extra"]["host_key"] = (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    )
     monkeypatch.setenv("AIRFLOW_CONN_WRONG_KEY", json.dumps(conn))
     with pytest.raises(Exception, match="host_key"):
         SlurmSSHHook("wrong_key").run("true")

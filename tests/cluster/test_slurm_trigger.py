@@ -26,8 +26,14 @@ def running_job(cluster_env):
 
 
 def make_trigger(job, log_path, **kwargs):
-    return SlurmJobTrigger(ssh_conn_id="neoxflow_cluster", job_id=job, start_day="2026-01-01",
-                           log_path=log_path, poll_interval=0.5, **kwargs)
+    return SlurmJobTrigger(
+        ssh_conn_id="neoxflow_cluster",
+        job_id=job,
+        start_day="2026-01-01",
+        log_path=log_path,
+        poll_interval=0.5,
+        **kwargs,
+    )
 
 
 def test_serialize_round_trip():

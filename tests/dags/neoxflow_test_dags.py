@@ -15,8 +15,13 @@ with DAG(
     schedule=None,
     catchup=False,
     render_template_as_native_obj=True,
-    params={"script": "#!/bin/bash\ntrue\n", "remote_dir": "/tmp", "sbatch_options": {}, "array": None,
-            "job_name": None},
+    params={
+        "script": "#!/bin/bash\ntrue\n",
+        "remote_dir": "/tmp",
+        "sbatch_options": {},
+        "array": None,
+        "job_name": None,
+    },
     tags=["neoxflow-test"],
 ) as slurm_job_dag:
     SlurmOperator(
