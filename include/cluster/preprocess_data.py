@@ -503,7 +503,7 @@ class Stats:
     documents: int = 0  # JSON lines read
     tokens: dict = field(default_factory=dict)  # per key
     items: dict = field(default_factory=dict)  # per key (documents written)
-    text_bytes: int = 0
+    text_bytes: int = 0  # bytes of the JSON lines read (decompressed)
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -521,38 +521,10 @@ def output_prefix_for(output_prefix: str, key: str) -> str:
     return f"{output_prefix}_{key}_document"
 
 
-def _batches(docs: Iterator[Document], key_index: int) -> Iterator[tuple[list[str], list[Document]]]:
-    """Group non-empty texts of one key into jobs of ~BATCH_BYTES / BATCH_DOCS."""
-    texts: list[str] = []
-    refs: list[Document] = []
-    size = 0
-    for doc in docs:
-        text = doc.texts[key_index]
-        if not text:  # NeoX drops empty documents; whitespace-only ones are kept
-            continue
-        texts.append(text)
-        refs.append(doc)
-        size += len(text)
-        if size >= BATCH_BYTES or len(texts) >= BATCH_DOCS:
-            yield texts, refs
-            texts, refs, size = [], [], 0
-    if texts:
-        yield texts, refs
-
-
 def _all_key_batches(docs: Iterator[Document], nkeys: int, stats: Stats):
-    """Jobs for every key from one pass over the input: yields (key_index, texts, refs)."""
-    if nkeys == 1:
-
-        def counted():
-            for doc in docs:
-                stats.documents += 1
-                stats.text_bytes += doc.nbytes
-                yield doc
-
-        for texts, refs in _batches(counted(), 0):
-            yield 0, texts, refs
-        return
+    """Group the non-empty texts of each key into jobs of ~BATCH_BYTES / BATCH_DOCS, in one pass over
+    the input: yields (key_index, texts, source documents). Empty texts are dropped (NeoX's rule);
+    whitespace-only ones are kept."""
     pending: list[list] = [[[], [], 0] for _ in range(nkeys)]
     for doc in docs:
         stats.documents += 1
