@@ -295,9 +295,13 @@ def unicode_split_pattern():
     try:
         import regex
     except ImportError:
-        pass
-    else:
-        return regex.compile(GPT2_SPLIT)
+        return stdlib_unicode_split_pattern()
+    return regex.compile(GPT2_SPLIT)
+
+
+@functools.cache
+def stdlib_unicode_split_pattern() -> re.Pattern:
+    """GPT2_SPLIT for the stdlib ``re`` engine, Unicode classes from Python's own Unicode data."""
     letters = _class_ranges({"Lu", "Ll", "Lt", "Lm", "Lo"})
     numbers = _class_ranges({"Nd", "Nl", "No"})
     ws = _WHITE_SPACE

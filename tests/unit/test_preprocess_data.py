@@ -66,6 +66,14 @@ def test_fast_encoder_equals_hf_encode_on_adversarial_text(fast, hf):
         assert fast.encode(text) == hf.encode(text).ids, repr(text)
 
 
+def test_stdlib_re_fallback_pattern_is_exact_too(monkeypatch, hf):
+    """Without the 'regex' package the fast path uses ``re`` with spelled-out Unicode classes."""
+    monkeypatch.setattr(pp, "unicode_split_pattern", pp.stdlib_unicode_split_pattern)
+    enc = pp.FastExactEncoder(str(TOKENIZER))
+    for text in ADVERSARIAL + _fuzz(200, seed=9):
+        assert enc.encode(text) == hf.encode(text).ids, repr(text)
+
+
 def test_added_whitespace_tokens_are_used(fast, hf):
     """The 20B tokenizer's runs-of-spaces tokens (ids 50254..50276) appear, split leftmost-longest."""
     ids = fast.encode("a" + " " * 30 + "b")
