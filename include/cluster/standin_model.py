@@ -177,27 +177,29 @@ class GPTNeoX(nn.Module):
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """Mean token cross-entropy with one pass over the logits each way.
+    """Mean token cross-entropy with a single exp pass over the logits.
 
     Why: with NeoX's 50304-entry vocabulary the loss dominates a tiny model's step on CPU. Autograd's
     log_softmax + nll_loss writes a log-probability copy, zero-fills a gradient buffer and runs a second
-    exp pass. Here the forward keeps only logsumexp per token, and the backward turns the saved logits
-    into the gradient in place: softmax - onehot, scaled by 1/N. Same values as F.cross_entropy.
+    exp pass in the backward. Here the forward keeps exp(logits - max) and the row sums; the backward
+    scales them into softmax / N in place and subtracts 1/N at the targets. Same values as F.cross_entropy.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(logits, dim=-1)
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        ctx.save_for_backward(logits, targets, lse)
-        return (lse - picked).mean()
+        peak = logits.amax(dim=-1, keepdim=True)
+        e = (logits - peak).exp_()
+        total = e.sum(dim=-1, keepdim=True)
+        picked = logits.gather(-1, targets.unsqueeze(-1))
+        ctx.save_for_backward(e, total, targets)
+        return (peak + total.log() - picked).mean()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits, targets, lse = ctx.saved_tensors
-        grad = logits.sub_(lse.unsqueeze(-1)).exp_()  # logits are not needed again: reuse their memory
-        grad.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(lse, -1.0).unsqueeze(-1))
-        grad.mul_(grad_out / targets.numel())
+        e, total, targets = ctx.saved_tensors
+        scale = grad_out / targets.numel()
+        grad = e.mul_(scale / total)  # e is not needed again: it becomes the gradient
+        grad.scatter_add_(-1, targets.unsqueeze(-1), (-scale).expand(targets.numel(), 1).contiguous())
         return grad, None
 
 
