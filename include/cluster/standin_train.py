@@ -15,7 +15,11 @@ Contract with the rest of the pipeline:
   resumed run logs exactly the losses an uninterrupted run logs;
 - SIGUSR1 or SIGTERM (Slurm's ``--signal`` before the time limit, or scancel): every rank finishes the
   current iteration, rank 0 saves a checkpoint at it, and the job exits 0;
-- exit 0 after the final checkpoint at ``train_iters``; a config problem exits 2 naming the key.
+- exit 0 after the final checkpoint at ``train_iters``; a config or data problem exits 2 naming the key
+  or file; a ``latest`` that names an incomplete checkpoint exits 1 (never a silent restart from 0).
+
+Environment knobs: STANDIN_NUM_THREADS (torch threads per rank, default 1: ranks share few cores),
+STANDIN_DIST_TIMEOUT (seconds a rank waits for the others in a collective, default 600).
 """
 
 from __future__ import annotations
@@ -409,7 +413,7 @@ class Trainer:
                         samples_per_sec=self.batch / per_iter,
                         lr=self.scheduler.lr_at(self.scheduler.num_iters),
                         flops_per_gpu=self.flops / (per_iter * self.env.world_size),
-                        lm_loss=sum(losses) / max(len(losses), 1),
+                        lm_loss=sum(losses) / len(losses) if losses else float("nan"),
                         skipped=nans,
                         nans=nans,
                     )
@@ -453,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
             timeout=timedelta(seconds=int(os.environ.get("STANDIN_DIST_TIMEOUT", "600"))),
         )
     try:
+        import mmidx
+        import standin_checkpoint as ck
+
         try:
             trainer = Trainer(cfg, args.config, env)
-        except sc.ConfigError as exc:
+        except (sc.ConfigError, FileNotFoundError, mmidx.CorruptDatasetError) as exc:
             print(f"standin_train: {exc}", file=sys.stderr, flush=True)
             return 2
-        code = trainer.run()
+        try:
+            code = trainer.run()
+        except ck.CheckpointError as exc:
+            print(f"standin_train: cannot resume: {exc}", file=sys.stderr, flush=True)
+            return 1
         if env.world_size > 1:
             dist.barrier()  # nobody leaves before rank 0 has committed the last checkpoint
         return code

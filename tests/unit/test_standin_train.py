@@ -444,6 +444,23 @@ def test_partial_checkpoint_never_gets_latest(tmp_path, monkeypatch):
 # --- the trainer as a process -------------------------------------------------------------------------------
 
 
+def test_command_line_exit_codes_name_the_problem(tmp_path, dataset, monkeypatch, capsys):
+    monkeypatch.setattr(st.STOP, "install", lambda: None)  # keep pytest's own signal handlers
+    for key in ("RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    bad = make_config(tmp_path, dataset, name="bad.json", seq_length=0)
+    assert st.main(["--config", str(bad)]) == 2
+    assert "seq_length must be > 0" in capsys.readouterr().err
+    nodata = make_config(tmp_path, str(tmp_path / "missing_text_document"), name="nodata.json")
+    assert st.main(["--config", str(nodata)]) == 2
+    assert "missing_text_document.idx not found" in capsys.readouterr().err
+    (tmp_path / "ckpt" / "global_step5").mkdir(parents=True)
+    ck.write_latest(tmp_path / "ckpt", "global_step5")  # latest names a folder without its files
+    dangling = make_config(tmp_path, dataset, name="dangling.json")
+    assert st.main(["--config", str(dangling)]) == 1
+    assert "cannot resume" in capsys.readouterr().err and not (tmp_path / "ckpt" / "global_step10").exists()
+
+
 def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
     config = make_config(tmp_path, dataset, train_iters=100, checkpoint_factor=40, log_interval=10)
     t0 = time.perf_counter()
