@@ -51,6 +51,8 @@ DEFAULTS = {
     "override_lr_scheduler": False,
     "use_checkpoint_lr_scheduler": False,
     "finetune": False,
+    "eval_interval": 1000,
+    "eval_iters": 100,
 }
 
 REQUIRED = (
@@ -157,6 +159,11 @@ def check_config(cfg: dict, where: str = "config") -> None:
         raise ConfigError(f"{where}: optimizer.params.betas must be a list of two numbers, got {betas!r}")
     if not data_paths(cfg):
         raise ConfigError(f"{where}: neither data_path nor train_data_paths is set")
+    for key in ("eval_interval", "eval_iters"):
+        if cfg.get(key) is not None and (
+            not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 0
+        ):
+            raise ConfigError(f"{where}: {key} must be a non-negative integer, got {cfg[key]!r}")
     if cfg.get("checkpoint_factor") is not None:
         _need(cfg, "checkpoint_factor", int, where, positive=True)
     extra = cfg.get("extra_save_iters") or []

@@ -41,15 +41,20 @@ def split_bounds(split: str, num_docs: int) -> list[int]:
 class SampleStream:
     """Global sample index -> int64 array of ``seq_length + 1`` tokens, deterministic in ``seed``."""
 
-    def __init__(self, prefixes: list[str], seq_length: int, seed: int, split: str = "969,30,1") -> None:
+    PARTS = ("train", "validation", "test")
+
+    def __init__(
+        self, prefixes: list[str], seq_length: int, seed: int, split: str = "969,30,1", part: int = 0
+    ) -> None:
         if seq_length < 1:
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
         self.seq_length = seq_length
         self.seed = int(seed)
         self.readers = [self._open(p) for p in prefixes]
+        self.part = part
         owners, items = [], []
         for r, reader in enumerate(self.readers):
-            lo, hi = split_bounds(split, len(reader))[:2]
+            lo, hi = split_bounds(split, len(reader))[part : part + 2]
             owners.append(np.full(hi - lo, r, dtype=np.int32))
             items.append(np.arange(lo, hi, dtype=np.int64))
         self.doc_owner = np.concatenate(owners) if owners else np.zeros(0, np.int32)
@@ -59,8 +64,8 @@ class SampleStream:
         self.tokens_per_epoch = int(self.doc_sizes.sum())
         if self.tokens_per_epoch < seq_length + 1:
             raise ValueError(
-                f"training split of {', '.join(prefixes)} has {self.tokens_per_epoch} tokens, fewer than "
-                f"one sample of seq_length + 1 = {seq_length + 1}"
+                f"{self.PARTS[part]} split of {', '.join(prefixes)} has {self.tokens_per_epoch} tokens, "
+                f"fewer than one sample of seq_length + 1 = {seq_length + 1}"
             )
         # shuffle within blocks of about one epoch, capped so the permutation stays small (8 MiB)
         self.block = max(1, min(self.tokens_per_epoch // seq_length, MAX_BLOCK))

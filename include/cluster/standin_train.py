@@ -138,6 +138,13 @@ def format_train_line(
     )
 
 
+def format_validation_line(iteration: int, lm_loss: float) -> str:
+    """NeoX's evaluate_and_print_results line (the loss and its perplexity, exp capped as NeoX does)."""
+    ppl = math.exp(min(20.0, lm_loss))
+    body = f" validation results at iteration {iteration} | lm_loss value: {lm_loss:.6E} | "
+    return body + f"lm_loss_ppl value: {ppl:.6E} | "
+
+
 def should_save(iteration: int, cfg: dict) -> bool:
     """NeoX: every checkpoint_factor iterations and at each of extra_save_iters."""
     factor = cfg.get("checkpoint_factor")
@@ -223,6 +230,14 @@ class Trainer:
         self.micro, self.gas = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
         self.vocab = sc.padded_vocab_size(cfg)
         self.stream = SampleStream(sc.data_paths(cfg), cfg["seq_length"], cfg["seed"], cfg["split"])
+        self.valid, self.valid_note = None, None
+        if cfg.get("eval_interval") and cfg.get("eval_iters"):
+            try:
+                self.valid = SampleStream(
+                    sc.data_paths(cfg), cfg["seq_length"], cfg["seed"], cfg["split"], part=1
+                )
+            except ValueError as exc:
+                self.valid_note = f"standin_train: no evaluation: {exc}"
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
         self.model = GPTNeoX(
             ModelShape(
@@ -382,6 +397,32 @@ class Trainer:
         self.consumed += self.batch
         return loss_value, stop, nan
 
+    def evaluate(self) -> None:
+        """NeoX's periodic validation: eval_iters micro-batches per rank, loss averaged over the job.
+
+        The samples of the k-th evaluation follow from k alone, so a resumed run evaluates on the same
+        batches an uninterrupted one would.
+        """
+        from standin_model import cross_entropy
+
+        torch, cfg = self.torch, self.cfg
+        per_eval = cfg["eval_iters"] * self.micro * self.env.world_size
+        base = (self.iteration // cfg["eval_interval"] - 1) * per_eval
+        self.model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for k in range(cfg["eval_iters"]):
+                first = base + k * self.micro * self.env.world_size + self.env.rank * self.micro
+                tokens = torch.from_numpy(self.valid.batch(first, self.micro))
+                logits = self.model(tokens[:, :-1])
+                total += float(cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)))
+        self.model.train()
+        loss = torch.tensor([total / cfg["eval_iters"]])
+        if self.env.world_size > 1:
+            torch.distributed.all_reduce(loss)
+            loss /= self.env.world_size
+        self.log(format_validation_line(self.iteration, float(loss)))
+
     def run(self) -> int:
         cfg = self.cfg
         self.log(f" > number of parameters on model parallel rank 0: {sum(p.numel() for p in self.params)}")
@@ -391,6 +432,8 @@ class Trainer:
             f"torch threads {self.torch.get_num_threads()}"
         )
         self.resume()
+        if self.valid_note:
+            self.log(self.valid_note)
         self.log("done with setups ...")
         self.log("training ...")
         losses, nans, last_log, since = [], 0, time.perf_counter(), 0
@@ -419,6 +462,8 @@ class Trainer:
                     )
                 )
                 losses, nans, last_log, since = [], 0, now, 0
+            if self.valid is not None and self.iteration % cfg["eval_interval"] == 0:
+                self.evaluate()
             if stop:
                 self.log(
                     f"standin_train: stop signal received, saving at iteration {self.iteration} and exiting"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -35,6 +36,9 @@ TRAIN = REPO / "include" / "cluster" / "standin_train.py"
 FIXTURES = REPO / "tests" / "fixtures" / "neox-run"
 TOKENIZER = Path(
     os.environ.get("NEOXFLOW_TOKENIZER", REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json")
+)
+VALID = re.compile(
+    r"^ validation results at iteration (\d+) \| lm_loss value: (\S+) \| lm_loss_ppl value: \S+ \| $", re.M
 )
 LINE = re.compile(r"iteration\s+(\d+)/\s*(\d+) \|.*learning rate: (\S+) \|.*lm_loss: (\S+) \|")
 
@@ -462,7 +466,15 @@ def test_command_line_exit_codes_name_the_problem(tmp_path, dataset, monkeypatch
 
 
 def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
-    config = make_config(tmp_path, dataset, train_iters=100, checkpoint_factor=40, log_interval=10)
+    config = make_config(
+        tmp_path,
+        dataset,
+        train_iters=100,
+        checkpoint_factor=40,
+        log_interval=10,
+        eval_interval=50,
+        eval_iters=4,
+    )
     t0 = time.perf_counter()
     proc = train(config)
     wall = time.perf_counter() - t0
@@ -475,6 +487,9 @@ def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
     assert sorted(losses) == list(range(10, 101, 10))
     assert losses[10] > 8.0  # ~ln(50304) at the start: the model really predicts over the full vocab
     assert losses[100] < losses[10] - 5.0 and losses[100] < 2.5, losses
+    valid = {int(m.group(1)): float(m.group(2)) for m in VALID.finditer(out)}
+    assert sorted(valid) == [50, 100] and valid[100] < 4.0  # held-out documents: it generalises
+    assert f"lm_loss_ppl value: {math.exp(valid[100]):.6E} |" in out
     for tag in ("global_step40", "global_step80", "global_step100"):  # factor 40 and the end of training
         assert (
             f"Checkpoint {tag} is about to be saved!" in out
@@ -493,9 +508,10 @@ def test_single_process_run_learns_and_writes_neox_layout(tmp_path, dataset):
 def test_resume_continues_exactly(tmp_path, dataset):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    straight = make_config(tmp_path / "a", dataset, train_iters=20)
-    first = make_config(tmp_path / "b", dataset, train_iters=10)
-    second = make_config(tmp_path / "b", dataset, name="run20.json", train_iters=20)
+    evals = {"eval_interval": 5, "eval_iters": 2}
+    straight = make_config(tmp_path / "a", dataset, train_iters=20, **evals)
+    first = make_config(tmp_path / "b", dataset, train_iters=10, **evals)
+    second = make_config(tmp_path / "b", dataset, name="run20.json", train_iters=20, **evals)
     a = train_here(straight)
     b1 = train_here(first)
     b2 = train(second)  # the resume itself through the real command line, in a fresh process
@@ -505,6 +521,7 @@ def test_resume_continues_exactly(tmp_path, dataset):
     resumed = {**logged(b1), **logged(b2.stdout)}
     assert sorted(resumed) == [5, 10, 15, 20]
     assert resumed == logged(a)  # same learning rates and losses, digit for digit
+    assert VALID.findall(b1) + VALID.findall(b2.stdout) == VALID.findall(a) and len(VALID.findall(a)) == 4
     sa = torch.load(tmp_path / "a" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
     sb = torch.load(tmp_path / "b" / "ckpt" / "global_step20" / ck.MODEL_STATES, weights_only=False)
     for name, tensor in sa["module"].items():
