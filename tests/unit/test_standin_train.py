@@ -140,9 +140,20 @@ def train_here(config: Path) -> str:
     return buf.getvalue()
 
 
-def start_ranks(config: Path, world: int = 2) -> list[subprocess.Popen]:
+@pytest.fixture
+def spawned():
+    """Processes a test starts; any still running at teardown (a failed assertion) are killed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def start_ranks(config: Path, spawned: list, world: int = 2) -> list[subprocess.Popen]:
     port = str(free_port())
-    return [
+    ranks = [
         subprocess.Popen(
             [sys.executable, str(TRAIN), "--config", str(config)],
             stdout=subprocess.PIPE,
@@ -158,6 +169,8 @@ def start_ranks(config: Path, world: int = 2) -> list[subprocess.Popen]:
         )
         for r in range(world)
     ]
+    spawned.extend(ranks)
+    return ranks
 
 
 def logged(stdout: str) -> dict[int, tuple[str, str]]:
@@ -532,7 +545,7 @@ def test_resume_continues_exactly(tmp_path, dataset):
     assert sa["data_position"] == sb["data_position"]
 
 
-def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, dataset):
+def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, dataset, spawned):
     """2 ranks x micro 2 vs 1 rank x micro 2 x 2 accumulation steps: the same 4 samples per iteration."""
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -546,7 +559,7 @@ def test_two_gloo_ranks_equal_one_rank_with_the_same_global_batch(tmp_path, data
     two = make_config(
         tmp_path / "two", dataset, train_iters=10, train_micro_batch_size_per_gpu=2, train_batch_size=4
     )
-    ranks = start_ranks(two)
+    ranks = start_ranks(two, spawned)
     single = train_here(one)
     outs = [p.communicate(timeout=120) for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
@@ -583,7 +596,7 @@ def _assert_saved_where_stopped(out: str, save: Path, samples_per_iter: int) -> 
     assert state["data_position"]["consumed_samples"] == samples_per_iter * last
 
 
-def test_sigusr1_saves_the_current_iteration_and_exits_0(tmp_path, dataset):
+def test_sigusr1_saves_the_current_iteration_and_exits_0(tmp_path, dataset, spawned):
     config = make_config(tmp_path, dataset, train_iters=100000, checkpoint_factor=None, log_interval=1)
     proc = subprocess.Popen(
         [sys.executable, str(TRAIN), "--config", str(config)],
@@ -592,6 +605,7 @@ def test_sigusr1_saves_the_current_iteration_and_exits_0(tmp_path, dataset):
         text=True,
         env=run_env(),
     )
+    spawned.append(proc)
     lines = _until_iteration(proc, 3)
     proc.send_signal(signal.SIGUSR1)
     rest, err = proc.communicate(timeout=60)
@@ -600,10 +614,10 @@ def test_sigusr1_saves_the_current_iteration_and_exits_0(tmp_path, dataset):
     _assert_saved_where_stopped("".join(lines) + rest, tmp_path / "ckpt", 2)
 
 
-def test_sigterm_to_one_rank_stops_the_whole_job_cleanly(tmp_path, dataset):
+def test_sigterm_to_one_rank_stops_the_whole_job_cleanly(tmp_path, dataset, spawned):
     """Rank 1 alone gets SIGTERM: the ranks agree through the all-reduce, rank 0 saves, both exit 0."""
     config = make_config(tmp_path, dataset, train_iters=100000, checkpoint_factor=None, log_interval=1)
-    ranks = start_ranks(config)
+    ranks = start_ranks(config, spawned)
     lines = _until_iteration(ranks[0], 3)
     ranks[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=60) for p in ranks]
