@@ -474,7 +474,11 @@ def test_command_line_exit_codes_name_the_problem(tmp_path, dataset, monkeypatch
     (tmp_path / "ckpt" / "global_step5").mkdir(parents=True)
     ck.write_latest(tmp_path / "ckpt", "global_step5")  # latest names a folder without its files
     dangling = make_config(tmp_path, dataset, name="dangling.json")
-    assert st.main(["--config", str(dangling)]) == 1
+    threads = torch.get_num_threads()
+    try:
+        assert st.main(["--config", str(dangling)]) == 1
+    finally:
+        torch.set_num_threads(threads)
     assert "cannot resume" in capsys.readouterr().err and not (tmp_path / "ckpt" / "global_step10").exists()
 
 
