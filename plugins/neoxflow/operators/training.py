@@ -1,0 +1,327 @@
+"""NeoXTrainOperator: one training slice on Slurm, watched for progress, checkpoints and stalls.
+
+It is a :class:`SlurmOperator` (same submit, re-attach and XCom ``slurm_job`` record, which the DAG's
+resume policy reads) that defers to :class:`NeoXTrainingTrigger` instead of the plain job trigger:
+
+- on each ``checkpoint`` event it logs progress, appends the new complete checkpoint(s) to the XCom
+  list ``checkpoints`` and re-defers with the carried log offset and watch state;
+- at the end it maps the outcome with :func:`training_verdict` (the exit code alone cannot tell: NeoX
+  exits 1 after the final checkpoint under the pipeline engine), emits one Asset event per new
+  complete checkpoint through ``outlets=[AssetAlias(asset_alias)]``, and pushes a summary.
+
+Outcomes:
+
+- finished (train_iters reached AND a complete checkpoint there) -> success, ``more_to_do`` False;
+- a clean stop before the time limit (job COMPLETED, the log shows ``NEOXFLOW slice_end``) or another
+  exit 0 short of train_iters -> success of the slice, ``more_to_do`` True;
+- stalled -> the job is cancelled and the task fails with the stall reason (:class:`TrainingStalled`);
+- any other ending -> :class:`SlurmJobFailed` as the base class raises it, with the verdict's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import Asset, AssetAlias, Context
+
+from neoxflow.neox.checkpoints import Checkpoint
+from neoxflow.neox.logparse import training_verdict
+from neoxflow.neox.progress import run_note_markdown
+from neoxflow.neox.report import build_summary
+from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
+from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.checkpoint import (
+    expectation_from_dict,
+    listing_command,
+    new_complete_checkpoints,
+    parse_listing,
+)
+from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
+
+__all__ = ["NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
+
+DEFAULT_ALIAS = "neoxflow-checkpoints"
+
+
+class TrainingStalled(SlurmJobFailed):
+    """No new log line or checkpoint within the stall window while the job was RUNNING; it was cancelled."""
+
+
+def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
+    """The batch step's exit code from a status dict (``"1:0"`` -> 1); None when Slurm did not say."""
+    for task in (status or {}).get("tasks") or []:
+        code = task.get("exit_code")
+        if code:
+            try:
+                return int(str(code).split(":", 1)[0])
+            except ValueError:
+                return None
+    return None
+
+
+def checkpoint_asset(run: str, ckpt: Mapping[str, Any]) -> Asset:
+    """The Asset of one complete checkpoint: name ``neoxflow/<run>/<tag>``, URI ``file://<path>``."""
+    return Asset(name=f"neoxflow/{run}/{ckpt['tag']}", uri=f"file://{ckpt['path']}", group="checkpoint")
+
+
+def _merge(known: list[dict[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Add checkpoints by iteration (a trigger may run twice: events must be idempotent)."""
+    by_iter = {int(c["iteration"]): dict(c) for c in known}
+    for c in new:
+        by_iter.setdefault(int(c["iteration"]), dict(c))
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
+class NeoXTrainOperator(SlurmOperator):
+    """Train one slice of a NeoX run on Slurm and watch it from the triggerer.
+
+    :param save_dir: the run's NeoX ``save`` folder on the cluster (templated).
+    :param train_iters: the run's target iteration count.
+    :param listing_script: remote path of ckpt_listing.py (templated; include/cluster on the cluster).
+    :param listing_python: interpreter on the login node for the listing.
+    :param expectation: `Expectation` fields of a complete checkpoint (None = the stand-in's layout).
+    :param neox_log_path: the NeoX log when it is not the job's Slurm output (templated; ``{job_id}`` is
+        replaced by the job id). Default: the Slurm output file the operator sets.
+    :param run_name: names the checkpoint Assets (default: the job name).
+    :param asset_alias: the AssetAlias the checkpoint events are attached to (also the task's outlet).
+    :param stall_window: seconds without a new log line or checkpoint while RUNNING before failing.
+    :param list_every: list the save folder every N polls (and on each commit line).
+    :param seq_length: tokens per sample, for tokens/s.
+    """
+
+    template_fields: Sequence[str] = (
+        *SlurmOperator.template_fields,
+        "save_dir",
+        "listing_script",
+        "neox_log_path",
+        "run_name",
+    )
+    ui_color = "#f8e6d6"
+
+    def __init__(
+        self,
+        *,
+        save_dir: str,
+        train_iters: int,
+        listing_script: str,
+        listing_python: str = "python3",
+        expectation: Mapping[str, Any] | None = None,
+        neox_log_path: str | None = None,
+        run_name: str | None = None,
+        asset_alias: str = DEFAULT_ALIAS,
+        stall_window: float | None = None,
+        list_every: int = 6,
+        seq_length: int | None = None,
+        **kwargs: Any,
+    ):
+        kwargs.setdefault("outlets", [AssetAlias(asset_alias)])
+        super().__init__(**kwargs)
+        self.save_dir = save_dir
+        self.train_iters = train_iters
+        self.listing_script = listing_script
+        self.listing_python = listing_python
+        self.expectation = dict(expectation) if expectation is not None else None
+        self.neox_log_path = neox_log_path
+        self.run_name = run_name
+        self.asset_alias = asset_alias
+        self.stall_window = stall_window
+        self.list_every = list_every
+        self.seq_length = seq_length
+
+    # -- watching --------------------------------------------------------------------------------------
+    def _log_path(self, record: Mapping[str, Any]) -> str | None:
+        if self.neox_log_path:
+            return self.neox_log_path.replace("{job_id}", str(record["job_id"]))
+        return record.get("log_path")
+
+    def _training_trigger(
+        self, record: Mapping[str, Any], offset: int = 0, watch: Mapping[str, Any] | None = None
+    ) -> NeoXTrainingTrigger:
+        return NeoXTrainingTrigger(
+            ssh_conn_id=self.ssh_conn_id,
+            job_id=record["job_id"],
+            start_day=record["start_day"],
+            log_path=self._log_path(record),
+            log_offset=offset,
+            save_dir=self.save_dir,
+            listing_script=self.listing_script,
+            listing_python=self.listing_python,
+            expectation=self.expectation,
+            list_every=self.list_every,
+            stall_window=self.stall_window,
+            train_iters=self.train_iters,
+            seq_length=self.seq_length,
+            watch=watch,
+            poll_interval=self.poll_interval,
+            unknown_timeout=self.unknown_timeout,
+        )
+
+    def _watch(self, context: Context, record: dict[str, Any]) -> Any:
+        expectation_from_dict(self.expectation)  # fail before the watch on a bad expectation
+        trigger = self._training_trigger(record)
+        if self.deferrable:
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                kwargs={"record": record, "checkpoints": []},
+            )
+        return self._follow_in_worker(context, record, trigger)
+
+    def _follow_in_worker(self, context: Context, record: dict[str, Any], trigger: NeoXTrainingTrigger):
+        """Non-deferrable mode: run the same trigger loop here, event after event."""
+        checkpoints: list[dict[str, Any]] = []
+        while True:
+            event = asyncio.run(_first_event(trigger))
+            if event.get("event") != "checkpoint":
+                return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
+            checkpoints = self._record_checkpoints(context, event, checkpoints)
+            trigger = self._training_trigger(record, event.get("log_offset", 0), event.get("watch"))
+
+    # -- events ----------------------------------------------------------------------------------------
+    def _record_checkpoints(
+        self, context: Context, event: Mapping[str, Any], known: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        merged = _merge(known, event.get("checkpoints") or [])
+        if len(merged) > len(known):
+            context["ti"].xcom_push(key="checkpoints", value=merged)
+        watch = WatchState.from_dict(event.get("watch"))
+        progress = watch.progress(self.train_iters, self.seq_length)
+        context["ti"].xcom_push(key="progress", value=run_note_markdown(progress))
+        if event.get("progress"):
+            self.log.info("Progress: %s", event["progress"])
+        return merged
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any],
+        record: dict[str, Any] | None = None,
+        checkpoints: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        record = dict(record or {})
+        checkpoints = list(checkpoints or [])
+        kind = event.get("event")
+        if kind == "checkpoint":
+            checkpoints = self._record_checkpoints(context, event, checkpoints)
+            self.log.info("Checkpoint %s is complete: %s", event.get("tag"), event.get("path"))
+            self.defer(
+                trigger=self._training_trigger(record, event.get("log_offset", 0), event.get("watch")),
+                method_name="execute_complete",
+                kwargs={"record": record, "checkpoints": checkpoints},
+            )
+        checkpoints = self._record_checkpoints(context, event, checkpoints)
+        if kind == "final" and event.get("listing_error"):
+            checkpoints = self._relist(context, checkpoints, event)
+        record.update(status=event.get("status"), event=kind)
+        watch = WatchState.from_dict(event.get("watch"))
+        if event.get("polls"):
+            self.log.info("Watched job %s with %s polls", event.get("job_id"), event["polls"])
+
+        if kind == "stalled":
+            reason = event.get("reason") or "training stalled"
+            record["stalled"] = reason
+            context["ti"].xcom_push(key=STATE_KEY, value=record)
+            self.log.error("%s: cancelling Slurm job %s", reason, record.get("job_id"))
+            try:
+                self.hook.cancel(str(record["job_id"]))
+            except Exception as err:  # the failure below matters more than a failed scancel
+                self.log.warning("scancel %s failed: %s", record.get("job_id"), err)
+            raise TrainingStalled(f"{reason} (job {record.get('job_id')} cancelled)", record)
+
+        status = event.get("status") or {}
+        exit_code = exit_code_of(status)
+        verdict = training_verdict(
+            watch.log_state(), self.train_iters, exit_code, [int(c["iteration"]) for c in checkpoints]
+        )
+        record["verdict"] = {"status": verdict.status, "reason": verdict.reason, "exit_code": exit_code}
+        context["ti"].xcom_push(key=STATE_KEY, value=record)
+        summary = self._summary(watch, checkpoints, verdict, record)
+        context["ti"].xcom_push(key="summary", value=summary)
+
+        job_ok = kind == "final" and status.get("outcome") == Outcome.SUCCESS.value
+        if kind == "final" and verdict.finished:
+            self.log.info("Training finished: %s", verdict.reason)
+            return self._result(context, record, checkpoints, watch, more_to_do=False, reason=verdict.reason)
+        if job_ok and not (watch.last_iteration is not None and watch.last_iteration >= self.train_iters):
+            why = (
+                f"slice ended before the time limit ({watch.slice_end})"
+                if watch.slice_end
+                else f"job exited 0 at iteration {watch.last_iteration} of {self.train_iters}"
+            )
+            self.log.info("Slice done, more to train: %s; %s", why, verdict.reason)
+            return self._result(context, record, checkpoints, watch, more_to_do=True, reason=why)
+        message = failure_message(event)
+        if kind == "final":
+            message += f"\n  training: {verdict.reason}"
+        raise SlurmJobFailed(message, record)
+
+    def _relist(
+        self, context: Context, checkpoints: list[dict[str, Any]], event: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The trigger's final listing failed: list once more from the worker."""
+        self.log.warning("Final listing in the trigger failed (%s); listing again", event["listing_error"])
+        status, out, err = self.hook.run(
+            listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
+        )
+        listing = parse_listing(status, out, err)
+        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), None)
+        new = [
+            {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}
+            for c in found
+        ]
+        merged = _merge(checkpoints, new)
+        if len(merged) > len(checkpoints):
+            context["ti"].xcom_push(key="checkpoints", value=merged)
+        return merged
+
+    def _summary(self, watch: WatchState, checkpoints, verdict, record) -> dict[str, Any]:
+        ckpts = [
+            Checkpoint(int(c["iteration"]), c["tag"], c["path"], int(c.get("size_bytes", 0)))
+            for c in checkpoints
+        ]
+        return build_summary(
+            watch.log_state(),
+            ckpts,
+            train_iters=self.train_iters,
+            seq_length=self.seq_length,
+            verdict=verdict,
+            loss_curve=watch.loss_points,
+            extra={"job_id": record.get("job_id"), "slice_end": watch.slice_end},
+        )
+
+    def _result(self, context: Context, record, checkpoints, watch: WatchState, *, more_to_do, reason):
+        run = self.run_name or record.get("job_name") or "run"
+        events = context["outlet_events"][AssetAlias(self.asset_alias)]
+        for ckpt in checkpoints:
+            events.add(
+                checkpoint_asset(run, ckpt),
+                extra={
+                    "iteration": int(ckpt["iteration"]),
+                    "path": ckpt["path"],
+                    "size_bytes": int(ckpt.get("size_bytes", 0)),
+                    "job_id": str(record.get("job_id")),
+                },
+            )
+        newest = checkpoints[-1] if checkpoints else None
+        return {
+            "more_to_do": more_to_do,
+            "reason": reason,
+            "iteration": watch.last_iteration,
+            "train_iters": self.train_iters,
+            "last_checkpoint": newest["iteration"] if newest else None,
+            "last_checkpoint_path": newest["path"] if newest else None,
+            "checkpoints": checkpoints,
+            "resumed_from": watch.resumed_from,
+            "slice_end": watch.slice_end,
+            "job_id": record.get("job_id"),
+            "save_dir": posixpath.normpath(self.save_dir),
+        }
+
+
+async def _first_event(trigger: NeoXTrainingTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise RuntimeError("the training trigger ended without an event")

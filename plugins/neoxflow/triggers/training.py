@@ -1,0 +1,458 @@
+"""Watch a GPT-NeoX training job from the triggerer: Slurm state, the NeoX log, and its checkpoints.
+
+Each poll is the Slurm layer's ONE probe command (squeue + scontrol + sacct + the next chunk of the log
+by byte offset), on one reused asyncssh connection. The chunk is parsed by `LogFollower` (NeoX's line
+format); progress lines go to the task log. Every ``list_every`` polls, and at once when a
+``Checkpoint global_stepN is ready now!`` line shows up, one more command lists the save folder
+(ckpt_listing.py) and the completeness rule decides which checkpoints are real.
+
+The trigger returns (and the operator re-defers) at each new complete checkpoint, so the state carried
+across deferrals must stay small: the byte offset and a `WatchState` (recent log intervals, a
+down-sampled loss curve, the newest complete checkpoint) - never every step of a 143k-iteration run.
+
+Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_offset``, ``watch``, ``progress``):
+
+- ``checkpoint``: new complete checkpoint(s) appeared (``iteration``/``path`` of the newest,
+  ``checkpoints`` all of them); the job is still running.
+- ``stalled``: no new log line and no new checkpoint within ``stall_window`` while RUNNING (``reason``).
+- ``final`` / ``held`` / ``lost`` / ``error``: as :class:`SlurmJobTrigger`, plus the checkpoints a last
+  listing found (``checkpoints``) and ``listing_error`` if that listing failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow.triggers.base import TriggerEvent
+
+from neoxflow.hooks.slurm import _is_host_key_error
+from neoxflow.neox.logparse import (
+    CheckpointCommitted,
+    ErrorLine,
+    Event,
+    LatestMissing,
+    LogFollower,
+    LogState,
+    ResumeInfo,
+    TrainStep,
+    event_from_dict,
+    event_to_dict,
+)
+from neoxflow.neox.progress import Progress, compute_progress, stall_reason, summary_line
+from neoxflow.neox.report import downsample
+from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.checkpoint import (
+    checkpoint_to_dict,
+    expectation_from_dict,
+    fetch_listing,
+    new_complete_checkpoints,
+)
+from neoxflow.triggers.slurm_job import TAIL_LINES, SlurmJobTrigger
+
+__all__ = ["SLICE_END_MARKER", "NeoXTrainingTrigger", "WatchState"]
+
+#: Printed by the batch templates after a clean stop before the time limit (train*.sbatch).
+SLICE_END_MARKER = "NEOXFLOW slice_end"
+RECENT_STEPS = 10  # log intervals kept for the throughput medians (progress.compute_progress window)
+MAX_LOSS_POINTS = 500  # loss-curve points carried between deferrals (down-sampled beyond that)
+MAX_ERRORS = 5
+
+
+@dataclass
+class WatchState:
+    """What the watch remembers between deferrals; bounded whatever the run's length.
+
+    ``last_checkpoint`` is the newest COMPLETE checkpoint reported so far; ``last_progress_at`` (epoch
+    seconds) the last time a new log line or checkpoint arrived, for stall detection.
+    """
+
+    recent: list[TrainStep] = field(default_factory=list)
+    loss_points: list[tuple[int, float]] = field(default_factory=list)
+    last_iteration: int | None = None
+    total: int | None = None
+    resumed_from: int | None = None
+    latest_missing: bool = False
+    committed: list[int] = field(default_factory=list)
+    errors: list[ErrorLine] = field(default_factory=list)
+    slice_end: str | None = None
+    last_checkpoint: int | None = None
+    last_progress_at: float | None = None
+    lines: int = 0
+
+    def absorb(self, events: Iterable[Event]) -> bool:
+        """Fold parsed events in; True when a training step was among them (worth a progress line)."""
+        stepped = False
+        for event in events:
+            if isinstance(event, TrainStep):
+                stepped = True
+                if self.recent and self.recent[-1].iteration == event.iteration:
+                    self.recent[-1] = event
+                else:
+                    self.recent.append(event)
+                del self.recent[:-RECENT_STEPS]
+                self.last_iteration = max(self.last_iteration or 0, event.iteration)
+                self.total = event.total
+                if event.lm_loss is not None:
+                    # a resumed attempt re-logs iterations: keep the newest value of each
+                    self.loss_points = [p for p in self.loss_points if p[0] < event.iteration]
+                    self.loss_points.append((event.iteration, event.lm_loss))
+                    if len(self.loss_points) > 2 * MAX_LOSS_POINTS:
+                        self.loss_points = downsample(self.loss_points, MAX_LOSS_POINTS)
+            elif isinstance(event, ResumeInfo):
+                self.resumed_from = event.iteration
+            elif isinstance(event, LatestMissing):
+                self.latest_missing = True
+            elif isinstance(event, CheckpointCommitted):
+                if event.iteration not in self.committed:
+                    self.committed = [*self.committed[-(MAX_ERRORS - 1) :], event.iteration]
+            elif isinstance(event, ErrorLine):
+                if len(self.errors) >= MAX_ERRORS:
+                    del self.errors[1]  # keep the first (usually the cause) and the newest
+                self.errors.append(event)
+        return stepped
+
+    def log_state(self) -> LogState:
+        """A `LogState` good enough for `training_verdict` and `compute_progress`."""
+        return LogState(
+            steps=list(self.recent),
+            committed=list(self.committed),
+            resumed_from=self.resumed_from,
+            latest_missing=self.latest_missing,
+            errors=list(self.errors),
+        )
+
+    def progress(self, train_iters: int | None = None, seq_length: int | None = None) -> Progress:
+        return compute_progress(
+            self.log_state(),
+            train_iters=train_iters,
+            seq_length=seq_length,
+            last_checkpoint=self.last_checkpoint,
+            window=RECENT_STEPS,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recent": [event_to_dict(s) for s in self.recent],
+            "loss_points": [[i, v] for i, v in self.loss_points],
+            "last_iteration": self.last_iteration,
+            "total": self.total,
+            "resumed_from": self.resumed_from,
+            "latest_missing": self.latest_missing,
+            "committed": list(self.committed),
+            "errors": [event_to_dict(e) for e in self.errors],
+            "slice_end": self.slice_end,
+            "last_checkpoint": self.last_checkpoint,
+            "last_progress_at": self.last_progress_at,
+            "lines": self.lines,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> WatchState:
+        data = data or {}
+        return cls(
+            recent=[event_from_dict(s) for s in data.get("recent", [])],
+            loss_points=[(int(i), float(v)) for i, v in data.get("loss_points", [])],
+            last_iteration=data.get("last_iteration"),
+            total=data.get("total"),
+            resumed_from=data.get("resumed_from"),
+            latest_missing=bool(data.get("latest_missing", False)),
+            committed=list(data.get("committed", [])),
+            errors=[event_from_dict(e) for e in data.get("errors", [])],
+            slice_end=data.get("slice_end"),
+            last_checkpoint=data.get("last_checkpoint"),
+            last_progress_at=data.get("last_progress_at"),
+            lines=int(data.get("lines", 0)),
+        )
+
+
+class NeoXTrainingTrigger(SlurmJobTrigger):
+    """Follow a NeoX training job: Slurm state, log progress, complete checkpoints, stalls.
+
+    :param log_path: the job's NeoX log (rank 0's output, ``srun -l`` labels allowed), read by offset.
+    :param save_dir: NeoX ``save`` folder; None disables the checkpoint watch.
+    :param listing_script: remote path of ckpt_listing.py (include/cluster shipped to the cluster).
+    :param listing_python: interpreter on the login node for the listing.
+    :param expectation: `Expectation` fields of a complete checkpoint (None = stand-in layout).
+    :param list_every: list the save folder every N polls (and on each commit line).
+    :param stall_window: seconds without a new log line or checkpoint while RUNNING -> ``stalled``.
+    :param train_iters: the run's target (progress percentage and ETA).
+    :param seq_length: tokens per sample (tokens/s in the progress line).
+    :param watch: the `WatchState` dict carried from the previous deferral.
+    """
+
+    def __init__(
+        self,
+        *,
+        ssh_conn_id: str,
+        job_id: str,
+        start_day: str,
+        log_path: str | None = None,
+        log_offset: int = 0,
+        save_dir: str | None = None,
+        listing_script: str | None = None,
+        listing_python: str = "python3",
+        expectation: Mapping[str, Any] | None = None,
+        list_every: int = 6,
+        stall_window: float | None = None,
+        train_iters: int | None = None,
+        seq_length: int | None = None,
+        watch: Mapping[str, Any] | None = None,
+        poll_interval: float = 10.0,
+        unknown_timeout: float = 900.0,
+        unreachable_timeout: float = 3600.0,
+        cancel_on_kill: bool = True,
+        use_sacct: bool = True,
+        expected_tasks: list[str] | None = None,
+    ):
+        super().__init__(
+            ssh_conn_id=ssh_conn_id,
+            job_id=job_id,
+            start_day=start_day,
+            expected_tasks=expected_tasks,
+            log_path=log_path,
+            log_offset=log_offset,
+            poll_interval=poll_interval,
+            unknown_timeout=unknown_timeout,
+            unreachable_timeout=unreachable_timeout,
+            cancel_on_kill=cancel_on_kill,
+            use_sacct=use_sacct,
+        )
+        if save_dir and not listing_script:
+            raise ValueError("listing_script (remote path of ckpt_listing.py) is required with save_dir")
+        if list_every < 1:
+            raise ValueError(f"list_every must be >= 1, got {list_every}")
+        if stall_window is not None and stall_window <= 0:
+            raise ValueError(f"stall_window must be positive, got {stall_window}")
+        self.save_dir = save_dir
+        self.listing_script = listing_script
+        self.listing_python = listing_python
+        self.expectation = dict(expectation) if expectation is not None else None
+        self.list_every = list_every
+        self.stall_window = stall_window
+        self.train_iters = train_iters
+        self.seq_length = seq_length
+        self.watch = dict(watch) if watch is not None else None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        classpath, kwargs = super().serialize()
+        kwargs.update(
+            save_dir=self.save_dir,
+            listing_script=self.listing_script,
+            listing_python=self.listing_python,
+            expectation=self.expectation,
+            list_every=self.list_every,
+            stall_window=self.stall_window,
+            train_iters=self.train_iters,
+            seq_length=self.seq_length,
+            watch=self.watch,
+        )
+        return classpath, kwargs
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    async def _list(self, hook, watch: WatchState) -> list[dict[str, Any]]:
+        """New complete checkpoints (dicts, oldest first) since the last one reported."""
+        if not self.save_dir:
+            return []
+        floor = watch.last_checkpoint
+        listing = await fetch_listing(
+            hook,
+            self.listing_python,
+            self.listing_script,
+            self.save_dir,
+            0 if floor is None else floor + 1,
+        )
+        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), floor)
+        return [checkpoint_to_dict(c) for c in found]
+
+    def _lines(self, data: bytes, tail: deque[str], watch: WatchState) -> bytes:
+        """Log complete lines, remember the slice-end marker; return the unfinished last line."""
+        *lines, rest = data.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            tail.append(line)
+            if SLICE_END_MARKER in line:
+                watch.slice_end = line.strip()[-300:]
+            self.log.info("[slurm %s] %s", self.job_id, line)
+        return rest
+
+    def _payload(self, kind: str, watch: WatchState, offset: int, **extra: Any) -> dict[str, Any]:
+        progress = watch.progress(self.train_iters, self.seq_length)
+        return self._event(
+            kind, log_offset=offset, watch=watch.to_dict(), progress=summary_line(progress), **extra
+        )
+
+    # -- the loop --------------------------------------------------------------------------------------
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        watch = WatchState.from_dict(self.watch)
+        follower = LogFollower(offset=self.log_offset)
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        partial = b""
+        last_progress = watch.last_progress_at or time.time()
+        unknown_since: float | None = None
+        unreachable_since: float | None = None
+        failures = polls = since_listing = 0
+        try:
+            while True:
+                request = ProbeRequest(
+                    self.job_id,
+                    self.start_day,
+                    log_path=self.log_path,
+                    log_offset=follower.offset + follower.pending,
+                    use_sacct=self.use_sacct,
+                )
+                try:
+                    status, chunk = await hook.probe(request, self.expected_tasks)
+                    polls += 1
+                    failures, unreachable_since = 0, None
+                except Exception as err:
+                    if _is_host_key_error(err):
+                        yield TriggerEvent(
+                            self._payload(
+                                "error", watch, follower.offset, message=f"SSH host key rejected: {err}"
+                            )
+                        )
+                        return
+                    failures += 1
+                    unreachable_since = unreachable_since or time.monotonic()
+                    if time.monotonic() - unreachable_since > self.unreachable_timeout:
+                        message = f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}"
+                        yield TriggerEvent(self._payload("error", watch, follower.offset, message=message))
+                        return
+                    wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
+                    self.log.warning("Poll of job %s failed (%s); retrying in %.1fs", self.job_id, err, wait)
+                    await asyncio.sleep(wait)
+                    continue
+
+                now = time.time()
+                commit_seen = False
+                if chunk:
+                    partial = self._lines(partial + chunk, tail, watch)
+                    before = follower.lines
+                    events = follower.feed(chunk)
+                    follower.state = LogState()  # the watch keeps what matters, bounded
+                    if follower.lines > before:
+                        watch.lines += follower.lines - before
+                        last_progress = now
+                    if watch.absorb(events):
+                        self.log.info("%s", summary_line(watch.progress(self.train_iters, self.seq_length)))
+                    commit_seen = any(isinstance(e, CheckpointCommitted) for e in events)
+                more_log = len(chunk) >= request.max_log_bytes
+
+                if status.final:
+                    if more_log:
+                        continue  # read the rest of the log before the verdict
+                    if partial:
+                        tail.append(partial.decode("utf-8", "replace"))
+                        self.log.info("[slurm %s] %s", self.job_id, partial.decode("utf-8", "replace"))
+                    watch.absorb(follower.flush())
+                    extra: dict[str, Any] = {}
+                    try:
+                        found = await self._list(hook, watch)
+                    except Exception as err:  # the operator lists again itself
+                        found, extra["listing_error"] = [], f"{type(err).__name__}: {err}"
+                    if found:
+                        watch.last_checkpoint = found[-1]["iteration"]
+                    watch.last_progress_at = last_progress
+                    yield TriggerEvent(
+                        self._payload(
+                            "final",
+                            watch,
+                            follower.offset,
+                            status=status.to_dict(),
+                            checkpoints=found,
+                            tail=list(tail),
+                            polls=polls,
+                            connections=hook.connections_opened,
+                            **extra,
+                        )
+                    )
+                    return
+                if status.outcome is Outcome.HELD:
+                    watch.last_progress_at = last_progress
+                    yield TriggerEvent(
+                        self._payload(
+                            "held", watch, follower.offset, status=status.to_dict(), tail=list(tail)
+                        )
+                    )
+                    return
+                if status.outcome is Outcome.UNKNOWN:
+                    unknown_since = unknown_since or time.monotonic()
+                    waited = time.monotonic() - unknown_since
+                    if waited > self.unknown_timeout:
+                        message = f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})"
+                        yield TriggerEvent(
+                            self._payload(
+                                "lost",
+                                watch,
+                                follower.offset,
+                                status=status.to_dict(),
+                                tail=list(tail),
+                                message=message,
+                            )
+                        )
+                        return
+                else:
+                    unknown_since = None
+
+                running = status.state == "RUNNING"
+                if not running and status.outcome is Outcome.ACTIVE:
+                    last_progress = now  # queued or starting: the stall window counts from RUNNING
+
+                since_listing += 1
+                if self.save_dir and (commit_seen or since_listing >= self.list_every):
+                    since_listing = 0
+                    try:
+                        found = await self._list(hook, watch)
+                    except Exception as err:  # a failed listing is not a verdict: try next time
+                        self.log.warning("Listing %s failed: %s", self.save_dir, err)
+                        found = []
+                    if found:
+                        newest = found[-1]
+                        watch.last_checkpoint = newest["iteration"]
+                        watch.last_progress_at = now
+                        self.log.info(
+                            "Complete checkpoint %s (%d new); %s",
+                            newest["tag"],
+                            len(found),
+                            summary_line(watch.progress(self.train_iters, self.seq_length)),
+                        )
+                        yield TriggerEvent(
+                            self._payload(
+                                "checkpoint",
+                                watch,
+                                follower.offset,
+                                iteration=newest["iteration"],
+                                path=newest["path"],
+                                tag=newest["tag"],
+                                checkpoints=found,
+                                status=status.to_dict(),
+                            )
+                        )
+                        return
+
+                if running and self.stall_window and not more_log and now - last_progress > self.stall_window:
+                    watch.last_progress_at = last_progress
+                    reason = stall_reason(last_progress, now, self.stall_window)
+                    yield TriggerEvent(
+                        self._payload(
+                            "stalled",
+                            watch,
+                            follower.offset,
+                            reason=reason,
+                            status=status.to_dict(),
+                            tail=list(tail),
+                        )
+                    )
+                    return
+                if not more_log:
+                    await asyncio.sleep(self.poll_interval)
+        finally:
+            await hook.close()
