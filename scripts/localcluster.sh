@@ -18,6 +18,9 @@ STATE=${NEOXFLOW_STATE:-$REPO/.state/cluster}
 VENV=${NEOXFLOW_VENV:-$REPO/.venv}
 SSH_PORT=${NEOXFLOW_SSH_PORT:-12222}
 MOTO_PORT=${NEOXFLOW_MOTO_PORT:-15555}
+C4_PORT=${NEOXFLOW_C4_PORT:-18080}
+C4_SHARDS=${NEOXFLOW_C4_SHARDS:-4}
+C4_DOCS=${NEOXFLOW_C4_DOCS:-400}
 CTLD_PORT=${NEOXFLOW_SLURMCTLD_PORT:-16817}
 DBD_PORT=${NEOXFLOW_SLURMDBD_PORT:-16819}
 SLURMD_PORT0=${NEOXFLOW_SLURMD_PORT:-16820}
@@ -234,14 +237,32 @@ start_moto() {
   wait_for moto_server 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT"
 }
 
+start_c4_source() {
+  # C4-format shards (and the tokenizer JSON) served over HTTP: the stand-in for huggingface.co
+  local dir=$STATE/c4-source
+  if [[ ! -f $dir/.complete-$C4_SHARDS-$C4_DOCS ]]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    "$VENV/bin/python" "$REPO/include/cluster/c4_fixture.py" --out "$dir" --train "$C4_SHARDS" --validation 1 \
+      --docs "$C4_DOCS" --seed 1234 >"$LOG/c4_fixture.log" 2>&1 || die "c4 fixture generation failed"
+    local tok=${NEOXFLOW_TOKENIZER_FILE:-$REPO/../shared/tokenizers/20B_tokenizer.json}
+    [[ -s $tok ]] && cp "$tok" "$dir/20B_tokenizer.json"
+    touch "$dir/.complete-$C4_SHARDS-$C4_DOCS"
+  fi
+  pid_alive "$RUN/c4source.pid" http_source.py && return
+  setsid "$VENV/bin/python" "$REPO/include/cluster/http_source.py" --dir "$dir" --host 127.0.0.1 --port "$C4_PORT" \
+    </dev/null >"$LOG/c4source.log" 2>&1 &
+  echo $! >"$RUN/c4source.pid"
+  wait_for "c4 source" 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$C4_PORT"
+}
+
 write_connections() {
   # Airflow connections for tests and the demo; the SSH one pins the generated host key (no blanket
   # no_host_key_check), the AWS one points the amazon provider's hooks at moto_server.
   local host_key
   host_key=$(cut -d' ' -f1,2 "$STATE/ssh/host_ed25519.pub")
-  "$VENV/bin/python" - "$STATE" "$SSH_PORT" "$MOTO_PORT" "$host_key" <<'PY'
+  "$VENV/bin/python" - "$STATE" "$SSH_PORT" "$MOTO_PORT" "$host_key" "$C4_PORT" <<'PY'
 import json, sys
-state, ssh_port, moto_port, host_key = sys.argv[1:]
+state, ssh_port, moto_port, host_key, c4_port = sys.argv[1:]
 ssh = {"conn_type": "ssh", "host": "127.0.0.1", "port": int(ssh_port), "login": "root",
        "extra": {"key_file": f"{state}/ssh/client_ed25519", "host_key": host_key,
                  "conn_timeout": 10, "cmd_timeout": 60}}
@@ -254,6 +275,8 @@ with open(f"{state}/env.sh", "w") as f:
     f.write("# Source me: Airflow connections and Slurm client config for the local cluster.\n")
     f.write(f"export SLURM_CONF={state}/etc/slurm.conf\n")
     f.write(f"export NEOXFLOW_FSX={state}/fsx\n")
+    f.write(f"export NEOXFLOW_C4_URL_TEMPLATE=http://127.0.0.1:{c4_port}/{{name}}\n")
+    f.write(f"export NEOXFLOW_TOKENIZER_SOURCE=http://127.0.0.1:{c4_port}/20B_tokenizer.json\n")
     for cid, c in conns.items():
         f.write(f"export AIRFLOW_CONN_{cid.upper()}='{json.dumps(c)}'\n")
 PY
@@ -288,12 +311,14 @@ cmd_up() {
   setup_ssh
   start_sshd
   start_moto
+  start_c4_source
   write_connections
   log "up (accounting=$ACCOUNTING): ssh root@127.0.0.1:$SSH_PORT, moto http://127.0.0.1:$MOTO_PORT, fsx $STATE/fsx"
   log "connections: source $STATE/env.sh"
 }
 
 cmd_down() {
+  stop_pid "$RUN/c4source.pid" http_source.py
   stop_pid "$RUN/moto.pid" moto_server
   stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"
   stop_slurm
@@ -306,7 +331,7 @@ cmd_down() {
 cmd_status() {
   local ok=0 name want
   for pair in munged.pid:munged slurmctld.pid:slurmctld slurmd.node1.pid:slurmd slurmd.node2.pid:slurmd \
-    sshd.pid:sshd moto.pid:moto_server slurmdbd.pid:slurmdbd mariadb.pid:mariadbd; do
+    sshd.pid:sshd moto.pid:moto_server c4source.pid:http_source.py slurmdbd.pid:slurmdbd mariadb.pid:mariadbd; do
     name=${pair%%:*} want=${pair##*:}
     if pid_alive "$RUN/$name" "$want"; then
       printf '%-18s running (pid %s)\n' "${name%.pid}" "$(cat "$RUN/$name")"

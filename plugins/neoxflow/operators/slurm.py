@@ -77,9 +77,21 @@ class SlurmOperator(BaseOperator):
     :param poll_interval: seconds between state polls.
     :param unknown_timeout: seconds a job may be unknown to squeue, scontrol and sacct before failing.
     :param job_name: override the deterministic name (keep it unique per task instance).
+    :param files: extra files (name -> text) written into the job's folder before submission, e.g. an
+        array job's manifest (templated).
+    :param output_path: ``--output`` pattern (``%j`` = job id); default ``<job dir>/slurm-%j.out``.
     """
 
-    template_fields: Sequence[str] = ("script", "remote_dir", "sbatch_options", "env", "array", "job_name")
+    template_fields: Sequence[str] = (
+        "script",
+        "remote_dir",
+        "sbatch_options",
+        "env",
+        "array",
+        "job_name",
+        "files",
+        "output_path",
+    )
     template_fields_renderers = {"script": "bash", "sbatch_options": "json", "env": "json"}
     ui_color = "#d6e9f8"
 
@@ -96,9 +108,13 @@ class SlurmOperator(BaseOperator):
         poll_interval: float = 10.0,
         unknown_timeout: float = 900.0,
         job_name: str | None = None,
+        files: Mapping[str, str] | None = None,
+        output_path: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.files = files or {}
+        self.output_path = output_path
         self.script = script
         self.remote_dir = remote_dir
         self.sbatch_options = sbatch_options or {}
@@ -166,7 +182,15 @@ class SlurmOperator(BaseOperator):
         if record is None:
             digest = hashlib.sha256(script).hexdigest()[:12]
             script_path = posixpath.join(job_dir, f"job-{digest}.sbatch")
-            output = posixpath.join(job_dir, "slurm-%A_%a.out" if self.array else "slurm-%j.out")
+            output = self.output_path or posixpath.join(
+                job_dir, "slurm-%A_%a.out" if self.array else "slurm-%j.out"
+            )
+            for file_name, text in self.files.items():
+                if "/" in file_name:
+                    raise ValueError(
+                        f"files: {file_name!r} must be a plain file name (it goes into {job_dir})"
+                    )
+                self.hook.upload(text.encode(), posixpath.join(job_dir, file_name))
             self.hook.upload(script, script_path, mode=0o755)
             job_id = self.hook.submit(
                 script_path,
@@ -181,7 +205,7 @@ class SlurmOperator(BaseOperator):
                 "job_name": name,
                 "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "array": self.array,
-                "log_path": None if self.array else posixpath.join(job_dir, f"slurm-{job_id}.out"),
+                "log_path": None if self.array else output.replace("%j", job_id),
                 "job_dir": job_dir,
             }
             if store is not None:
@@ -222,7 +246,9 @@ class SlurmOperator(BaseOperator):
                 "job_dir": None,
                 "log_path": None
                 if self.array
-                else posixpath.join(check_remote_path(self.remote_dir), name, f"slurm-{job_id}.out"),
+                else (
+                    self.output_path or posixpath.join(check_remote_path(self.remote_dir), name, "slurm-%j.out")
+                ).replace("%j", job_id),
             }
         return None
 

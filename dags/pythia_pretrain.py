@@ -1,0 +1,118 @@
+"""pythia_pretrain: C4 -> S3 -> FSx -> NeoX tokens -> GPT-NeoX training on Slurm -> S3, from a form.
+
+Two DAGs share one shape:
+- ``pythia_pretrain``: triggered by a person with the form (typed Params, validated before anything
+  touches the cluster).
+- ``pythia_pretrain_continue``: scheduled; carries the default run on through Slurm time limits and
+  failures. Each run is idempotent: data stages skip when the dataset validates, training is a no-op
+  while a job of the run is active, and nothing happens once train_iters is reached.
+
+Cheap to parse: no network and no file reads at import; all work happens in tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.sdk import DAG, TaskGroup, task
+
+from neoxflow.operators.pipeline import PlannedSlurmOperator, PretrainTrainOperator
+from neoxflow.pipeline import tasks
+from neoxflow.pipeline.request import form_params
+
+DOC = __doc__
+POLL = float(os.environ.get("NEOXFLOW_POLL_INTERVAL", "10"))
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("NEOXFLOW_RETRY_DELAY_S", "60")))
+
+
+def build(dag_id: str, schedule: str | None, description: str) -> DAG:
+    with DAG(
+        dag_id,
+        schedule=schedule,
+        catchup=False,
+        max_active_runs=1,
+        params=form_params(),
+        description=description,
+        doc_md=DOC,
+        tags=["neoxflow", "pretraining", "slurm"],
+        default_args={"retries": 1, "retry_delay": RETRY_DELAY},
+    ) as dag:
+        with TaskGroup("prepare"):
+
+            @task(retries=0)
+            def plan(params=None):
+                return tasks.make_plan(params)
+
+            @task
+            def lock(plan, dag_run=None):
+                return tasks.acquire_lock(
+                    plan,
+                    dag_run.dag_id,
+                    dag_run.run_id,
+                    scheduled=str(dag_run.run_type).endswith("scheduled"),
+                )
+
+            @task
+            def ship_code(plan):
+                return tasks.ship_code(plan)
+
+            the_plan = plan()
+            owner = lock(the_plan)
+            shipped = ship_code(the_plan)
+            owner >> shipped
+
+        with TaskGroup("data"):
+
+            @task.short_circuit(ignore_downstream_trigger_rules=False)
+            def needs_data(plan):
+                return tasks.dataset_needs_work(plan)
+
+            fetch = PlannedSlurmOperator(task_id="fetch", plan_path=("data", "fetch"), poll_interval=POLL)
+            stage = PlannedSlurmOperator(task_id="stage", plan_path=("data", "stage"), poll_interval=POLL)
+            tokenize = PlannedSlurmOperator(
+                task_id="tokenize", plan_path=("data", "tokenize"), poll_interval=POLL
+            )
+            merge = PlannedSlurmOperator(
+                task_id="merge_validate", plan_path=("data", "merge"), poll_interval=POLL
+            )
+
+            @task(trigger_rule="none_failed")
+            def data_summary(plan):
+                return tasks.read_data_summary(plan)
+
+            check = needs_data(the_plan)
+            shipped >> check >> fetch >> stage >> tokenize >> merge
+            summary = data_summary(the_plan)
+            merge >> summary
+
+        with TaskGroup("train"):
+
+            @task(trigger_rule="none_failed")
+            def resume_point(plan):
+                return tasks.prepare_resume(plan)
+
+            train = PretrainTrainOperator(
+                task_id="train_slice",
+                poll_interval=POLL,
+                retries=3,
+                retry_delay=RETRY_DELAY,
+                retry_exponential_backoff=True,
+            )
+            resume = resume_point(the_plan)
+            summary >> resume >> train
+
+        @task(trigger_rule="all_done")
+        def release_lock(plan, owner):
+            tasks.release_lock(plan, owner)
+
+        train >> release_lock(the_plan, owner)
+    return dag
+
+
+pythia_pretrain = build("pythia_pretrain", None, "Pretrain a Pythia model on Slurm, from the trigger form")
+pythia_pretrain_continue = build(
+    "pythia_pretrain_continue",
+    os.environ.get("NEOXFLOW_CONTINUE_SCHEDULE", "@hourly"),
+    "Continue the default run until train_iters: a no-op while its job runs or once it is done",
+)

@@ -1,0 +1,182 @@
+"""The operators pythia_pretrain is built from: Slurm jobs whose scripts come from the run's plan.
+
+The plan (:func:`neoxflow.pipeline.plan.plan_run`) is made once by the ``prepare.plan`` task from the
+trigger form, so a dry run shows exactly what these operators would submit. Training re-renders its
+launch at execute time, because a resume after a node failure changes the shape (failed nodes excluded).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from neoxflow.operators.slurm import SlurmJobFailed, SlurmOperator
+from neoxflow.slurm.states import Outcome
+
+PLAN_TASK = "prepare.plan"
+
+
+def pull_plan(context: Context, plan_task_id: str = PLAN_TASK) -> dict[str, Any]:
+    plan = context["ti"].xcom_pull(task_ids=plan_task_id)
+    if not plan:
+        raise AirflowFailException(f"no plan from {plan_task_id}")
+    return plan
+
+
+class PlannedSlurmOperator(SlurmOperator):
+    """Submit the job described at ``plan[path...]``: script, extra files, array spec, job name.
+
+    :param plan_path: keys into the plan, e.g. ``("data", "fetch")``.
+    """
+
+    template_fields: Sequence[str] = ()
+
+    def __init__(self, *, plan_path: Sequence[str], plan_task_id: str = PLAN_TASK, **kwargs: Any):
+        super().__init__(script="", remote_dir="/", **kwargs)
+        self.plan_path = tuple(plan_path)
+        self.plan_task_id = plan_task_id
+
+    def execute(self, context: Context) -> Any:
+        plan = pull_plan(context, self.plan_task_id)
+        if plan.get("dry_run"):
+            raise AirflowSkipException("dry run: nothing is submitted (see prepare.plan for the scripts)")
+        job = plan
+        for key in self.plan_path:
+            job = job[key]
+        self.script = job["script"]
+        self.remote_dir = job["remote_dir"]
+        self.job_name = job["job_name"]
+        self.files = job.get("files") or {}
+        self.array = job.get("array")
+        self.output_path = job.get("output")
+        self.sbatch_options = job.get("sbatch_options") or {}
+        return super().execute(context)
+
+
+def failed_nodes(hook, job_nodes: str) -> list[str]:
+    """Nodes of the job that Slurm now reports down/drained/failing (the ones to exclude next time)."""
+    if not job_nodes:
+        return []
+    from neoxflow.slurm.validate import check_nodelist
+
+    nodelist = check_nodelist(job_nodes)
+    _, out, _ = hook.run(f"scontrol show hostnames {shlex.quote(nodelist)}", check=False)
+    members = set(out.decode().split())
+    _, out, _ = hook.run("sinfo -h -N -t down,drained,draining,fail,failing,no_respond -o '%N'", check=False)
+    return sorted(members & set(out.decode().split()))
+
+
+class PretrainTrainOperator(SlurmOperator):
+    """One training slice of the run: render the launch for the current shape, submit, watch, decide.
+
+    Resume policy (issue: operations): after NODE_FAIL, PREEMPTED, BOOT_FAIL or TIMEOUT the task fails
+    *retryably*: Airflow's retry (with backoff) re-enters here, which excludes the failed nodes and
+    resumes from the latest complete checkpoint (NeoX ``load`` = ``save``). After an application failure
+    (FAILED, OUT_OF_MEMORY) it fails for good: no blind resubmit, a human is alerted with the log tail.
+    Attempts, failed nodes and the iteration each attempt resumed from are kept in ``task_state_store``.
+    """
+
+    template_fields: Sequence[str] = ()
+
+    def __init__(self, *, max_resumes: int = 3, plan_task_id: str = PLAN_TASK, **kwargs: Any):
+        super().__init__(script="", remote_dir="/", **kwargs)
+        self.max_resumes = max_resumes
+        self.plan_task_id = plan_task_id
+
+    def execute(self, context: Context) -> Any:
+        from neoxflow.neox.config import load_profile
+        from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
+        from neoxflow.pipeline.plan import run_config
+        from neoxflow.pipeline.request import parse_request
+
+        plan = pull_plan(context, self.plan_task_id)
+        if plan.get("dry_run"):
+            raise AirflowSkipException("dry run: training is not submitted")
+        request = parse_request(plan["request"])
+        profile = load_profile(request.profile)
+        store = context.get("task_state_store")
+        history = (store.get("resume_history") if store is not None else None) or {
+            "attempts": [],
+            "excluded": [],
+        }
+        excluded = list(history["excluded"])
+        nodes = request.nodes or profile.cluster.nodes
+        if excluded and (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
+            nodes = max(1, nodes - len(excluded))  # a small cluster has no spare nodes: continue on fewer
+        cfg = run_config(request, profile, nodes=nodes)
+        if not cfg.ok:
+            raise AirflowFailException("; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
+        job_name = f"nxf-train-{request.run_name}"[:128]
+        spec, template = launch_spec_for_run(
+            profile,
+            cfg,
+            job_name=job_name,
+            code_dir=plan["layout"]["code_dir"],
+            time_limit=request.time_limit,
+            exclude_nodes=tuple(excluded),
+        )
+        self.script = render_batch_script(spec, template)
+        self.remote_dir = posixpath.join(plan["layout"]["jobs_dir"])
+        self.job_name = job_name
+        self.output_path = spec.job_log_path("%j")
+        self.hook.upload(cfg.rendered.encode(), cfg.config_path)
+        self.log.info(
+            "Training %s (%s) on %d node(s) x %d, config %s%s",
+            request.run_name,
+            cfg.size,
+            cfg.nodes,
+            cfg.gpus_per_node,
+            cfg.config_path,
+            f", excluding {excluded}" if excluded else "",
+        )
+        return super().execute(context)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], record: dict[str, Any] | None = None
+    ) -> Any:
+        try:
+            return super().execute_complete(context, event, record=record)
+        except SlurmJobFailed as failure:
+            self._apply_resume_policy(context, failure)
+            raise
+
+    def _apply_resume_policy(self, context: Context, failure: SlurmJobFailed) -> None:
+        store = context.get("task_state_store")
+        history = (store.get("resume_history") if store is not None else None) or {
+            "attempts": [],
+            "excluded": [],
+        }
+        status = failure.record.get("status") or {}
+        nodes = ",".join(t.get("nodes", "") for t in status.get("tasks", []) if t.get("nodes"))
+        outcome = failure.outcome
+        bad_nodes = failed_nodes(self.hook, nodes) if outcome is Outcome.INFRA_FAILURE else []
+        history["attempts"].append(
+            {
+                "job_id": failure.record.get("job_id"),
+                "state": status.get("state"),
+                "outcome": outcome.value,
+                "nodes": nodes,
+                "failed_nodes": bad_nodes,
+            }
+        )
+        history["excluded"] = sorted(set(history["excluded"]) | set(bad_nodes))
+        if store is not None:
+            store.set("resume_history", history)
+        context["ti"].xcom_push(key="resume_history", value=history)
+        if outcome is Outcome.INFRA_FAILURE:
+            if len(history["attempts"]) > self.max_resumes:
+                raise AirflowFailException(
+                    f"giving up after {len(history['attempts'])} infrastructure failures: {failure}"
+                )
+            self.log.warning(
+                "Infrastructure failure (%s): the retry resumes from the latest complete checkpoint%s",
+                status.get("state"),
+                f" without {bad_nodes}" if bad_nodes else "",
+            )
+            return
+        raise AirflowFailException(str(failure)) from failure

@@ -1,0 +1,253 @@
+"""Plan a pretraining run: every path, script and manifest, computed without touching the cluster.
+
+Pure functions from (RunRequest, Profile) to JSON-serialisable plans that the DAG's tasks carry through
+XCom and the Slurm operators submit. A dry run shows exactly these plans. Paths follow the profile:
+
+    <fsx>/code/<hash>/                 include/cluster, shipped once per content hash
+    <fsx>/data/c4/raw/<shard>          staged C4 shards (S3 copy is the durable one)
+    <fsx>/data/c4/tokens/<stem>_text_document.{bin,idx}
+    <data_path>.{bin,idx}              the merged dataset NeoX trains on
+    <fsx>/checkpoints/<run>/           NeoX save == load
+    <fsx>/runs/<run>/{configs,logs,jobs}/
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neoxflow.data.render import ArraySpec, render_fetch_array, render_stage_array, render_tokenize_array
+from neoxflow.data.shards import (
+    DEFAULT_URL_TEMPLATE,
+    ShardSelection,
+    build_manifest,
+    build_tokenize_manifest,
+    shard_stem,
+    tokenizer_entry,
+)
+from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
+from neoxflow.pipeline.request import RunRequest
+from neoxflow.slurm.validate import check_remote_path
+
+CLUSTER_CODE = Path(__file__).resolve().parents[3] / "include" / "cluster"
+q = shlex.quote
+
+
+def cluster_code_files() -> dict[str, bytes]:
+    """The files shipped to the cluster (include/cluster/*.py), by name."""
+    return {p.name: p.read_bytes() for p in sorted(CLUSTER_CODE.glob("*.py"))}
+
+
+def code_hash(files: dict[str, bytes]) -> str:
+    digest = hashlib.sha256()
+    for name, data in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where everything of one run lives on the cluster."""
+
+    fsx_root: str
+    code_dir: str
+    raw_dir: str
+    tokens_dir: str
+    data_path: str
+    tokenizer_fsx: str
+    checkpoint_dir: str
+    run_dir: str
+    jobs_dir: str
+    lock_dir: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def layout(profile: Profile, run_name: str, code_digest: str) -> RunLayout:
+    paths = profile.run_paths(run_name)
+    data_root = posixpath.join(profile.data_dir, "c4")
+    values = RunLayout(
+        fsx_root=profile.fsx_root,
+        code_dir=posixpath.join(profile.code_dir, code_digest),
+        raw_dir=posixpath.join(data_root, "raw"),
+        tokens_dir=posixpath.join(data_root, "tokens"),
+        data_path=profile.data_path,
+        tokenizer_fsx=profile.tokenizer_path,
+        checkpoint_dir=paths.checkpoint_dir,
+        run_dir=paths.run_dir,
+        jobs_dir=posixpath.join(paths.run_dir, "jobs"),
+        lock_dir=paths.checkpoint_dir + ".lock",
+    )
+    for name, value in values.to_dict().items():
+        check_remote_path(value, name)
+    return values
+
+
+def selection_for(request: RunRequest, profile: Profile) -> ShardSelection:
+    """The user's shard choice, with the profile's source URL unless the form gave another one."""
+    template = (profile.raw.get("data") or {}).get("url_template")
+    if template and request.shards.url_template == DEFAULT_URL_TEMPLATE:
+        return ShardSelection.parse(",".join(str(i) for i in request.shards.train), url_template=template)
+    return request.shards
+
+
+def run_config(
+    request: RunRequest, profile: Profile, *, nodes: int | None = None, check_vocab_file: bool | None = None
+) -> RunConfig:
+    return build_run_config(
+        request.model_size or profile.default_size,
+        profile,
+        request.run_name,
+        nodes=nodes or request.nodes,
+        gpus_per_node=request.gpus_per_node,
+        overrides=request.neox_overrides(),
+        check_vocab_file=check_vocab_file,
+    )
+
+
+def _array_spec(profile: Profile, lay: RunLayout, step: str, run_name: str, parallelism: int) -> ArraySpec:
+    job_name = f"nxf-{step}-{run_name}"[:128]
+    cluster = profile.cluster
+    return ArraySpec(
+        job_name=job_name,
+        job_dir=posixpath.join(lay.jobs_dir, job_name),
+        scripts_dir=lay.code_dir,
+        python=cluster.python,
+        parallelism=parallelism,
+        image=cluster.container_image if step == "tokenize" else None,
+        container_mounts=",".join(cluster.container_mounts) or None if step == "tokenize" else None,
+        sbatch={"partition": cluster.partition} if cluster.partition else {},
+    )
+
+
+def _job_plan(spec: ArraySpec, rendered, array: str | None) -> dict[str, Any]:
+    files = rendered.files()
+    script = files.pop(rendered.script_name)
+    return {
+        "job_name": spec.job_name,
+        "remote_dir": posixpath.dirname(spec.job_dir),
+        "script": script,
+        "files": files,
+        "array": array,
+        "output": None,
+    }
+
+
+def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[str, dict[str, Any]]:
+    """fetch (source -> S3), stage (S3 -> FSx), tokenize (per shard), merge+validate (one job)."""
+    selection = selection_for(request, profile)
+    prefix = profile.s3_prefix.strip("/")
+    entries = build_manifest(
+        selection, s3_bucket=profile.s3_bucket, s3_prefix=f"{prefix}/c4/en", fsx_dir=lay.raw_dir
+    )
+    tokenizer = tokenizer_entry(
+        profile.tokenizer_source,
+        s3_bucket=profile.s3_bucket,
+        s3_prefix=f"{prefix}/tokenizers",
+        fsx_dir=posixpath.dirname(lay.tokenizer_fsx),
+    )
+    moving = [*entries, tokenizer]
+    parallelism = int((profile.raw.get("data") or {}).get("parallelism") or 8)
+    plans: dict[str, dict[str, Any]] = {}
+    for step, render in (("fetch", render_fetch_array), ("stage", render_stage_array)):
+        spec = _array_spec(profile, lay, step, request.run_name, parallelism)
+        rendered = render(spec, moving)
+        plans[step] = _job_plan(spec, rendered, f"0-{len(moving) - 1}%{min(parallelism, len(moving))}")
+    tok_entries = build_tokenize_manifest(entries, tokens_dir=lay.tokens_dir)
+    spec = _array_spec(profile, lay, "tokenize", request.run_name, parallelism)
+    rendered = render_tokenize_array(spec, tok_entries, vocab_file=lay.tokenizer_fsx)
+    plans["tokenize"] = _job_plan(
+        spec, rendered, f"0-{len(tok_entries) - 1}%{min(parallelism, len(tok_entries))}"
+    )
+    shard_prefixes = [e.output_prefix + "_text_document" for e in tok_entries]
+    plans["merge"] = merge_plan(profile, lay, request.run_name, shard_prefixes)
+    plans["shards"] = {"names": [e.name for e in entries], "stems": [shard_stem(e.name) for e in entries]}
+    return plans
+
+
+def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: list[str]) -> dict[str, Any]:
+    """One job: merge per-shard outputs into the dataset NeoX reads, then validate it and every shard.
+
+    The summary (documents and tokens per shard) is written next to the dataset for the run's report.
+    """
+    python = profile.cluster.python
+    summary = lay.data_path + ".summary.json"
+    lines = [
+        "#!/bin/bash",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=1",
+        "set -euo pipefail",
+        f"mkdir -p {q(posixpath.dirname(lay.data_path))}",
+        f"{q(python)} {q(lay.code_dir + '/merge_datasets.py')} --output-prefix {q(lay.data_path)} "
+        + " ".join(q(p) for p in shard_prefixes),
+        f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} "
+        + " ".join(q(p) for p in shard_prefixes)
+        + f" > {q(summary)}.tmp",
+        f"mv {q(summary)}.tmp {q(summary)}",
+        f"cat {q(summary)}",
+    ]
+    job_name = f"nxf-merge-{run_name}"[:128]
+    return {
+        "job_name": job_name,
+        "remote_dir": lay.jobs_dir,
+        "script": "\n".join(lines) + "\n",
+        "files": {},
+        "array": None,
+        "output": None,
+        "summary_path": summary,
+    }
+
+
+def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
+    """Everything a run will do, from the trigger form: validated, rendered, JSON-serialisable."""
+    from neoxflow.pipeline.request import parse_request
+
+    request = parse_request(conf)
+    profile = load_profile(request.profile)
+    code = cluster_code_files()
+    digest = code_hash(code)
+    lay = layout(profile, request.run_name, digest)
+    cfg = run_config(request, profile, check_vocab_file=False)
+    if not cfg.ok:
+        raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
+    return {
+        "request": {
+            k: v
+            for k, v in conf.items()
+            if k
+            in (
+                "profile",
+                "model_size",
+                "run_name",
+                "nodes",
+                "gpus_per_node",
+                "shards",
+                "train_iters",
+                "checkpoint_interval",
+                "time_limit",
+                "dry_run",
+                "shard_url_template",
+            )
+        },
+        "profile": request.profile,
+        "run_name": request.run_name,
+        "code_hash": digest,
+        "layout": lay.to_dict(),
+        "config": {
+            "hash": cfg.config_hash,
+            "path": cfg.config_path,
+            "rendered": cfg.rendered,
+            "train_iters": cfg.config.get("train_iters"),
+            "size": cfg.size,
+            "nodes": cfg.nodes,
+            "gpus_per_node": cfg.gpus_per_node,
+        },
+        "data": data_plans(request, profile, lay),
+        "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
+        "dry_run": request.dry_run,
+    }

@@ -1,0 +1,153 @@
+"""The trigger form of ``pythia_pretrain``: typed Params, and their validation into a RunRequest.
+
+The form is user input. Every field is checked here, before any task touches the cluster, and every
+error names the field it is about. Values that later reach a remote shell are held to strict patterns
+(no shell metacharacters can pass), and are quoted again where they are used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from neoxflow.data.shards import ShardSelection, ShardSelectionError
+
+PYTHIA_SIZES = ["14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"]
+PROFILES = ["local", "aws"]
+RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}")
+
+
+class RequestError(ValueError):
+    """One or more trigger-form fields are invalid; ``problems`` maps field -> why."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {why}" for field, why in problems.items()))
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    profile: str
+    model_size: str | None
+    run_name: str
+    nodes: int | None
+    gpus_per_node: int | None
+    shards: ShardSelection
+    train_iters: int | None
+    checkpoint_interval: int | None
+    time_limit: str | None
+    dry_run: bool
+
+    def neox_overrides(self) -> dict[str, Any]:
+        overrides: dict[str, Any] = {}
+        if self.train_iters is not None:
+            overrides["train_iters"] = self.train_iters
+        if self.checkpoint_interval is not None:
+            overrides["checkpoint_factor"] = self.checkpoint_interval
+        return overrides
+
+
+def form_params() -> dict[str, Any]:
+    """The ``params`` of the DAG: what the Airflow trigger form shows (typed, with help texts)."""
+    from airflow.sdk import Param
+
+    return {
+        "profile": Param(
+            "local",
+            type="string",
+            enum=PROFILES,
+            title="Profile",
+            description="include/configs/profiles/<name>.yaml: cluster, storage, paths.",
+        ),
+        "model_size": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *PYTHIA_SIZES],
+            title="Pythia size",
+            description="Empty: the profile's default size.",
+        ),
+        "run_name": Param(
+            "pythia-demo",
+            type="string",
+            pattern=f"^{RUN_NAME.pattern}$",
+            title="Run name",
+            description="Names the checkpoint folder: the same name continues the same run.",
+        ),
+        "nodes": Param(None, type=["null", "integer"], minimum=1, maximum=1024, title="Nodes"),
+        "gpus_per_node": Param(None, type=["null", "integer"], minimum=1, maximum=16, title="GPUs per node"),
+        "shards": Param(
+            "subset",
+            type="string",
+            title="C4 shards",
+            description="subset (first 4), a count (16), a list (0,5,7), a range (0-15) or all.",
+        ),
+        "train_iters": Param(None, type=["null", "integer"], minimum=1, title="Train iterations"),
+        "checkpoint_interval": Param(None, type=["null", "integer"], minimum=1, title="Checkpoint every N"),
+        "time_limit": Param(
+            None,
+            type=["null", "string"],
+            title="Time limit per slice",
+            description="Slurm time limit of one training job, e.g. 04:00:00.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Render every script and config and show them; submit nothing.",
+        ),
+    }
+
+
+def _optional_int(conf: dict, name: str, problems: dict, low: int, high: int) -> int | None:
+    value = conf.get(name)
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        problems[name] = f"must be a whole number, got {value!r}"
+        return None
+    number = int(value)
+    if not low <= number <= high:
+        problems[name] = f"must be between {low} and {high}, got {number}"
+        return None
+    return number
+
+
+def parse_request(conf: dict[str, Any]) -> RunRequest:
+    """Validate the form (the DAG run's params); raise :class:`RequestError` naming every bad field."""
+    problems: dict[str, str] = {}
+    profile = conf.get("profile") or "local"
+    if profile not in PROFILES:
+        problems["profile"] = f"must be one of {PROFILES}, got {profile!r}"
+    size = conf.get("model_size") or None
+    if size is not None and size not in PYTHIA_SIZES:
+        problems["model_size"] = f"must be one of {PYTHIA_SIZES}, got {size!r}"
+    run_name = conf.get("run_name") or ""
+    if not isinstance(run_name, str) or not RUN_NAME.fullmatch(run_name):
+        problems["run_name"] = f"must be 1-63 of a-z 0-9 - starting with a letter or digit, got {run_name!r}"
+    nodes = _optional_int(conf, "nodes", problems, 1, 1024)
+    gpus = _optional_int(conf, "gpus_per_node", problems, 1, 16)
+    train_iters = _optional_int(conf, "train_iters", problems, 1, 10_000_000)
+    interval = _optional_int(conf, "checkpoint_interval", problems, 1, 10_000_000)
+    time_limit = conf.get("time_limit") or None
+    if time_limit is not None and (not isinstance(time_limit, str) or not TIME_LIMIT.fullmatch(time_limit)):
+        problems["time_limit"] = f"must look like HH:MM:SS or D-HH:MM:SS, got {time_limit!r}"
+    try:
+        shards = ShardSelection.parse(
+            conf.get("shards", "subset"), url_template=conf.get("shard_url_template") or None
+        )
+    except ShardSelectionError as err:
+        field, _, why = str(err).partition(": ")
+        problems[field if field in ("shards", "url_template") else "shards"] = why or str(err)
+        shards = None
+    dry_run = conf.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        problems["dry_run"] = f"must be true or false, got {dry_run!r}"
+    if train_iters is not None and interval is not None and interval > train_iters:
+        problems["checkpoint_interval"] = f"{interval} is more than train_iters {train_iters}: no checkpoint"
+    if problems:
+        raise RequestError(problems)
+    return RunRequest(
+        profile, size, run_name, nodes, gpus, shards, train_iters, interval, time_limit, dry_run
+    )

@@ -1,0 +1,191 @@
+"""The Python tasks of pythia_pretrain (the DAG file only wires them). Each talks to the cluster over the
+Slurm SSH hook or to S3 through the amazon provider; none moves training data itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import shlex
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from neoxflow.hooks.slurm import SlurmSSHHook
+from neoxflow.pipeline import lock
+from neoxflow.pipeline.plan import cluster_code_files, plan_run
+
+log = logging.getLogger(__name__)
+SSH_CONN_ID = "neoxflow_cluster"
+AWS_CONN_ID = "aws_default"
+q = shlex.quote
+
+
+def make_plan(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate the trigger form and render everything; a dry run logs every script and config."""
+    from neoxflow.pipeline.request import RequestError
+
+    try:
+        plan = plan_run(dict(params))
+    except RequestError as err:
+        raise AirflowFailException(f"invalid trigger form: {err}") from None
+    except (ValueError, OSError) as err:
+        raise AirflowFailException(str(err)) from None
+    if plan["dry_run"]:
+        log.info(
+            "DRY RUN of %s - nothing will be submitted. Rendered NeoX config (%s):\n%s",
+            plan["run_name"],
+            plan["config"]["path"],
+            plan["config"]["rendered"],
+        )
+        for step, job in plan["data"].items():
+            if isinstance(job, dict) and "script" in job:
+                log.info("--- %s: %s/%s\n%s", step, job["remote_dir"], job["job_name"], job["script"])
+                for name, text in (job.get("files") or {}).items():
+                    log.info("--- %s: %s\n%s", step, name, text)
+    return plan
+
+
+def _hook() -> SlurmSSHHook:
+    return SlurmSSHHook(SSH_CONN_ID)
+
+
+def acquire_lock(
+    plan: dict[str, Any], dag_id: str, run_id: str, scheduled: bool, lease_s: int = 6 * 3600
+) -> str:
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    owner = lock.owner_token(dag_id, run_id)
+    status, out, _ = _hook().run(
+        lock.acquire_command(plan["layout"]["lock_dir"], owner, lease_s), check=False
+    )
+    answer = lock.parse_acquire(status, out.decode())
+    if answer.acquired:
+        log.info("Checkpoint folder lock: %s", answer.text)
+        return owner
+    message = (
+        f"run {plan['run_name']!r} is being trained by {answer.holder} (lock {plan['layout']['lock_dir']}); "
+        "two runs never train into one checkpoint folder"
+    )
+    if scheduled:
+        raise AirflowSkipException(message)
+    raise AirflowFailException(message)
+
+
+def release_lock(plan: dict[str, Any] | None, owner: str | None) -> None:
+    if not plan or not owner or plan.get("dry_run"):
+        return
+    _, out, _ = _hook().run(lock.release_command(plan["layout"]["lock_dir"], owner), check=False)
+    log.info("Checkpoint folder lock: %s", out.decode().strip())
+
+
+def ship_code(plan: dict[str, Any]) -> str:
+    """Copy include/cluster to <fsx>/code/<content hash>/ once; make sure the S3 bucket exists."""
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    hook = _hook()
+    code_dir = plan["layout"]["code_dir"]
+    marker = posixpath.join(code_dir, ".complete")
+    status, _, _ = hook.run(f"test -f {q(marker)}", check=False)
+    if status != 0:
+        for name, data in cluster_code_files().items():
+            hook.upload(data, posixpath.join(code_dir, name), mode=0o755)
+        hook.upload(plan["code_hash"].encode(), marker)
+        log.info("Shipped cluster code to %s", code_dir)
+    else:
+        log.info("Cluster code %s already on the cluster", code_dir)
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    s3 = S3Hook(aws_conn_id=AWS_CONN_ID)
+    if not s3.check_for_bucket(plan["s3"]["bucket"]):
+        s3.create_bucket(bucket_name=plan["s3"]["bucket"])
+        log.info("Created bucket %s", plan["s3"]["bucket"])
+    return code_dir
+
+
+def dataset_needs_work(plan: dict[str, Any]) -> bool:
+    """short_circuit: False (skip fetch/stage/tokenize/merge) when the merged dataset exists and validates."""
+    if plan["dry_run"]:
+        return False
+    lay = plan["layout"]
+    summary = lay["data_path"] + ".summary.json"
+    cmd = (
+        f"test -f {q(summary)} && {q(plan_python(plan))} {q(lay['code_dir'] + '/validate_dataset.py')} "
+        f"{q(lay['data_path'])}"
+    )
+    status, out, err = _hook().run(cmd, check=False)
+    if status == 0:
+        log.info(
+            "Dataset %s exists and validates (%s): data stages skipped",
+            lay["data_path"],
+            out.decode().strip()[:300],
+        )
+        return False
+    log.info(
+        "Dataset %s needs building (%s)", lay["data_path"], (err or out).decode().strip()[:200] or "absent"
+    )
+    return True
+
+
+def plan_python(plan: dict[str, Any]) -> str:
+    from neoxflow.neox.config import load_profile
+
+    return load_profile(plan["profile"]).cluster.python
+
+
+def read_data_summary(plan: dict[str, Any]) -> dict[str, Any]:
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    path = plan["layout"]["data_path"] + ".summary.json"
+    summary = json.loads(_hook().read_file(path))
+    log.info("Dataset: %s", json.dumps(summary)[:2000])
+    return summary
+
+
+def checkpoint_listing(plan: dict[str, Any]) -> dict[str, Any]:
+    lay = plan["layout"]
+    cmd = f"{q(plan_python(plan))} {q(lay['code_dir'] + '/ckpt_listing.py')} {q(lay['checkpoint_dir'])}"
+    _, out, _ = _hook().run(cmd)
+    return json.loads(out)
+
+
+def expectation(plan: dict[str, Any]):
+    from neoxflow.neox.checkpoints import Expectation
+    from neoxflow.neox.config import load_profile
+
+    profile = load_profile(plan["profile"])
+    if profile.cluster.template == "train_local.sbatch":
+        return Expectation.standin()
+    cfg = json.loads(plan["config"]["rendered"])
+    return Expectation.from_neox_config(cfg, plan["config"]["nodes"] * plan["config"]["gpus_per_node"])
+
+
+def prepare_resume(plan: dict[str, Any]) -> dict[str, Any]:
+    """Before a slice: no-op if this run's training job is active or the run is finished; otherwise point
+    ``latest`` at the newest COMPLETE checkpoint (NeoX writes ``latest`` before the other ranks finish)."""
+    from neoxflow.neox.checkpoints import resume_plan
+
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    hook = _hook()
+    job_name = f"nxf-train-{plan['run_name']}"[:128]
+    active = hook.active_jobs_named(job_name)
+    if active:
+        raise AirflowSkipException(
+            f"training job {active[0]} of run {plan['run_name']} is active: nothing to do"
+        )
+    listing = checkpoint_listing(plan)
+    decision = resume_plan(listing, expectation(plan))
+    target = int(plan["config"]["train_iters"])
+    log.info("Resume: %s", decision.reason)
+    save = plan["layout"]["checkpoint_dir"]
+    if decision.action == "write":
+        hook.upload(decision.content.encode(), posixpath.join(save, "latest"))
+    elif decision.action == "remove":
+        hook.run(f"rm -f {q(posixpath.join(save, 'latest'))}")
+    if decision.iteration >= target:
+        raise AirflowSkipException(
+            f"run {plan['run_name']} already reached train_iters {target}: nothing to do"
+        )
+    return {"resume_from": decision.iteration, "train_iters": target, "action": decision.action}
