@@ -26,7 +26,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.slurm import naming
+from neoxflow.slurm import commands, naming
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.status import array_task_ids
@@ -192,6 +192,8 @@ class SlurmOperator(BaseOperator):
                     )
                 self.hook.upload(text.encode(), posixpath.join(job_dir, file_name))
             self.hook.upload(script, script_path, mode=0o755)
+            if posixpath.dirname(output) != job_dir:  # Slurm does not create the log folder
+                self.hook.run(commands.mkdir_command(posixpath.dirname(output)))
             job_id = self.hook.submit(
                 script_path,
                 job_name=name,
