@@ -72,7 +72,9 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     ckpts = sorted(p.name for p in (fsx / "checkpoints" / name).glob("global_step*"))
     assert ckpts == ["global_step20", "global_step40"]
     assert (fsx / "checkpoints" / name / "latest").read_text().strip() == "global_step40"
-    summary = json.loads((Path(str(fsx)) / "data/c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text())
+    summary = json.loads(
+        (Path(str(fsx)) / "data/c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text()
+    )
     assert summary
     capfd.readouterr()
     # the same run again: data validates (skipped), training already at train_iters (no-op)
