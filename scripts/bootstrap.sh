@@ -6,7 +6,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${NEOXFLOW_VENV:-$REPO/.venv}
 PYTHON=${PYTHON:-python3}
 
-packages=(slurm-wlm munge openssh-server openssh-client slurmdbd mariadb-server chromium)
+packages=(slurm-wlm munge openssh-server openssh-client slurmdbd mariadb-server chromium docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -249,7 +249,8 @@ class SlurmOperator(BaseOperator):
                 "log_path": None
                 if self.array
                 else (
-                    self.output_path or posixpath.join(check_remote_path(self.remote_dir), name, "slurm-%j.out")
+                    self.output_path
+                    or posixpath.join(check_remote_path(self.remote_dir), name, "slurm-%j.out")
                 ).replace("%j", job_id),
             }
         return None
