@@ -84,6 +84,10 @@ def local_problems(tag_dir: str, files: dict[str, int]) -> list[str]:
     return problems
 
 
+def _with_files(tag_dir: str) -> tuple[str, dict[str, int]]:
+    return tag_dir, local_files(tag_dir)
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -279,7 +283,10 @@ def export(args: argparse.Namespace, client=None) -> dict:
                 verified.add(tag)
             else:
                 why_not[tag] = why
-        complete = [t for t in local if t in verified or (t in tags and t not in result["refused"])]
+        # what might be the newest complete checkpoints, judged conservatively: a folder that LOOKS complete
+        # here counts, so keep-last-N never deletes an older copy in favour of a folder still being written
+        looks_complete = {t for t in local if not local_problems(*_with_files(os.path.join(save_dir, t)))}
+        complete = [t for t in local if t in verified or t in looks_complete]
         plan = prune_plan(complete, verified, args.keep_last, read_latest(save_dir))
         for tag in plan["delete"]:
             log(f"{tag}: pruning the FSx copy (verified in S3, older than the newest {args.keep_last})")

@@ -350,8 +350,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     if more_log:
                         continue  # read the rest of the log before the verdict
                     if partial:
-                        tail.append(partial.decode("utf-8", "replace"))
-                        self.log.info("[slurm %s] %s", self.job_id, partial.decode("utf-8", "replace"))
+                        self._lines(partial + b"\n", tail, watch)
                     watch.absorb(follower.flush())
                     extra: dict[str, Any] = {}
                     try:
