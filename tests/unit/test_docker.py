@@ -531,3 +531,30 @@ def test_enroot_import_refuses_bad_input(tmp_path, stub_tools):
     res = _enroot_import(bin_dir, "neoxflow/gpt-neox:missing", str(out))
     assert res.returncode != 0 and "no local docker image 'neoxflow/gpt-neox:missing'" in res.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------- docs
+
+DOCS = ROOT / "docs" / "docker.md"
+
+
+def test_docs_name_the_pins_of_the_neox_image():
+    doc = DOCS.read_text()
+    args = arg_defaults(NEOX_DOCKERFILE)
+    for key in ("NEOX_COMMIT", "DEEPERSPEED_COMMIT", "EFA_INSTALLER_VERSION", "AWS_OFI_NCCL_VERSION"):
+        assert args[key] in doc, f"docs/docker.md does not name {key}={args[key]}"
+    for name, version in pins_in(NEOX_DOCKERFILE.read_text()).items():
+        assert re.search(rf"\b{re.escape(name)}\b[^\n]*\b{re.escape(version)}\b", doc, re.I), (
+            f"docs/docker.md does not give {name} {version}"
+        )
+
+
+def test_docs_connection_example_uses_the_secret_path():
+    doc = DOCS.read_text()
+    m = re.search(r"export AIRFLOW_CONN_NEOXFLOW_CLUSTER='([^']*)'", doc)
+    assert m, "docs/docker.md has no AIRFLOW_CONN_NEOXFLOW_CLUSTER example"
+    conn = json.loads(m.group(1))
+    assert conn["conn_type"] == "ssh"
+    assert conn["extra"]["key_file"] == "/run/secrets/neoxflow_ssh_key"
+    assert conn["extra"]["host_key"].startswith("ssh-ed25519 ")
+    assert "no_host_key_check" not in conn["extra"]
