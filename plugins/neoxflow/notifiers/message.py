@@ -243,17 +243,18 @@ def build_alert(
         facts.update({k: v for k, v in _slurm_facts(record).items() if v not in (None, "", [])})
     facts.update({k: v for k, v in explicit.items() if v is not None and k != "record"})
 
-    log_lines = list(facts.get("log_lines") or [])
+    raw_lines = facts.get("log_lines") or []
+    log_lines = raw_lines.splitlines() if isinstance(raw_lines, str) else [str(x) for x in raw_lines]
     if facts.get("error"):
         headline, tail = split_error(str(facts["error"]))
         facts["error"] = headline
         log_lines = log_lines or tail
-    if isinstance(log_lines, str):
-        log_lines = log_lines.splitlines()
 
     secrets = tuple(known_secrets)
     clean = {k: scrub(str(v), secrets) for k, v in facts.items() if k not in ("record", "log_lines")}
-    lines = tuple(_clip(scrub(str(line), secrets), MAX_LINE_CHARS) for line in log_lines[-max_log_lines:])
+    # scrubbed as one block so that multi-line secrets (PEM keys) are caught, then cut to size
+    scrubbed_tail = scrub("\n".join(log_lines), secrets).split("\n") if log_lines else []
+    lines = tuple(_clip(line, MAX_LINE_CHARS) for line in scrubbed_tail[-max_log_lines:])
     url = facts.get("url") or (
         task_url(
             base_url,

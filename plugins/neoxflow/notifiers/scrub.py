@@ -67,21 +67,23 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), MASK),  # JWTs
 ]
 
-# A 40-character base64 word mixing upper case, lower case and digits is what an AWS secret access key
-# looks like; hex digests (lower case only) and ordinary words do not match.
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+# A run of 40+ base64 characters mixing upper case, lower case and digits is what an AWS secret access
+# key or a PEM body line looks like; hex digests (lower case only), words and paths (many "/") do not.
+_RANDOM_WORD = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40,}={0,2}(?![A-Za-z0-9/+=])")
 
 
-def _mask_aws_secret(match: re.Match[str]) -> str:
+def _mask_random_word(match: re.Match[str]) -> str:
     word = match.group(0)
     mixed = (
         any(c.isupper() for c in word) and any(c.islower() for c in word) and any(c.isdigit() for c in word)
     )
-    return MASK if mixed else word
+    return MASK if mixed and word.count("/") <= 2 else word
 
 
 def scrub(text: str, known_secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret-looking value replaced by ``***``.
+
+    Scrub a log tail as one block (lines joined), not line by line: a PEM key spans lines.
 
     :param known_secrets: literal values to hide wherever they appear (e.g. a connection's password);
         values shorter than 4 characters are ignored, masking them would shred ordinary words.
@@ -92,4 +94,4 @@ def scrub(text: str, known_secrets: Iterable[str] = ()) -> str:
         text = text.replace(secret, MASK)
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
-    return _AWS_SECRET.sub(_mask_aws_secret, text)
+    return _RANDOM_WORD.sub(_mask_random_word, text)
