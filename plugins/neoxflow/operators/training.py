@@ -81,7 +81,7 @@ class NeoXTrainOperator(SlurmOperator):
     :param save_dir: the run's NeoX ``save`` folder on the cluster (templated).
     :param train_iters: the run's target iteration count.
     :param listing_script: remote path of ckpt_listing.py (templated; include/cluster on the cluster).
-    :param listing_python: interpreter on the login node for the listing.
+    :param listing_python: interpreter on the login node for the listing (templated).
     :param expectation: `Expectation` fields of a complete checkpoint (None = the stand-in's layout).
     :param neox_log_path: the NeoX log when it is not the job's Slurm output (templated; ``{job_id}`` is
         replaced by the job id). Default: the Slurm output file the operator sets.
@@ -96,6 +96,7 @@ class NeoXTrainOperator(SlurmOperator):
         *SlurmOperator.template_fields,
         "save_dir",
         "listing_script",
+        "listing_python",
         "neox_log_path",
         "run_name",
     )
@@ -138,7 +139,11 @@ class NeoXTrainOperator(SlurmOperator):
         return record.get("log_path")
 
     def _training_trigger(
-        self, record: Mapping[str, Any], offset: int = 0, watch: Mapping[str, Any] | None = None
+        self,
+        record: Mapping[str, Any],
+        offset: int = 0,
+        watch: Mapping[str, Any] | None = None,
+        checkpoints: list[dict[str, Any]] | None = None,
     ) -> NeoXTrainingTrigger:
         return NeoXTrainingTrigger(
             ssh_conn_id=self.ssh_conn_id,
@@ -155,6 +160,7 @@ class NeoXTrainOperator(SlurmOperator):
             train_iters=self.train_iters,
             seq_length=self.seq_length,
             watch=watch,
+            carry={"record": dict(record), "checkpoints": list(checkpoints or [])},
             poll_interval=self.poll_interval,
             unknown_timeout=self.unknown_timeout,
         )
@@ -178,7 +184,9 @@ class NeoXTrainOperator(SlurmOperator):
             if event.get("event") != "checkpoint":
                 return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
-            trigger = self._training_trigger(record, event.get("log_offset", 0), event.get("watch"))
+            trigger = self._training_trigger(
+                record, event.get("log_offset", 0), event.get("watch"), checkpoints
+            )
 
     # -- events ----------------------------------------------------------------------------------------
     def _record_checkpoints(
@@ -201,14 +209,17 @@ class NeoXTrainOperator(SlurmOperator):
         record: dict[str, Any] | None = None,
         checkpoints: list[dict[str, Any]] | None = None,
     ) -> Any:
-        record = dict(record or {})
-        checkpoints = list(checkpoints or [])
+        carry = event.get("carry") or {}
+        record = dict(record or carry.get("record") or {})
+        checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
         if kind == "checkpoint":
             checkpoints = self._record_checkpoints(context, event, checkpoints)
             self.log.info("Checkpoint %s is complete: %s", event.get("tag"), event.get("path"))
             self.defer(
-                trigger=self._training_trigger(record, event.get("log_offset", 0), event.get("watch")),
+                trigger=self._training_trigger(
+                    record, event.get("log_offset", 0), event.get("watch"), checkpoints
+                ),
                 method_name="execute_complete",
                 kwargs={"record": record, "checkpoints": checkpoints},
             )

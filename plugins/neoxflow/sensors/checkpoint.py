@@ -41,14 +41,20 @@ class CheckpointSensor(BaseSensorOperator):
     :param save_dir: NeoX ``save`` folder on the cluster (templated).
     :param after_iteration: only a checkpoint past this iteration counts (templated; None = any).
     :param listing_script: remote path of ckpt_listing.py (templated).
-    :param listing_python: interpreter on the login node for the listing.
+    :param listing_python: interpreter on the login node for the listing (templated).
     :param expectation: `Expectation` fields of a complete checkpoint (None = the stand-in's layout).
     :param run_name: names the Asset (``neoxflow/<run>/<tag>``); default the DAG run's id.
     :param asset_alias: the AssetAlias the event is attached to (also the task's outlet).
     :param stall_window: seconds without a new complete checkpoint (or a new partial folder) -> fail.
     """
 
-    template_fields: Sequence[str] = ("save_dir", "after_iteration", "listing_script", "run_name")
+    template_fields: Sequence[str] = (
+        "save_dir",
+        "after_iteration",
+        "listing_script",
+        "listing_python",
+        "run_name",
+    )
 
     def __init__(
         self,

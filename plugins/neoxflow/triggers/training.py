@@ -185,6 +185,9 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
     :param train_iters: the run's target (progress percentage and ETA).
     :param seq_length: tokens per sample (tokens/s in the progress line).
     :param watch: the `WatchState` dict carried from the previous deferral.
+    :param carry: the operator's own small state (job record, checkpoints so far), returned untouched in
+        every event: ``dag.test()`` in Airflow 3.3.2 resumes with ``{"event": ...}`` only, dropping the
+        ``kwargs`` given to ``defer()``, so the operator must not rely on them.
     """
 
     def __init__(
@@ -204,6 +207,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         train_iters: int | None = None,
         seq_length: int | None = None,
         watch: Mapping[str, Any] | None = None,
+        carry: Mapping[str, Any] | None = None,
         poll_interval: float = 10.0,
         unknown_timeout: float = 900.0,
         unreachable_timeout: float = 3600.0,
@@ -239,6 +243,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.train_iters = train_iters
         self.seq_length = seq_length
         self.watch = dict(watch) if watch is not None else None
+        self.carry = dict(carry) if carry is not None else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         classpath, kwargs = super().serialize()
@@ -252,6 +257,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             train_iters=self.train_iters,
             seq_length=self.seq_length,
             watch=self.watch,
+            carry=self.carry,
         )
         return classpath, kwargs
 
@@ -285,7 +291,12 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
     def _payload(self, kind: str, watch: WatchState, offset: int, **extra: Any) -> dict[str, Any]:
         progress = watch.progress(self.train_iters, self.seq_length)
         return self._event(
-            kind, log_offset=offset, watch=watch.to_dict(), progress=summary_line(progress), **extra
+            kind,
+            log_offset=offset,
+            watch=watch.to_dict(),
+            progress=summary_line(progress),
+            carry=self.carry,
+            **extra,
         )
 
     # -- the loop --------------------------------------------------------------------------------------
