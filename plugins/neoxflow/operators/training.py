@@ -165,9 +165,28 @@ class NeoXTrainOperator(SlurmOperator):
             unknown_timeout=self.unknown_timeout,
         )
 
+    def _newest_complete(self) -> int | None:
+        """The newest complete checkpoint in the save folder now (None if none or the listing failed)."""
+        try:
+            status, out, err = self.hook.run(
+                listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
+            )
+            found = new_complete_checkpoints(
+                parse_listing(status, out, err), expectation_from_dict(self.expectation), None
+            )
+        except Exception as err:  # only the baseline: the watch still judges every checkpoint
+            self.log.warning("Could not list %s before watching: %s", self.save_dir, err)
+            return None
+        return found[-1].iteration if found else None
+
     def _watch(self, context: Context, record: dict[str, Any]) -> Any:
         expectation_from_dict(self.expectation)  # fail before the watch on a bad expectation
-        trigger = self._training_trigger(record)
+        if "baseline_checkpoint" not in record:
+            # checkpoints already there (the one a resumed slice loads) are not new: no Asset event for them
+            record["baseline_checkpoint"] = self._newest_complete()
+            self.log.info("Newest complete checkpoint before this slice: %s", record["baseline_checkpoint"])
+        watch = WatchState(last_checkpoint=record["baseline_checkpoint"]).to_dict()
+        trigger = self._training_trigger(record, watch=watch)
         if self.deferrable:
             self.defer(
                 trigger=trigger,
@@ -225,7 +244,7 @@ class NeoXTrainOperator(SlurmOperator):
             )
         checkpoints = self._record_checkpoints(context, event, checkpoints)
         if kind == "final" and event.get("listing_error"):
-            checkpoints = self._relist(context, checkpoints, event)
+            checkpoints = self._relist(context, checkpoints, event, record.get("baseline_checkpoint"))
         record.update(status=event.get("status"), event=kind)
         watch = WatchState.from_dict(event.get("watch"))
         if event.get("polls"):
@@ -244,9 +263,10 @@ class NeoXTrainOperator(SlurmOperator):
 
         status = event.get("status") or {}
         exit_code = exit_code_of(status)
-        verdict = training_verdict(
-            watch.log_state(), self.train_iters, exit_code, [int(c["iteration"]) for c in checkpoints]
-        )
+        complete = [int(c["iteration"]) for c in checkpoints]
+        if record.get("baseline_checkpoint") is not None:
+            complete.append(int(record["baseline_checkpoint"]))
+        verdict = training_verdict(watch.log_state(), self.train_iters, exit_code, complete)
         record["verdict"] = {"status": verdict.status, "reason": verdict.reason, "exit_code": exit_code}
         context["ti"].xcom_push(key=STATE_KEY, value=record)
         summary = self._summary(watch, checkpoints, verdict, record)
@@ -270,7 +290,11 @@ class NeoXTrainOperator(SlurmOperator):
         raise SlurmJobFailed(message, record)
 
     def _relist(
-        self, context: Context, checkpoints: list[dict[str, Any]], event: Mapping[str, Any]
+        self,
+        context: Context,
+        checkpoints: list[dict[str, Any]],
+        event: Mapping[str, Any],
+        baseline: int | None,
     ) -> list[dict[str, Any]]:
         """The trigger's final listing failed: list once more from the worker."""
         self.log.warning("Final listing in the trigger failed (%s); listing again", event["listing_error"])
@@ -278,7 +302,7 @@ class NeoXTrainOperator(SlurmOperator):
             listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
         )
         listing = parse_listing(status, out, err)
-        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), None)
+        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), baseline)
         new = [
             {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}
             for c in found
@@ -326,6 +350,7 @@ class NeoXTrainOperator(SlurmOperator):
             "last_checkpoint_path": newest["path"] if newest else None,
             "checkpoints": checkpoints,
             "resumed_from": watch.resumed_from,
+            "baseline_checkpoint": record.get("baseline_checkpoint"),
             "slice_end": watch.slice_end,
             "job_id": record.get("job_id"),
             "save_dir": posixpath.normpath(self.save_dir),
