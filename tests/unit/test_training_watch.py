@@ -666,3 +666,25 @@ def test_export_refuses_a_partial_tag(tmp_path, moto_s3):
     rc, result, err = run_export_script(tmp_path, export_spec(tmp_path, tags=("global_step10",), keep_last=0))
     assert rc == 3 and "configs/ is missing" in result["refused"]["global_step10"][0], err
     assert keys(moto_s3) == []
+
+
+def test_state_travels_in_the_event_when_resume_kwargs_are_dropped(op):
+    """Regression: dag.test() (Airflow 3.3.2) resumes with ``{"event": ...}`` only, dropping defer()'s
+    kwargs; the job record and the checkpoints so far must come back in the trigger's ``carry``."""
+    trigger = op._training_trigger(RECORD, 7, None, [{"iteration": 5, "tag": "global_step5", "path": "/p5"}])
+    event = final_event("FAILED", "1:0", [10, 20], [20])
+    event["carry"] = trigger.serialize()[1]["carry"]
+    ctx = context()
+    result = op.execute_complete(ctx, event)  # no record=, no checkpoints=
+    assert result["job_id"] == "42" and [c["iteration"] for c in result["checkpoints"]] == [5, 20]
+    assert ctx["ti"].xcom["slurm_job"]["log_path"] == RECORD["log_path"]
+
+
+def test_checkpoints_present_before_the_slice_are_a_baseline_not_new_events(op):
+    ctx = context()
+    record = {**RECORD, "baseline_checkpoint": 20}
+    event = final_event("COMPLETED", "0:0", [], [])  # resumed at the end: nothing left, nothing new
+    event["watch"]["resumed_from"] = 20
+    result = op.execute_complete(ctx, event, record=record, checkpoints=[])
+    assert result["more_to_do"] is False and result["baseline_checkpoint"] == 20
+    assert not alias_events(ctx)
