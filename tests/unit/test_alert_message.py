@@ -90,6 +90,11 @@ def test_failure_alert_carries_every_fact_and_the_task_link():
     # the record came with the exception: no XCom round trip was needed
     assert ti.pulls == []
     assert alert.subject == "[neoxflow] FAILURE: pythia_pretrain.train.watch job 4711 NODE_FAIL"
+    # the Slurm outcome tells the reader what kind of failure it is
+    assert (
+        "neoxflow: task failed (infrastructure failure: safe to resume from the latest checkpoint)"
+        in alert.text
+    )
     for line in (alert.subject, KINDS["failure"], "nodes:", "node2", expected_url, "srun: error: node2"):
         assert line in alert.text
 
@@ -113,7 +118,7 @@ def test_facts_come_from_the_tasks_own_xcom_when_the_exception_has_no_record():
     assert alert.fields["reason"] == "NonZeroExitCode"  # de-duplicated over the array tasks
     assert alert.fields["error"] == "boom"
     assert alert.log_lines == ("Traceback", "OOM")
-    assert "needs a human" in alert.text
+    assert "neoxflow: application failure: needs a human" in alert.text
 
 
 def test_job_id_xcom_is_used_when_the_job_never_reported():

@@ -42,7 +42,7 @@ KINDS: dict[str, str] = {
     "give_up": "auto-resume gave up",
     "deadline": "deadline missed",
     "app_failure": "application failure: needs a human, no automatic resubmit",
-    "infra_failure": "infrastructure failure: resuming from the latest checkpoint",
+    "infra_failure": "infrastructure failure: safe to resume from the latest checkpoint",
     "held": "Slurm job held: a human must release or fix it",
     "test": "test alert",
 }
@@ -144,7 +144,8 @@ def facts_from_context(context: Mapping[str, Any]) -> dict[str, Any]:
     facts["map_index"] = _get(ti, "map_index")
     facts["try_number"] = _get(ti, "try_number")
     if dag_run is not None:
-        facts["run_state"] = _get(dag_run, "state")
+        state = _get(dag_run, "state")
+        facts["run_state"] = getattr(state, "value", state)  # DagRunState enum or the JSON string
         facts["queued_at"] = _get(dag_run, "queued_at")
     deadline = context.get("deadline")
     if deadline:
@@ -277,6 +278,9 @@ def build_alert(
     if url:
         fields["link"] = url
     headline = KINDS.get(kind, kind.replace("_", " "))
+    outcome = clean.get("outcome")
+    if kind in ("failure", "retry") and outcome in ("app_failure", "infra_failure", "held"):
+        headline += f" ({KINDS[outcome]})"
     subject = _subject(kind, clean)
     width = max((len(label) for label in fields), default=0) + 1
     body = [f"{subject}", f"neoxflow: {headline}", ""]
