@@ -122,7 +122,7 @@ $acct_lines
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-ReturnToService=2
+ReturnToService=1
 MinJobAge=${NEOXFLOW_MIN_JOB_AGE:-30}
 SlurmdTimeout=30
 InactiveLimit=0

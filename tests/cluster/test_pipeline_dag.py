@@ -33,7 +33,10 @@ def fresh_run(cluster_env, airflow_db):
     fsx = Path(cluster_env["NEOXFLOW_FSX"])
     name = f"t{datetime.now():%H%M%S}"
     yield name, fsx
-    shutil.rmtree(fsx / "checkpoints" / name, ignore_errors=True)
+    target = fsx / "checkpoints" / name
+    if target.is_file():
+        target.unlink()
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def test_dry_run_renders_and_submits_nothing(fresh_run, capfd):
@@ -81,3 +84,66 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     again = ti_states(trigger(run_name=name, train_iters=40, checkpoint_interval=20))
     assert again["data.fetch"] == "skipped" and again["data.tokenize"] == "skipped"
     assert again["train.train_slice"] == "skipped"
+
+
+def _when(predicate, action, timeout=240):
+    """Run ``action`` in a thread as soon as ``predicate()`` holds."""
+    import threading
+    import time
+
+    def loop():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                action()
+                return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    return thread
+
+
+def _train_jobs(fsx: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (fsx / "runs" / name / "logs").glob(f"nxf-train-{name}-*.out"))
+
+
+def test_node_fail_resumes_from_latest_checkpoint_on_the_other_node(fresh_run, monkeypatch, capfd):
+    from tests.cluster.slurm_helpers import slurm
+
+    name, fsx = fresh_run
+    monkeypatch.setenv("NEOXFLOW_RETRY_DELAY_S", "1")
+    first_ckpt = fsx / "checkpoints" / name / "global_step20" / "configs"
+    thread = _when(
+        first_ckpt.exists,
+        lambda: slurm("scontrol", "update", "nodename=node2", "state=down", "reason=neoxflow-test"),
+    )
+    try:
+        run = trigger(run_name=name, train_iters=60, checkpoint_interval=20)
+    finally:
+        thread.join()
+        slurm("scontrol", "update", "nodename=node2", "state=resume", check=False)
+    assert ti_states(run)["train.train_slice"] == "success"
+    (train_ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "train.train_slice"]
+    history = train_ti.xcom_pull(task_ids="train.train_slice", key="resume_history")
+    assert [a["state"] for a in history["attempts"]] == ["NODE_FAIL"], history
+    assert history["excluded"] == ["node2"]
+    jobs = _train_jobs(fsx, name)
+    assert len(jobs) == 2  # the failed slice and the resumed one, never two at once (same job name, serial)
+    resumed_log = (fsx / "runs" / name / "logs" / jobs[-1]).read_text()
+    assert "Loading checkpoint and starting from iteration" in resumed_log
+    assert "starting from iteration 0" not in resumed_log
+    assert (fsx / "checkpoints" / name / "latest").read_text().strip() == "global_step60"
+
+
+def test_application_failure_is_not_resubmitted(fresh_run, capfd):
+    name, fsx = fresh_run
+    # the save folder's place is taken by a file: the trainer cannot write a checkpoint and exits non-zero
+    ckpt = fsx / "checkpoints" / name
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text("not a folder")
+    run = trigger(run_name=name, train_iters=40, checkpoint_interval=20)
+    out = capfd.readouterr().out
+    assert ti_states(run)["train.train_slice"] == "failed"
+    assert "application failure" in out
+    assert len(_train_jobs(fsx, name)) == 1  # no blind resubmit

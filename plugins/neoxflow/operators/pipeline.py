@@ -67,7 +67,7 @@ def failed_nodes(hook, job_nodes: str) -> list[str]:
     nodelist = check_nodelist(job_nodes)
     _, out, _ = hook.run(f"scontrol show hostnames {shlex.quote(nodelist)}", check=False)
     members = set(out.decode().split())
-    _, out, _ = hook.run("sinfo -h -N -t down,drained,draining,fail,failing,no_respond -o '%N'", check=False)
+    _, out, _ = hook.run("sinfo -h -N -t down,drain,fail,no_respond -o '%N'", check=False)
     return sorted(members & set(out.decode().split()))
 
 
@@ -104,6 +104,7 @@ class PretrainTrainOperator(SlurmOperator):
             "attempts": [],
             "excluded": [],
         }
+        context["ti"].xcom_push(key="resume_history", value=history)  # earlier tries' XComs are cleared
         excluded = list(history["excluded"])
         nodes = request.nodes or profile.cluster.nodes
         if excluded and (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
