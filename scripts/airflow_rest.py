@@ -55,8 +55,11 @@ def read_password(password_file: str | Path, user: str) -> str:
 class AirflowAPI:
     """REST v2 calls with a bearer token that is fetched again when it expires (HTTP 401)."""
 
-    def __init__(self, url: str, user: str, password: str, timeout: float = 30):
+    def __init__(
+        self, url: str, user: str, password: str, timeout: float = 30, password_file: str | None = None
+    ):
         self.url = url.rstrip("/")
+        self.password_file = password_file
         self.user = user
         self.password = password
         self.timeout = timeout
@@ -182,7 +185,10 @@ def q(part: str) -> str:
 def from_env_file(path: str | Path) -> AirflowAPI:
     env = read_env_file(path)
     user = env.get("NEOXFLOW_API_USER", "admin")
-    return AirflowAPI(env["NEOXFLOW_API_URL"], user, read_password(env["NEOXFLOW_API_PASSWORD_FILE"], user))
+    password_file = env["NEOXFLOW_API_PASSWORD_FILE"]
+    return AirflowAPI(
+        env["NEOXFLOW_API_URL"], user, read_password(password_file, user), password_file=password_file
+    )
 
 
 def _unpause(api: AirflowAPI, dag_ids: list[str]) -> int:
