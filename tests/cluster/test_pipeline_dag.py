@@ -147,3 +147,41 @@ def test_application_failure_is_not_resubmitted(fresh_run, capfd):
     assert ti_states(run)["train.train_slice"] == "failed"
     assert "application failure" in out
     assert len(_train_jobs(fsx, name)) == 1  # no blind resubmit
+
+
+def test_continuation_while_training_is_active_submits_nothing(fresh_run):
+    """A second run of the same training (e.g. the scheduled continuation) is a no-op while its job runs."""
+    from neoxflow.hooks.slurm import SlurmSSHHook
+    from tests.cluster.slurm_helpers import slurm, wait_state
+
+    name, fsx = fresh_run
+    hook = SlurmSSHHook("neoxflow_cluster")
+    job_dir = fsx / "runs" / name / "jobs" / "earlier"
+    hook.upload(b"#!/bin/bash\nsleep 90\n", f"{job_dir}/train.sbatch")
+    job = hook.submit(f"{job_dir}/train.sbatch", job_name=f"nxf-train-{name}", output=f"{job_dir}/slurm-%j.out")
+    try:
+        wait_state(job, {"RUNNING"})
+        run = trigger(run_name=name, train_iters=40, checkpoint_interval=20)
+        states = ti_states(run)
+        assert states["train.resume_point"] == "skipped" and states["train.train_slice"] == "skipped"
+        live = slurm("squeue", "-h", "-n", f"nxf-train-{name}", "-o", "%i").split()
+        assert live == [job]  # still exactly the one job
+    finally:
+        slurm("scancel", job, check=False)
+
+
+def test_a_run_holding_the_lock_keeps_a_second_trigger_out(fresh_run, capfd):
+    from neoxflow.hooks.slurm import SlurmSSHHook
+    from neoxflow.pipeline import lock
+
+    name, fsx = fresh_run
+    lock_dir = str(fsx / "checkpoints" / f"{name}.lock")
+    hook = SlurmSSHHook("neoxflow_cluster")
+    status, out, _ = hook.run(lock.acquire_command(lock_dir, "pythia_pretrain:other_run", 600), check=False)
+    assert status == 0 and out.decode().strip() == "acquired"
+    run = trigger(run_name=name, train_iters=40, checkpoint_interval=20)
+    out = capfd.readouterr().out
+    states = ti_states(run)
+    assert states["prepare.lock"] == "failed" and states["train.train_slice"] == "upstream_failed"
+    assert "pythia_pretrain:other_run" in out
+    hook.run(lock.release_command(lock_dir, "pythia_pretrain:other_run"))
