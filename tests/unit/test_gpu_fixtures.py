@@ -227,6 +227,26 @@ def test_two_rank_run_was_one_job_of_world_size_two():
         assert {clean_line(line)[0] for line in text.splitlines() if "neox_launch: rank" in line} == {0, 1}
 
 
+@pytest.mark.parametrize("leg", ["fresh", "resume"])
+def test_two_ranks_train_the_same_model_as_one_gpu_with_accumulation(leg):
+    """Same global batch (16) and data order: 2 ranks x micro 8 == 1 rank x micro 8 x GAS 2, so the
+    loss curves of the real runs agree to fp16 rounding (and the H100 and H200 runs agree too)."""
+
+    def curve(machine, scenario):
+        return LogState.from_events(parse_text(_log(machine, scenario, leg))).loss_curve()
+
+    one, two, h100 = (
+        curve("h200-x2", "tiny-1gpu"),
+        curve("h200-x2", "tiny-2rank"),
+        curve("h100-x1", "tiny-1gpu"),
+    )
+    assert [i for i, _ in one] == [i for i, _ in two] == [i for i, _ in h100]
+    for (_, a), (_, b), (_, c) in zip(one, two, h100, strict=True):
+        assert b == pytest.approx(a, rel=1e-3)
+        assert c == pytest.approx(a, rel=1e-4)
+    assert one[-1][1] < one[0][1]  # and it learned something
+
+
 def test_two_rank_checkpoints_hold_one_optimizer_shard_per_rank():
     listing = _json("h200-x2", "tiny-2rank", "resume.listing.json")
     for entry in listing["tags"].values():
