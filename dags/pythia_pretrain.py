@@ -17,6 +17,8 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, TaskGroup, task
 
+from neoxflow.notifiers.deadline import run_deadline
+from neoxflow.notifiers.factory import alert_notifiers
 from neoxflow.operators.pipeline import PlannedSlurmOperator, PretrainTrainOperator
 from neoxflow.pipeline import tasks
 from neoxflow.pipeline.request import form_params
@@ -24,6 +26,14 @@ from neoxflow.pipeline.request import form_params
 DOC = __doc__
 POLL = float(os.environ.get("NEOXFLOW_POLL_INTERVAL", "10"))
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("NEOXFLOW_RETRY_DELAY_S", "60")))
+# Alert channels: SNS always (topic from NEOXFLOW_ALERT_SNS_TOPIC_ARN or the Variable
+# neoxflow_alert_sns_topic_arn); Slack and e-mail when their connections are named here.
+CHANNELS = {
+    "slack_conn_id": os.environ.get("NEOXFLOW_ALERT_SLACK_CONN") or None,
+    "smtp_conn_id": os.environ.get("NEOXFLOW_ALERT_SMTP_CONN") or None,
+    "smtp_to": os.environ.get("NEOXFLOW_ALERT_EMAIL_TO") or None,
+}
+RUN_DEADLINE_H = float(os.environ.get("NEOXFLOW_RUN_DEADLINE_HOURS", "0"))
 
 
 def build(dag_id: str, schedule: str | None, description: str) -> DAG:
@@ -36,7 +46,13 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
         description=description,
         doc_md=DOC,
         tags=["neoxflow", "pretraining", "slurm"],
-        default_args={"retries": 1, "retry_delay": RETRY_DELAY},
+        default_args={
+            "retries": 1,
+            "retry_delay": RETRY_DELAY,
+            "on_failure_callback": alert_notifiers("failure", **CHANNELS),
+            "on_retry_callback": alert_notifiers("retry", **CHANNELS),
+        },
+        deadline=run_deadline(timedelta(hours=RUN_DEADLINE_H), **CHANNELS) if RUN_DEADLINE_H > 0 else None,
     ) as dag:
         with TaskGroup("prepare"):
 
@@ -102,11 +118,27 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
             resume = resume_point(the_plan)
             summary >> resume >> train
 
+        with TaskGroup("export"):
+
+            @task(trigger_rule="none_failed")
+            def plan_export(plan):
+                return tasks.plan_export(plan)
+
+            export_plan = plan_export(the_plan)
+            export = PlannedSlurmOperator(
+                task_id="to_s3", plan_task_id="export.plan_export", plan_path=(), poll_interval=POLL
+            )
+            train >> export_plan >> export
+
+        @task(trigger_rule="all_done")
+        def report(plan, ti=None):
+            return tasks.report(plan, ti)
+
         @task(trigger_rule="all_done")
         def release_lock(plan, owner):
             tasks.release_lock(plan, owner)
 
-        train >> release_lock(the_plan, owner)
+        export >> report(the_plan) >> release_lock(the_plan, owner)
     return dag
 
 

@@ -255,6 +255,22 @@ start_c4_source() {
   wait_for "c4 source" 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$C4_PORT"
 }
 
+setup_alert_topic() {
+  # An SNS topic for neoxflow's alerts, with an SQS queue subscribed: the local "pager" tests read back.
+  "$VENV/bin/python" - "$MOTO_PORT" >"$STATE/alerts.env" <<'PY'
+import sys, boto3
+kw = dict(endpoint_url=f"http://127.0.0.1:{sys.argv[1]}", region_name="us-east-1",
+          aws_access_key_id="localcluster", aws_secret_access_key="localcluster")
+sns, sqs = boto3.client("sns", **kw), boto3.client("sqs", **kw)
+topic = sns.create_topic(Name="neoxflow-alerts")["TopicArn"]
+queue = sqs.create_queue(QueueName="neoxflow-alerts-inbox")["QueueUrl"]
+qarn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=qarn)
+print(f"export NEOXFLOW_ALERT_SNS_TOPIC_ARN={topic}")
+print(f"export NEOXFLOW_ALERT_INBOX_URL={queue}")
+PY
+}
+
 write_connections() {
   # Airflow connections for tests and the demo; the SSH one pins the generated host key (no blanket
   # no_host_key_check), the AWS one points the amazon provider's hooks at moto_server.
@@ -312,7 +328,9 @@ cmd_up() {
   start_sshd
   start_moto
   start_c4_source
+  setup_alert_topic
   write_connections
+  cat "$STATE/alerts.env" >>"$STATE/env.sh"
   log "up (accounting=$ACCOUNTING): ssh root@127.0.0.1:$SSH_PORT, moto http://127.0.0.1:$MOTO_PORT, fsx $STATE/fsx"
   log "connections: source $STATE/env.sh"
 }

@@ -16,6 +16,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from neoxflow.operators.slurm import SlurmJobFailed, SlurmOperator
+from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled
 from neoxflow.slurm.states import Outcome
 
 PLAN_TASK = "prepare.plan"
@@ -45,6 +46,9 @@ class PlannedSlurmOperator(SlurmOperator):
         plan = pull_plan(context, self.plan_task_id)
         if plan.get("dry_run"):
             raise AirflowSkipException("dry run: nothing is submitted (see prepare.plan for the scripts)")
+        if "job_name" in plan and not self.plan_path:
+            plan = {"job": plan}  # the upstream task returned the job itself
+            self.plan_path = ("job",)
         job = plan
         for key in self.plan_path:
             job = job[key]
@@ -71,41 +75,63 @@ def failed_nodes(hook, job_nodes: str) -> list[str]:
     return sorted(members & set(out.decode().split()))
 
 
-class PretrainTrainOperator(SlurmOperator):
+class PretrainTrainOperator(NeoXTrainOperator):
     """One training slice of the run: render the launch for the current shape, submit, watch, decide.
 
-    Resume policy (issue: operations): after NODE_FAIL, PREEMPTED, BOOT_FAIL or TIMEOUT the task fails
-    *retryably*: Airflow's retry (with backoff) re-enters here, which excludes the failed nodes and
+    Watching (progress, checkpoints as Asset events, stall detection, the finished-at-train_iters verdict)
+    is :class:`NeoXTrainOperator`'s. This class adds the run's shape and the resume policy:
+
+    after NODE_FAIL, PREEMPTED, BOOT_FAIL or TIMEOUT (or a stall, after which the job is cancelled) the
+    task fails *retryably*: Airflow's retry (with backoff) re-enters here, excludes the failed nodes and
     resumes from the latest complete checkpoint (NeoX ``load`` = ``save``). After an application failure
     (FAILED, OUT_OF_MEMORY) it fails for good: no blind resubmit, a human is alerted with the log tail.
-    Attempts, failed nodes and the iteration each attempt resumed from are kept in ``task_state_store``.
+    Attempts, failed nodes and excluded nodes are kept in ``task_state_store`` and pushed as XCom.
     """
 
     template_fields: Sequence[str] = ()
 
-    def __init__(self, *, max_resumes: int = 3, plan_task_id: str = PLAN_TASK, **kwargs: Any):
-        super().__init__(script="", remote_dir="/", **kwargs)
+    def __init__(
+        self,
+        *,
+        max_resumes: int = 3,
+        plan_task_id: str = PLAN_TASK,
+        stall_window: float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            script="",
+            remote_dir="/",
+            save_dir="/",
+            train_iters=1,
+            listing_script="/",
+            stall_window=stall_window,
+            **kwargs,
+        )
         self.max_resumes = max_resumes
         self.plan_task_id = plan_task_id
 
-    def execute(self, context: Context) -> Any:
+    def _history(self, context: Context) -> dict[str, Any]:
+        store = context.get("task_state_store")
+        return (store.get("resume_history") if store is not None else None) or {
+            "attempts": [],
+            "excluded": [],
+        }
+
+    def _configure(self, context: Context) -> Any:
+        """Set all this slice needs from the plan (again after each deferral: self does not survive)."""
+        from neoxflow.neox.checkpoints import Expectation
         from neoxflow.neox.config import load_profile
         from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
         from neoxflow.pipeline.plan import run_config
         from neoxflow.pipeline.request import parse_request
+        from neoxflow.triggers.checkpoint import expectation_to_dict
 
         plan = pull_plan(context, self.plan_task_id)
         if plan.get("dry_run"):
             raise AirflowSkipException("dry run: training is not submitted")
         request = parse_request(plan["request"])
         profile = load_profile(request.profile)
-        store = context.get("task_state_store")
-        history = (store.get("resume_history") if store is not None else None) or {
-            "attempts": [],
-            "excluded": [],
-        }
-        context["ti"].xcom_push(key="resume_history", value=history)  # earlier tries' XComs are cleared
-        excluded = list(history["excluded"])
+        excluded = list(self._history(context)["excluded"])
         nodes = request.nodes or profile.cluster.nodes
         if excluded and (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
             nodes = max(1, nodes - len(excluded))  # a small cluster has no spare nodes: continue on fewer
@@ -113,22 +139,39 @@ class PretrainTrainOperator(SlurmOperator):
         if not cfg.ok:
             raise AirflowFailException("; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
         job_name = f"nxf-train-{request.run_name}"[:128]
+        code_dir = plan["layout"]["code_dir"]
         spec, template = launch_spec_for_run(
             profile,
             cfg,
             job_name=job_name,
-            code_dir=plan["layout"]["code_dir"],
+            code_dir=code_dir,
             time_limit=request.time_limit,
             exclude_nodes=tuple(excluded),
         )
         self.script = render_batch_script(spec, template)
-        self.remote_dir = posixpath.join(plan["layout"]["jobs_dir"])
+        self.remote_dir = plan["layout"]["jobs_dir"]
         self.job_name = job_name
         self.output_path = spec.job_log_path("%j")
+        self.save_dir = cfg.paths.checkpoint_dir
+        self.train_iters = int(cfg.config["train_iters"])
+        self.seq_length = int(cfg.config.get("seq_length") or 0) or None
+        self.listing_script = posixpath.join(code_dir, "ckpt_listing.py")
+        self.listing_python = profile.cluster.python
+        self.run_name = request.run_name
+        if template == "train_local.sbatch":
+            self.expectation = expectation_to_dict(Expectation.standin())
+        else:
+            world = cfg.nodes * cfg.gpus_per_node
+            self.expectation = expectation_to_dict(Expectation.from_neox_config(cfg.config, world))
+        return cfg, excluded
+
+    def execute(self, context: Context) -> Any:
+        cfg, excluded = self._configure(context)
+        context["ti"].xcom_push(key="resume_history", value=self._history(context))  # cleared on each try
         self.hook.upload(cfg.rendered.encode(), cfg.config_path)
         self.log.info(
             "Training %s (%s) on %d node(s) x %d, config %s%s",
-            request.run_name,
+            self.run_name,
             cfg.size,
             cfg.nodes,
             cfg.gpus_per_node,
@@ -138,39 +181,47 @@ class PretrainTrainOperator(SlurmOperator):
         return super().execute(context)
 
     def execute_complete(
-        self, context: Context, event: dict[str, Any], record: dict[str, Any] | None = None
+        self,
+        context: Context,
+        event: dict[str, Any],
+        record: dict[str, Any] | None = None,
+        checkpoints: list[dict[str, Any]] | None = None,
     ) -> Any:
+        self._configure(context)
         try:
-            return super().execute_complete(context, event, record=record)
+            return super().execute_complete(context, event, record=record, checkpoints=checkpoints)
         except SlurmJobFailed as failure:
             self._apply_resume_policy(context, failure)
             raise
 
     def _apply_resume_policy(self, context: Context, failure: SlurmJobFailed) -> None:
-        store = context.get("task_state_store")
-        history = (store.get("resume_history") if store is not None else None) or {
-            "attempts": [],
-            "excluded": [],
-        }
+        from neoxflow.notifiers.factory import send_alert
+
+        history = self._history(context)
         status = failure.record.get("status") or {}
         nodes = ",".join(t.get("nodes", "") for t in status.get("tasks", []) if t.get("nodes"))
-        outcome = failure.outcome
+        stalled = isinstance(failure, TrainingStalled)
+        outcome = Outcome.INFRA_FAILURE if stalled else failure.outcome
         bad_nodes = failed_nodes(self.hook, nodes) if outcome is Outcome.INFRA_FAILURE else []
         history["attempts"].append(
             {
                 "job_id": failure.record.get("job_id"),
-                "state": status.get("state"),
+                "state": "STALLED" if stalled else status.get("state"),
                 "outcome": outcome.value,
                 "nodes": nodes,
                 "failed_nodes": bad_nodes,
             }
         )
         history["excluded"] = sorted(set(history["excluded"]) | set(bad_nodes))
+        store = context.get("task_state_store")
         if store is not None:
             store.set("resume_history", history)
         context["ti"].xcom_push(key="resume_history", value=history)
+        if stalled:
+            send_alert("stall", context, detail=str(failure))
         if outcome is Outcome.INFRA_FAILURE:
             if len(history["attempts"]) > self.max_resumes:
+                send_alert("give_up", context, detail=f"{len(history['attempts'])} infrastructure failures")
                 raise AirflowFailException(
                     f"giving up after {len(history['attempts'])} infrastructure failures: {failure}"
                 )

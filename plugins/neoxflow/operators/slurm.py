@@ -321,7 +321,12 @@ class SlurmOperator(BaseOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any], record: dict[str, Any] | None = None
     ) -> Any:
-        record = {**(record or {}), "status": event.get("status"), "event": event.get("event")}
+        record = {
+            **(record or {}),
+            "status": event.get("status"),
+            "event": event.get("event"),
+            "tail": list(event.get("tail") or [])[-40:],
+        }
         if event.get("polls"):
             self.log.info(
                 "Watched job %s with %s polls over %s SSH connection(s)",

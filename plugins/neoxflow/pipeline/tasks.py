@@ -189,3 +189,104 @@ def prepare_resume(plan: dict[str, Any]) -> dict[str, Any]:
             f"run {plan['run_name']} already reached train_iters {target}: nothing to do"
         )
     return {"resume_from": decision.iteration, "train_iters": target, "action": decision.action}
+
+
+def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
+    """The export job for every complete checkpoint of the run (the cluster script skips verified ones)."""
+    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.export import ExportSpec, export_tags, render_export_job
+
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    tags = export_tags(checkpoint_listing(plan), expectation(plan))
+    if not tags:
+        raise AirflowSkipException("no complete checkpoint to export")
+    profile = load_profile(plan["profile"])
+    lay = plan["layout"]
+    job_name = f"nxf-export-{plan['run_name']}"[:128]
+    spec = ExportSpec(
+        job_name=job_name,
+        log_dir=posixpath.join(lay["jobs_dir"], job_name),
+        scripts_dir=lay["code_dir"],
+        save_dir=lay["checkpoint_dir"],
+        bucket=plan["s3"]["bucket"],
+        prefix=posixpath.join(plan["s3"]["prefix"].strip("/"), "checkpoints"),
+        run=plan["run_name"],
+        tags=tags,
+        keep_last=int((profile.raw.get("export") or {}).get("keep_last") or 0),
+        python=profile.cluster.python,
+        sbatch={"partition": profile.cluster.partition} if profile.cluster.partition else {},
+    )
+    log.info("Exporting %d checkpoint(s) to s3://%s/%s/%s/", len(tags), spec.bucket, spec.prefix, spec.run)
+    return {
+        "job_name": job_name,
+        "remote_dir": lay["jobs_dir"],
+        "script": render_export_job(spec),
+        "files": {},
+        "array": None,
+        "output": None,
+        "tags": list(tags),
+        "s3_prefix": f"s3://{spec.bucket}/{spec.prefix}/{spec.run}/",
+    }
+
+
+def report(plan: dict[str, Any], ti) -> dict[str, Any]:
+    """The run's summary: data, training (loss curve PNG), resumes, checkpoints and their S3 copies.
+
+    Written beside the checkpoints on FSx and to S3; returned as XCom for the UI and the demo.
+    """
+    from neoxflow.neox.report import loss_curve_png, summary_json
+
+    if plan["dry_run"]:
+        raise AirflowSkipException("dry run")
+    data = ti.xcom_pull(task_ids="data.data_summary") or {}
+    train = ti.xcom_pull(task_ids="train.train_slice", key="summary") or {}
+    history = ti.xcom_pull(task_ids="train.train_slice", key="resume_history") or {}
+    export_plan = ti.xcom_pull(task_ids="export.plan_export") or {}
+    exported: list[str] = []
+    if export_plan:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, _, key_prefix = export_plan["s3_prefix"][len("s3://") :].partition("/")
+        keys = S3Hook(aws_conn_id=AWS_CONN_ID).list_keys(bucket_name=bucket, prefix=key_prefix) or []
+        exported = sorted(
+            {k[len(key_prefix) :].split("/", 1)[0] for k in keys if k.endswith("neoxflow-export.json")}
+        )
+    listing = checkpoint_listing(plan)
+    from neoxflow.neox.checkpoints import complete_checkpoints
+
+    complete = [c.tag for c in complete_checkpoints(listing, expectation(plan))]
+    summary = {
+        "run_name": plan["run_name"],
+        "model_size": plan["config"]["size"],
+        "train_iters": plan["config"]["train_iters"],
+        "data": {"documents": data.get("documents"), "tokens": data.get("tokens")},
+        "training": train,
+        "resumes": history,
+        "checkpoints": complete,
+        "checkpoints_in_s3": exported,
+    }
+    hook = _hook()
+    report_dir = posixpath.join(plan["layout"]["run_dir"], "report")
+    text = summary_json(summary)
+    hook.upload(text.encode(), posixpath.join(report_dir, "summary.json"))
+    png = None
+    curve = train.get("loss_curve") or []
+    if curve:
+        png = loss_curve_png([tuple(p) for p in curve])
+        hook.upload(png, posixpath.join(report_dir, "loss_curve.png"))
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    s3 = S3Hook(aws_conn_id=AWS_CONN_ID)
+    base = posixpath.join(plan["s3"]["prefix"].strip("/"), "runs", plan["run_name"], "report")
+    s3.load_bytes(text.encode(), key=f"{base}/summary.json", bucket_name=plan["s3"]["bucket"], replace=True)
+    if png:
+        s3.load_bytes(png, key=f"{base}/loss_curve.png", bucket_name=plan["s3"]["bucket"], replace=True)
+    log.info(
+        "Run summary (also in %s and s3://%s/%s/): %s",
+        report_dir,
+        plan["s3"]["bucket"],
+        base,
+        json.dumps({k: v for k, v in summary.items() if k != "training"}),
+    )
+    return summary
