@@ -495,3 +495,33 @@ def test_check_judges_the_captured_runs_as_it_did_on_the_gpu(machine, scenario):
         empty = dataclasses_replace(result, listing={**result.listing, "tags": {}, "latest": None})
         failed = check.judge_leg(leg, spec, empty, Expectation.from_neox_config(config, spec.gpus), config)
         assert any("verdict is failed" in f for f in failed.failures)
+
+
+@pytest.mark.parametrize(("machine", "scenario"), [(m, s) for m, s, _ in TINY] + list(PYTHIA_160M))
+def test_neoxflow_still_renders_the_configs_the_gpu_runs_used(machine, scenario):
+    """The proof covers today's code only while build_run_config renders what the GPU runs trained.
+
+    If this fails after a deliberate change to config rendering, re-run gpu_check on a GPU machine and
+    refresh tests/fixtures/gpu-runs/ (gpu_check/README.md).
+    """
+    check = _load_check()
+    spec = check.SCENARIOS[scenario]
+    profile = check.emulate.gpu_profile(
+        f"/tmp/neoxflow-gpu-check/{scenario}/fsx",
+        neox_dir="/tmp/neoxflow-gpu-check/gpt-neox",
+        python="/opt/torch/.venv/bin/python3",
+        gpus=spec.gpus,
+        size=spec.size,
+        overrides=spec.overrides,
+        env={"CXX": check.emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
+    )
+    for leg in spec.legs:
+        run = check.build_run_config(
+            spec.size,
+            profile,
+            f"gpucheck-{scenario}",
+            overrides={"train_iters": leg.train_iters},
+            check_vocab_file=False,  # the tokenizer lived on the GPU machine
+        )
+        assert run.errors == []
+        assert run.config == _config(machine, scenario, leg.name)
