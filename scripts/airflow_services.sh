@@ -79,6 +79,12 @@ choose_port() {
 
 load_env() {
   [[ -s $CLUSTER_ENV ]] || die "$CLUSTER_ENV missing: start the local cluster first (make cluster-up)"
+  # a clean Airflow configuration: nothing inherited from the caller (a test process's AIRFLOW_HOME or
+  # extra DAG bundles) leaks into the services; everything they use is set below
+  local name
+  for name in $(compgen -e); do
+    case $name in AIRFLOW_HOME | AIRFLOW__* | AIRFLOW_CONN_* | AIRFLOW_VAR_*) unset "$name" ;; esac
+  done
   # shellcheck disable=SC1090
   source "$CLUSTER_ENV"
   mkdir -p "$RUN" "$LOG"

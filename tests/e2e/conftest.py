@@ -1,0 +1,133 @@
+"""End-to-end fixtures: real Airflow services (scripts/airflow_services.sh) on the local cluster.
+
+The services get their own home (.state/airflow-e2e, a fresh SQLite DB each session) and port (18794,
+NEOXFLOW_E2E_API_PORT), so a running `make demo` is left alone. They are started once per session and
+stopped at the end. Tests talk to them only through the REST API, the UI and the cluster's own tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+import airflow_rest  # noqa: E402
+import demo_run  # noqa: E402
+
+DAG_ID = "pythia_pretrain"
+SERVICES = REPO / "scripts" / "airflow_services.sh"
+E2E_HOME = REPO / ".state" / "airflow-e2e"
+SHOTS = REPO / ".state" / "e2e-screenshots"
+
+
+@dataclass
+class Services:
+    """The running services: the REST client, and the script that started them (for fault injection)."""
+
+    api: airflow_rest.AirflowAPI
+    env: dict[str, str]
+    home: Path
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(SERVICES), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow_services.sh {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def services(cluster_env) -> Services:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env["NEOXFLOW_AIRFLOW_HOME"] = str(E2E_HOME)
+    env["NEOXFLOW_API_PORT"] = os.environ.get("NEOXFLOW_E2E_API_PORT", "18794")
+    env["NEOXFLOW_UNPAUSE"] = DAG_ID
+    down = [str(SERVICES), "down"]
+    subprocess.run(down, env=env, capture_output=True, timeout=180)  # leftovers of an aborted session
+    shutil.rmtree(E2E_HOME, ignore_errors=True)
+    t0 = time.monotonic()
+    up = subprocess.run([str(SERVICES), "up"], env=env, capture_output=True, text=True, timeout=420)
+    if up.returncode != 0:
+        subprocess.run(down, env=env, capture_output=True, timeout=180)
+        pytest.fail(f"airflow_services.sh up failed (exit {up.returncode}):\n{up.stderr[-4000:]}")
+    print(f"\n[e2e] services up in {time.monotonic() - t0:.0f}s")
+    try:
+        yield Services(airflow_rest.from_env_file(E2E_HOME / "api.env"), env, E2E_HOME)
+    finally:
+        subprocess.run(down, env=env, capture_output=True, timeout=180)
+
+
+@pytest.fixture
+def api(services) -> airflow_rest.AirflowAPI:
+    return services.api
+
+
+@pytest.fixture
+def fsx(cluster_env) -> Path:
+    return Path(cluster_env["NEOXFLOW_FSX"])
+
+
+@pytest.fixture
+def run_name(request, fsx, cluster_env):
+    """A unique run name; afterwards its jobs are cancelled and its FSx folders and S3 copies removed."""
+    tag = request.node.name.removeprefix("test_").replace("_", "-")[:20].strip("-")
+    name = f"e2e-{tag}-{time.strftime('%H%M%S')}"
+    yield name
+    scancel = ["scancel", f"--name=nxf-train-{name}"]
+    subprocess.run(scancel, capture_output=True, timeout=30, env={**os.environ})
+    for path in (fsx / "checkpoints" / name, fsx / "runs" / name):
+        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(fsx / "checkpoints" / f"{name}.lock", ignore_errors=True)
+    _delete_s3_copies(cluster_env, name)
+
+
+def _delete_s3_copies(cluster_env: dict[str, str], name: str) -> None:
+    try:
+        import boto3
+
+        conn = json.loads(cluster_env["AIRFLOW_CONN_AWS_DEFAULT"])
+        extra = conn.get("extra") or {}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=extra.get("endpoint_url"),
+            region_name=extra.get("region_name", "us-east-1"),
+            aws_access_key_id=conn.get("login"),
+            aws_secret_access_key=conn.get("password"),
+        )
+        for bucket in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                keys = [o["Key"] for o in page.get("Contents", []) if f"/{name}/" in f"/{o['Key']}"]
+                for key in keys:
+                    s3.delete_object(Bucket=bucket, Key=key)
+    except Exception as err:  # noqa: BLE001 - cleanup must not hide the test's own result
+        print(f"[e2e] could not remove S3 copies of {name}: {err}")
+
+
+def verified_s3_tags(cluster_env: dict[str, str], plan: dict, name: str) -> set[str]:
+    """Checkpoint tags of the run with a verified copy (export manifest) in the plan's bucket."""
+    bucket, prefix = plan["s3"]["bucket"], plan["s3"]["prefix"].strip("/")
+    try:
+        keys = demo_run.list_s3(cluster_env, bucket, prefix + "/")
+    except Exception:  # noqa: BLE001 - no bucket yet: no copies
+        return set()
+    return {tag for tag, c in demo_run.s3_checkpoint_copies(keys, name).items() if c["verified"]}
+
+
+def task_states(api, run_id: str) -> dict[str, str | None]:
+    return {ti["task_id"]: ti["state"] for ti in api.task_instances(DAG_ID, run_id)}
+
+
+def task_instance(api, run_id: str, task_id: str) -> dict:
+    return next(ti for ti in api.task_instances(DAG_ID, run_id) if ti["task_id"] == task_id)
