@@ -210,7 +210,7 @@ def watch(api, run_id: str, files: RunFiles, timeout: float, poll: float, out=pr
         for tag, _ in files.checkpoint_tags():
             if tag not in saved:
                 saved.add(tag)
-                out(f"[{clock(elapsed)}]   checkpoint {tag} on FSx")
+                out(f"[{clock(elapsed)}]   checkpoint {tag} written on FSx")
         if run["state"] in airflow_rest.TERMINAL_RUN_STATES:
             return run
         if elapsed > timeout:
@@ -323,7 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         run = api.dag_run(DAG_ID, run["dag_run_id"])
     for line in summary_lines(api, run, files, cluster_env):
         print(line)
-    return 0 if run["state"] == "success" else 1
+    failed = failed_tasks(api.task_instances(DAG_ID, run["dag_run_id"]))
+    if run["state"] == "success" and failed:
+        print(f"\nThe run is marked success, but these tasks failed: {', '.join(failed)}")
+    return 0 if run["state"] == "success" and not failed else 1
+
+
+def failed_tasks(tis: list[dict[str, Any]]) -> list[str]:
+    """Tasks that failed: a run can end 'success' through an all_done cleanup task while one failed."""
+    return sorted(ti["task_id"] for ti in tis if ti.get("state") in ("failed", "upstream_failed"))
 
 
 if __name__ == "__main__":
