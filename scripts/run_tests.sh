@@ -29,7 +29,7 @@ scripts/localcluster.sh up --accounting || { echo "accounting cluster failed to 
 # With slurmdbd, the state layer also reads sacct: run the Slurm layer's suites again in that mode.
 pytest_run "cluster (accounting)" -q -m "cluster and not no_accounting_only" \
   tests/cluster/test_slurm_operator.py tests/cluster/test_slurm_trigger.py \
-  -k "${NEOXFLOW_ACCOUNTING_TESTS:-array or exit_code or node_fail or sensor or cancel or kill}"
+  -k "${NEOXFLOW_ACCOUNTING_TESTS:-array or exit_code or node_fail or sensor or cancel or kill or accounting}"
 scripts/localcluster.sh up  # leave it as most users run it
 
 if [[ -d tests/e2e ]] && ls tests/e2e/test_*.py >/dev/null 2>&1; then

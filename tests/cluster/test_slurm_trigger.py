@@ -88,3 +88,50 @@ async def test_cancelled_job_yields_a_final_cancelled_event(running_job):
     assert event.payload["status"]["outcome"] == "cancelled"
     assert "started" in event.payload["tail"]
     assert Path(log).exists()
+
+
+def _finished_job(cluster_env, script: bytes) -> tuple[SlurmSSHHook, str]:
+    workdir = unique_dir(cluster_env["NEOXFLOW_FSX"])
+    hook = SlurmSSHHook("neoxflow_cluster")
+    hook.upload(script, f"{workdir}/x.sbatch")
+    job = hook.submit(f"{workdir}/x.sbatch", job_name="acct-test", output=f"{workdir}/slurm-%j.out")
+    wait_state(job, {"FAILED", "COMPLETED"})
+    return hook, job
+
+
+@pytest.mark.accounting_only
+def test_with_accounting_sacct_answers_and_agrees(cluster_env):
+    """slurmdbd up: the probe's sacct layer answers, and on its own gives the same verdict."""
+    import time
+
+    from neoxflow.slurm.commands import ProbeRequest, split_probe_output
+    from neoxflow.slurm.parse import merge_sources, parse_sacct
+
+    assert cluster_env["ACCOUNTING"] == "1"
+    hook, job = _finished_job(cluster_env, b"#!/bin/bash\nexit 4\n")
+    end = time.monotonic() + 30
+    while True:  # accounting is written asynchronously: briefly empty is "unknown", never "gone"
+        _, out, _ = hook.run(ProbeRequest(job, time.strftime("%Y-%m-%d")).command(), check=False)
+        answer = split_probe_output(out)
+        rows = parse_sacct(answer.sacct or "")
+        if rows or time.monotonic() > end:
+            break
+        time.sleep(1)
+    assert answer.sacct is not None and "sacct" not in answer.errors
+    only_sacct = merge_sources(job, [], [], rows)  # as after MinJobAge: squeue/scontrol forgot the job
+    assert only_sacct.outcome.value == "app_failure" and "exit code 4" in only_sacct.summary()
+
+
+@pytest.mark.no_accounting_only
+def test_without_accounting_sacct_is_no_answer_not_a_verdict(cluster_env):
+    import time
+
+    from neoxflow.slurm.commands import ProbeRequest, split_probe_output
+    from neoxflow.slurm.status import status_from_probe
+
+    assert cluster_env["ACCOUNTING"] == "0"
+    hook, job = _finished_job(cluster_env, b"#!/bin/bash\nexit 0\n")
+    _, out, _ = hook.run(ProbeRequest(job, time.strftime("%Y-%m-%d")).command(), check=False)
+    answer = split_probe_output(out)
+    assert answer.sacct is None and "accounting storage is disabled" in answer.errors["sacct"]
+    assert status_from_probe(job, answer).outcome.value == "success"  # scontrol still knows it
