@@ -110,7 +110,10 @@ def main() -> None:
         return await asyncio.gather(*(watch_with_trigger(job, args.poll) for job, _ in submitted))
 
     results = asyncio.run(watch_all())
-    ours = [noticed - float(stamp.read_text()) for (noticed, _, _), (_, stamp) in zip(results, submitted)]
+    ours = [
+        noticed - float(stamp.read_text())
+        for (noticed, _, _), (_, stamp) in zip(results, submitted, strict=True)
+    ]
     polls = sum(p for _, p, _ in results)
     conns = sum(c for _, _, c in results)
 
@@ -124,7 +127,8 @@ def main() -> None:
     med_ours, med_base = statistics.median(ours), statistics.median(base)
     per_poll = conns / polls
     print(
-        f"{args.jobs} jobs of {args.sleep:.0f} s watched at once; poll interval {args.poll:.1f} s; local Slurm over SSH"
+        f"{args.jobs} jobs of {args.sleep:.0f} s watched at once; poll interval {args.poll:.1f} s; "
+        "local Slurm over SSH"
     )
     print(f"{'':34}{'neoxflow trigger':>18}{'sbatch --wait':>16}{'ratio':>8}")
     print(f"{'notice latency, median (s)':34}{med_ours:>18.2f}{med_base:>16.2f}{med_ours / med_base:>8.2f}")

@@ -161,7 +161,9 @@ def test_continuation_while_training_is_active_submits_nothing(fresh_run):
     hook = SlurmSSHHook("neoxflow_cluster")
     job_dir = fsx / "runs" / name / "jobs" / "earlier"
     hook.upload(b"#!/bin/bash\nsleep 90\n", f"{job_dir}/train.sbatch")
-    job = hook.submit(f"{job_dir}/train.sbatch", job_name=f"nxf-train-{name}", output=f"{job_dir}/slurm-%j.out")
+    job = hook.submit(
+        f"{job_dir}/train.sbatch", job_name=f"nxf-train-{name}", output=f"{job_dir}/slurm-%j.out"
+    )
     try:
         wait_state(job, {"RUNNING"})
         run = trigger(run_name=name, train_iters=40, checkpoint_interval=20)

@@ -153,7 +153,8 @@ def test_probe_output_split_and_not_found_is_an_answer():
 def test_probe_controller_down_is_unknown():
     out = (
         f"{MARK} squeue\nslurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
-        f"{MARK} rc 1\n{MARK} scontrol\nslurm_load_jobs error: Unable to contact slurm controller\n{MARK} rc 1\n"
+        f"{MARK} rc 1\n{MARK} scontrol\n"
+        f"slurm_load_jobs error: Unable to contact slurm controller\n{MARK} rc 1\n"
     ).encode()
     answer = split_probe_output(out)
     assert answer.squeue is None and answer.scontrol is None
