@@ -34,6 +34,8 @@ CHANNELS = {
     "smtp_to": os.environ.get("NEOXFLOW_ALERT_EMAIL_TO") or None,
 }
 RUN_DEADLINE_H = float(os.environ.get("NEOXFLOW_RUN_DEADLINE_HOURS", "0"))
+# No new log line and no new checkpoint for this long while the job RUNS: a stall (alert, cancel, resume).
+STALL_WINDOW_S = float(os.environ.get("NEOXFLOW_STALL_WINDOW_S", "3600"))
 
 
 def build(dag_id: str, schedule: str | None, description: str) -> DAG:
@@ -110,6 +112,7 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
 
             train = PretrainTrainOperator(
                 task_id="train_slice",
+                stall_window=STALL_WINDOW_S,
                 poll_interval=POLL,
                 retries=3,
                 retry_delay=RETRY_DELAY,

@@ -150,6 +150,36 @@ def test_application_failure_is_not_resubmitted(fresh_run, capfd):
     assert ti_states(run)["train.train_slice"] == "failed"
     assert "application failure" in out
     assert len(_train_jobs(fsx, name)) == 1  # no blind resubmit
+    # a human is told: the SNS alert arrives in the queue subscribed to the topic
+    alerts = _read_alerts(f"nxf-train-{name}")
+    assert alerts, "no alert naming the training job arrived through SNS -> SQS"
+    assert "train_slice" in alerts[0] and "FAILED" in alerts[0]
+
+
+def _read_alerts(needle: str, timeout: float = 30) -> list[str]:
+    import os
+    import time
+
+    import boto3
+
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=os.environ["AIRFLOW_CONN_AWS_DEFAULT"].split('"endpoint_url": "')[1].split('"')[0],
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+    found: list[str] = []
+    end = time.monotonic() + timeout
+    while not found and time.monotonic() < end:
+        messages = sqs.receive_message(
+            QueueUrl=os.environ["NEOXFLOW_ALERT_INBOX_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+        for message in messages:
+            body = json.loads(message["Body"]).get("Message", "")
+            if needle in body or needle.split("-", 2)[-1] in body:
+                found.append(body)
+    return found
 
 
 def test_continuation_while_training_is_active_submits_nothing(fresh_run):
