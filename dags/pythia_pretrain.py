@@ -42,6 +42,8 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
     with DAG(
         dag_id,
         schedule=schedule,
+        # the scheduled continuation starts paused: a person turns it on for the run it should carry
+        is_paused_upon_creation=schedule is not None,
         catchup=False,
         max_active_runs=1,
         params=form_params(),
