@@ -77,11 +77,11 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     assert (fsx / "checkpoints" / name / "latest").read_text().strip() == "global_step40"
     data = json.loads((fsx / "data/c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text())
     assert data["ok"] and data["documents"] > 0
-    report = json.loads((fsx / "runs" / name / "report" / "summary.json").read_text())
+    report = json.loads((fsx / "checkpoints" / name / "report" / "summary.json").read_text())
     assert report["checkpoints"] == ["global_step20", "global_step40"]
     assert report["checkpoints_in_s3"] == ["global_step20", "global_step40"]  # exported and verified
     assert report["training"]["final_loss"] < report["training"]["loss_curve"][0][1]  # it learned
-    assert (fsx / "runs" / name / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (fsx / "checkpoints" / name / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     capfd.readouterr()
     # the same run again: data validates (skipped), training already at train_iters (no-op)
     again = ti_states(trigger(run_name=name, train_iters=40, checkpoint_interval=20))

@@ -31,6 +31,7 @@ from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
 from neoxflow.neox.report import build_summary
+from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
@@ -216,7 +217,11 @@ class NeoXTrainOperator(SlurmOperator):
             context["ti"].xcom_push(key="checkpoints", value=merged)
         watch = WatchState.from_dict(event.get("watch"))
         progress = watch.progress(self.train_iters, self.seq_length)
-        context["ti"].xcom_push(key="progress", value=run_note_markdown(progress))
+        note = run_note_markdown(progress)
+        context["ti"].xcom_push(key="progress", value=note)
+        ti = context["ti"]
+        if getattr(ti, "dag_id", None) and getattr(ti, "run_id", None):
+            set_run_note(ti.dag_id, ti.run_id, note)
         if event.get("progress"):
             self.log.info("Progress: %s", event["progress"])
         return merged

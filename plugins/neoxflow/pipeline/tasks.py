@@ -267,7 +267,7 @@ def report(plan: dict[str, Any], ti) -> dict[str, Any]:
         "checkpoints_in_s3": exported,
     }
     hook = _hook()
-    report_dir = posixpath.join(plan["layout"]["run_dir"], "report")
+    report_dir = posixpath.join(plan["layout"]["checkpoint_dir"], "report")  # beside the checkpoints
     text = summary_json(summary)
     hook.upload(text.encode(), posixpath.join(report_dir, "summary.json"))
     png = None
