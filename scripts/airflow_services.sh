@@ -111,6 +111,10 @@ load_env() {
   AIRFLOW__API__SECRET_KEY=$(cat "$HOME_DIR/api_secret")
   export AIRFLOW__API_AUTH__JWT_SECRET AIRFLOW__API__SECRET_KEY
   export AIRFLOW__LOGGING__BASE_LOG_FOLDER=$HOME_DIR/logs
+  # the log servers of the scheduler's workers and of the triggerer: ports tied to the api-server's, so
+  # two service sets (make demo and the e2e tests) can run side by side
+  export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((PORT + 100))
+  export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((PORT + 200))
   export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True
   export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${NEOXFLOW_DAG_REFRESH_S:-30}
   # fast local runs: the DAG reads these when it is parsed
@@ -167,14 +171,47 @@ wait_until() {  # description timeout command...
   done
 }
 
+monotonic_trigger_ids() {
+  # SQLite only (this dev setup): Airflow's trigger table has "id INTEGER PRIMARY KEY" without
+  # AUTOINCREMENT, so SQLite hands out a deleted trigger's id again (max rowid + 1). The triggerer keeps
+  # its running/cancelling bookkeeping by id: a cancel meant for a finished trigger then lands on its
+  # successor with the same id, as "user action", and a trigger whose on_kill() scancels kills a healthy
+  # training job (seen in tests/e2e after a triggerer restart). Postgres sequences never reuse ids; here
+  # the table is rebuilt once with AUTOINCREMENT, while no component runs.
+  "$VENV/bin/python" - "$HOME_DIR/airflow.db" <<'PY'
+import re, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+(sql,) = db.execute("select sql from sqlite_master where type='table' and name='trigger'").fetchone()
+if "AUTOINCREMENT" in sql.upper():
+    sys.exit(0)
+new = sql.replace('CREATE TABLE "trigger"', 'CREATE TABLE trigger_autoinc', 1)
+new, n = re.subn(r"\bid INTEGER NOT NULL,", "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,", new, count=1)
+new, m = re.subn(r",\s*CONSTRAINT trigger_pkey PRIMARY KEY \(id\)", "", new, count=1)
+if not (n and m):
+    sys.exit(f"unexpected trigger table schema, left as it is:\n{sql}")
+indexes = [r[0] for r in db.execute("select sql from sqlite_master where type='index' and tbl_name='trigger' and sql is not null")]
+db.execute("PRAGMA foreign_keys=OFF")
+db.execute("BEGIN")
+db.execute(new)
+db.execute('INSERT INTO trigger_autoinc SELECT * FROM "trigger"')
+db.execute('DROP TABLE "trigger"')
+db.execute('ALTER TABLE trigger_autoinc RENAME TO "trigger"')
+for index in indexes:
+    db.execute(index)
+db.execute("COMMIT")
+PY
+}
+
 dags_ready() {  # every DAG in $UNPAUSE is parsed (known to the API) and unpaused
   "$VENV/bin/python" "$REPO/scripts/airflow_rest.py" --env "$HOME_DIR/api.env" unpause $UNPAUSE
 }
 
 cmd_up() {
   load_env
-  for c in "${COMPONENTS[@]}"; do alive "$c" || true; done
   "$VENV/bin/airflow" db migrate >>"$LOG/db-migrate.log" 2>&1 || die "airflow db migrate failed ($LOG/db-migrate.log)"
+  local c any=0
+  for c in "${COMPONENTS[@]}"; do alive "$c" && any=1; done
+  ((any)) || monotonic_trigger_ids || die "could not make trigger ids monotonic in $HOME_DIR/airflow.db"
   echo "$PORT" >"$RUN/api.port"
   write_api_env
   for c in "${COMPONENTS[@]}"; do start_component "$c"; done
