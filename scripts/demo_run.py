@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
 import airflow_rest  # noqa: E402
 
+from neoxflow.neox.checkpoints import Expectation, complete_checkpoints, scan_local  # noqa: E402
 from neoxflow.neox.logparse import TrainStep, parse_line  # noqa: E402
 
 DAG_ID = "pythia_pretrain"
@@ -170,6 +171,11 @@ class RunFiles:
                 tags.append((d.name, size))
         return sorted(tags, key=lambda t: step_number(t[0]))
 
+    def complete_tags(self) -> set[str]:
+        """Tags complete by the pipeline's own rule (the local profile's stand-in trainer)."""
+        listing = scan_local(self.checkpoints)
+        return {c.tag for c in complete_checkpoints(listing, Expectation.standin())}
+
 
 def list_s3(cluster_env: dict[str, str], bucket: str, prefix: str) -> list[tuple[str, int]]:
     import boto3
@@ -254,8 +260,10 @@ def summary_lines(api, run: dict[str, Any], files: RunFiles, cluster_env: dict[s
     latest = files.checkpoints / "latest"
     lines.append("")
     lines.append(f"Checkpoints on FSx ({files.checkpoints}):")
+    complete = files.complete_tags()
     for tag, size in tags:
-        lines.append(f"  {tag:<18} {human_bytes(size):>10}")
+        mark = "complete" if tag in complete else "partial (never loaded)"
+        lines.append(f"  {tag:<18} {human_bytes(size):>10}  {mark}")
     if latest.exists():
         lines.append(f"  latest -> {latest.read_text().strip()}")
     if not tags:
@@ -276,6 +284,15 @@ def summary_lines(api, run: dict[str, Any], files: RunFiles, cluster_env: dict[s
             lines.append(f"  {tag:<18} {c['objects']:>3} objects {human_bytes(c['bytes']):>10}  {mark}")
         if not copies:
             lines.append("  none")
+    report = files.checkpoints / "report"
+    if report.is_dir():
+        lines.append("")
+        lines.append(f"Report: {', '.join(str(p) for p in sorted(report.iterdir()))}")
+        if plan:
+            base = (
+                f"s3://{plan['s3']['bucket']}/{plan['s3']['prefix'].strip('/')}/runs/{files.run_name}/report/"
+            )
+            lines.append(f"        and {base}")
     lines += [
         "",
         f"Airflow UI: {api.url}  (user {api.user}, password {api.password}",
