@@ -37,6 +37,7 @@ def page():
 
 
 def test_trigger_form_dry_run_shows_in_ui(api, page, run_name):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -71,14 +72,18 @@ def test_trigger_form_dry_run_shows_in_ui(api, page, run_name):
     rendered = "\n".join(api.task_log(DAG_ID, run_id, "prepare.plan", 1))
     assert f"DRY RUN of {run_name}" in rendered
 
-    # and the UI lists it, finished
+    # and the UI lists it, finished (the list is fetched after the page loads: reload until it shows)
     page.goto(f"{api.url}/dags/{DAG_ID}/runs")
     row = page.get_by_role("row").filter(has_text=run_id)
-    expect(row).to_be_visible()
-    deadline = time.monotonic() + 30
-    while "success" not in row.inner_text().lower() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            row.wait_for(timeout=10_000)
+            if "success" in row.inner_text().lower():
+                break
+        except PlaywrightTimeout:
+            pass
         page.reload()
-        row = page.get_by_role("row").filter(has_text=run_id)
-        row.wait_for()
     page.screenshot(path=str(SHOTS / "runs-list.png"), full_page=True)
+    expect(row).to_be_visible()
     assert "success" in row.inner_text().lower(), row.inner_text()
