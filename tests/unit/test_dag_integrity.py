@@ -11,10 +11,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return DagBag(dag_folder=str(REPO / "dags"))  # reads the metadata DB: needs the airflow_db fixture
 
 
-def test_dags_import_without_errors_and_follow_the_rules():
+def test_dags_import_without_errors_and_follow_the_rules(airflow_db):
     bag = _dagbag()
     assert not bag.import_errors, bag.import_errors
     assert {"pythia_pretrain", "pythia_pretrain_continue"} <= set(bag.dag_ids)
