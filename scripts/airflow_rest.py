@@ -150,7 +150,7 @@ class AirflowAPI:
         return value
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
-        """The task's log as text lines (structured entries rendered as ``event`` [+ fields])."""
+        """The task's log as text lines: each structured entry's ``event``, and the exception of a failure."""
         path = (
             f"/api/v2/dags/{q(dag_id)}/dagRuns/{q(run_id)}/taskInstances/{q(task_id)}"
             f"/logs/{try_number}?full_content=true"
@@ -160,6 +160,9 @@ class AirflowAPI:
         for entry in content:
             if isinstance(entry, dict):
                 text = str(entry.get("event", ""))
+                for exc in entry.get("error_detail") or []:  # "Task failed with exception" carries it here
+                    if isinstance(exc, dict):
+                        text += f"\n{exc.get('exc_type')}: {exc.get('exc_value')}"
             else:
                 text = str(entry)
             lines.extend(text.splitlines())
