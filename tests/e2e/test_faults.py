@@ -61,6 +61,7 @@ def test_admin_scancel_fails_the_task_without_resubmitting(api, fsx, run_name, c
     assert train["state"] == "failed" and train["try_number"] == 1, train
     log = "\n".join(api.task_log(DAG_ID, run_id, "train.train_slice", 1))
     assert f"Slurm job {job_id}, state CANCELLED" in log, log[-2000:]
+    assert "failure alert published" in log, log[-2000:]  # a human is told (SNS on moto here)
     assert set(monitor.jobs) | logged_job_ids(fsx, run_name) == {job_id}, monitor.jobs
     assert not squeue_jobs(f"nxf-train-{run_name}")
     assert_safety(api, monitor, cluster_env, run_id, run_name)
