@@ -78,6 +78,8 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     data = json.loads((fsx / "data/c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text())
     assert data["ok"] and data["documents"] > 0
     report = json.loads((fsx / "checkpoints" / name / "report" / "summary.json").read_text())
+    merged = data["datasets"][str(fsx / "data/c4_openwebtext/c4_openwebtext_text_document")]
+    assert report["data"] == {"documents": merged["documents"], "tokens": merged["tokens"]}
     assert report["checkpoints"] == ["global_step20", "global_step40"]
     assert report["checkpoints_in_s3"] == ["global_step20", "global_step40"]  # exported and verified
     assert report["training"]["final_loss"] < report["training"]["loss_curve"][0][1]  # it learned
@@ -148,6 +150,7 @@ def test_application_failure_is_not_resubmitted(fresh_run, capfd):
     run = trigger(run_name=name, train_iters=40, checkpoint_interval=20)
     out = capfd.readouterr().out
     assert ti_states(run)["train.train_slice"] == "failed"
+    assert str(run.state) == "failed"  # the run itself says so, though report and release_lock ran
     assert "application failure" in out
     assert len(_train_jobs(fsx, name)) == 1  # no blind resubmit
     # a human is told: the SNS alert arrives in the queue subscribed to the topic

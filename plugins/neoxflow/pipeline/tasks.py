@@ -252,6 +252,7 @@ def report(plan: dict[str, Any], ti) -> dict[str, Any]:
         exported = sorted(
             {k[len(key_prefix) :].split("/", 1)[0] for k in keys if k.endswith("neoxflow-export.json")}
         )
+    merged = (data.get("datasets") or {}).get(plan["layout"]["data_path"]) or {}
     listing = checkpoint_listing(plan)
     from neoxflow.neox.checkpoints import complete_checkpoints
 
@@ -260,7 +261,8 @@ def report(plan: dict[str, Any], ti) -> dict[str, Any]:
         "run_name": plan["run_name"],
         "model_size": plan["config"]["size"],
         "train_iters": plan["config"]["train_iters"],
-        "data": {"documents": data.get("documents"), "tokens": data.get("tokens")},
+        # the merged dataset's own entry (the top-level totals also count the per-shard parts)
+        "data": {k: merged.get(k) for k in ("documents", "tokens")},
         "training": train,
         "resumes": history,
         "checkpoints": complete,
