@@ -39,15 +39,18 @@ def fresh_run(cluster_env, airflow_db):
     shutil.rmtree(target, ignore_errors=True)
 
 
-def test_dry_run_renders_and_submits_nothing(fresh_run, capfd):
+def test_dry_run_renders_and_submits_nothing(fresh_run):
     name, fsx = fresh_run
     run = trigger(run_name=name, dry_run=True)
-    out = capfd.readouterr().out
     states = ti_states(run)
     assert states["prepare.plan"] == "success"
     assert states["train.train_slice"] == "skipped" and states["data.fetch"] == "skipped"
-    assert "DRY RUN" in out and "#SBATCH --array" in out and '"train_iters"' in out
-    assert not (fsx / "runs" / name / "jobs").exists()
+    (plan_ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "prepare.plan"]
+    plan = plan_ti.xcom_pull(task_ids="prepare.plan")  # what the UI shows (and the task log prints)
+    assert plan["dry_run"] is True
+    assert "#SBATCH --array=0-4%2" in plan["data"]["fetch"]["script"]
+    assert '"train_iters"' in plan["config"]["rendered"]
+    assert not (fsx / "runs" / name / "jobs").exists()  # nothing reached the cluster
 
 
 def test_form_refuses_shell_metacharacters_before_any_task(fresh_run):
