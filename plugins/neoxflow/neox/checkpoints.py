@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "Checkpoint",
@@ -329,53 +329,21 @@ def resume_plan(listing: Mapping, expect: Expectation) -> ResumePlan:
 def scan_local(save_dir: str | os.PathLike, min_iteration: int = 0) -> dict:
     """The ckpt_listing.py listing of a folder on this machine (tests, the GPU proof, a local cluster).
 
-    Kept byte-for-byte equivalent to include/cluster/ckpt_listing.py (a unit test compares them); that
-    script cannot be imported here because it is shipped to the cluster, outside the plugin package.
+    Runs the very script shipped to the cluster (include/cluster/ckpt_listing.py, standard library only),
+    loaded from its file: it lives outside the plugin package, so one scanner serves both sides.
     """
-    root = os.fspath(save_dir)
-    listing: dict = {
-        "format": LISTING_FORMAT,
-        "save_dir": root,
-        "exists": os.path.isdir(root),
-        "scanned_at": time.time(),
-        "latest": None,
-        "latest_mtime": None,
-        "tags": {},
-    }
-    if not listing["exists"]:
-        return listing
-    latest_path = os.path.join(root, "latest")
-    try:
-        with open(latest_path, "rb") as fh:
-            listing["latest"] = fh.read(4096).decode("utf-8", errors="replace").strip()
-        listing["latest_mtime"] = os.stat(latest_path).st_mtime
-    except (FileNotFoundError, IsADirectoryError):
-        pass
-    for name in sorted(os.listdir(root)):
-        m = _TAG.match(name)
-        path = os.path.join(root, name)
-        if not m or int(m.group(1)) < min_iteration or not os.path.isdir(path):
-            continue
-        try:
-            listing["tags"][name] = _scan_tag(path)
-        except FileNotFoundError:
-            continue
-    return listing
+    return _listing_script().build_listing(os.fspath(save_dir), min_iteration)
 
 
-def _scan_tag(tag_dir: str) -> dict:
-    files: dict[str, list] = {}
-    dirs: list[str] = []
-    for root, subdirs, names in os.walk(tag_dir):
-        subdirs.sort()
-        rel_root = os.path.relpath(root, tag_dir)
-        for d in subdirs:
-            dirs.append(d if rel_root == "." else f"{rel_root}/{d}")
-        for name in sorted(names):
-            rel = name if rel_root == "." else f"{rel_root}/{name}"
-            try:
-                st = os.stat(os.path.join(root, name))
-            except FileNotFoundError:
-                continue
-            files[rel] = [st.st_size, st.st_mtime]
-    return {"mtime": os.stat(tag_dir).st_mtime, "dirs": dirs, "files": files}
+def _listing_script():
+    import importlib.util
+    import sys
+
+    name = "neoxflow_ckpt_listing"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[3] / "include" / "cluster" / "ckpt_listing.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
