@@ -17,17 +17,20 @@ most of its time outside the tokenizer. This script takes the same flags and wri
 * speed: ``--workers`` processes run an exact fast path of the tokenizer (:class:`FastExactEncoder`)
   on batches of documents; the main process only reads, parses and writes.
 
-The fast path re-implements only the *splitting* of HF ``tokenizers`` (added tokens, the GPT-2
-pre-tokenizer regex) and calls the tokenizer's own normalizer and BPE model for everything else, so
-the only place it could differ is the regex's character classes. It therefore verifies, per character,
-against the installed tokenizer's own pre-tokenizer before trusting a character (memoised), and sends
-any document containing an unverified character to plain ``Tokenizer.encode``. Output equality with
-``Tokenizer.encode(text).ids`` is tested on adversarial text (tests/unit/test_preprocess_data.py).
+The fast path re-implements only the *splitting* of HF ``tokenizers`` (added tokens, and cutting text
+into whitespace-delimited chunks, each of which HF would pre-tokenize on its own) and lets the
+tokenizer itself normalize and encode everything else: a chunk is encoded once by the tokenizer and
+then reused from a cache. The only place it could differ is which characters are whitespace, so it
+verifies each character against the installed tokenizer's own pre-tokenizer before trusting it
+(memoised), and sends any document containing an unverified character to plain ``Tokenizer.encode``.
+Output equality with ``Tokenizer.encode(text).ids`` is tested on adversarial text
+(tests/unit/test_preprocess_data.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import functools
 import json
@@ -39,7 +42,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 # Our parallelism is --workers processes; the tokenizer must not add its own threads (equal-cores
@@ -54,8 +57,7 @@ INFLATE_MAX = 4 << 20  # max decompressed bytes produced per step (bounded memor
 BATCH_BYTES = 1 << 20  # text bytes per tokenization job
 BATCH_DOCS = 512  # documents per tokenization job
 PIECE_CACHE_MAX = 300_000  # pre-token -> ids entries kept per worker before the cache is reset
-
-GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CHUNK_CACHE_MAX = 400_000  # chunk -> ids entries kept per worker (bounded memory, ~60 MB)
 
 
 class InputError(Exception):
@@ -261,8 +263,11 @@ def _alternation(contents: list[str]):
     return re.compile("(" + "|".join(re.escape(c) for c in uniq) + ")")
 
 
-# Unicode White_Space (stable since Unicode 6.0); \s of the tokenizer's Oniguruma regex.
+# Unicode White_Space (stable since Unicode 6.0): ``\s`` of the tokenizer's pre-tokenizer regex. Not
+# Python's ``str.isspace``/``re`` ``\s``, which also match U+001C..U+001F.
 _WHITE_SPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def _class_ranges(categories: set[str]) -> str:
@@ -311,6 +316,24 @@ def stdlib_unicode_split_pattern() -> re.Pattern:
     )
 
 
+@functools.cache
+def unassigned_chars_pattern() -> re.Pattern:
+    """Matches a code point unassigned (category Cn) in this Python's Unicode tables."""
+    return re.compile(f"[{_class_ranges({'Cn'})}]")
+
+
+#: Chunks: a maximal non-whitespace run with at most one leading space, or whitespace split the way
+#: GPT-2's ``\s+(?!\S)|\s+`` splits it. The GPT-2 pre-tokenizer pattern
+#: ``'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`` only yields pieces that
+#: are all whitespace or non-whitespace behind at most one space, so every piece lies inside one chunk,
+#: and a chunk's pieces do not depend on its neighbours (the one look-around, ``(?!\S)``, is applied by
+#: this pattern too). So ``ids(text) == concat(ids(chunk))``: chunk -> ids can be memoised, and a miss
+#: is the tokenizer's own encode of the chunk. The only classes this depends on are whitespace vs not,
+#: which are verified against the tokenizer per character.
+CHUNK_SPLIT = re.compile(f" ?[^{_WHITE_SPACE}]+|[{_WHITE_SPACE}]+(?![^{_WHITE_SPACE}])|[{_WHITE_SPACE}]+")
+_IS_WHITE_SPACE = re.compile(f"[{_WHITE_SPACE}]").fullmatch
+
+
 class _PieceCache(dict):
     """pre-token -> BPE ids, computed by the tokenizer's own BPE model on a miss."""
 
@@ -328,52 +351,90 @@ class _PieceCache(dict):
         return ids
 
 
+class _ChunkCache(dict):
+    """chunk -> its token ids packed as the output dtype's bytes; ``encode_chunk`` computes a miss.
+
+    Bounded: when full, the newest half is dropped. Dicts keep insertion order and frequent words
+    are met first, so the oldest entries (and the added tokens, inserted first) are the ones kept."""
+
+    def __init__(self, initial: dict[str, bytes], encode_chunk):
+        super().__init__(initial)
+        self._encode_chunk = encode_chunk
+
+    def __missing__(self, chunk: str) -> bytes:
+        packed = self._encode_chunk(chunk)
+        if len(self) >= CHUNK_CACHE_MAX:
+            for key in list(islice(reversed(self), len(self) - CHUNK_CACHE_MAX // 2)):
+                del self[key]
+        self[chunk] = packed
+        return packed
+
+
+class _UnverifiedChar(Exception):
+    """A character whose class our patterns may not share with the tokenizer's: use plain HF."""
+
+
 class HFEncoder:
-    """Plain ``Tokenizer.encode(text).ids`` (what NeoX's HFTokenizer.tokenize does), one doc at a time."""
+    """Plain ``Tokenizer.encode(text).ids`` (what NeoX's HFTokenizer.tokenize does)."""
 
     name = "hf"
 
-    def __init__(self, vocab_file: str):
+    def __init__(self, vocab_file: str, dtype=None):
         from tokenizers import Tokenizer
 
         self.hf = Tokenizer.from_file(vocab_file)
+        vocab = self.hf.get_vocab_size()
+        self.dtype = np.dtype(dtype) if dtype is not None else mmidx.best_fitting_dtype(vocab)
+
+    def pack(self, ids) -> bytes:
+        """Token ids as native-endian bytes of ``self.dtype`` (what the ``.bin`` file holds)."""
+        return array.array(self.dtype.char, ids).tobytes()
 
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text).ids
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch_fast(texts)]
+    def encode_bytes(self, text: str) -> bytes:
+        return self.encode_many_bytes([text])[0]
+
+    def encode_many_bytes(self, texts: list[str]) -> list[bytes]:
+        return [self.pack(self.hf.encode(t).ids) for t in texts]
 
 
 class FastExactEncoder(HFEncoder):
-    """Token-for-token ``Tokenizer.encode(text).ids`` for byte-level BPE tokenizers, ~3x faster.
+    """Token-for-token ``Tokenizer.encode(text).ids`` for byte-level BPE tokenizers, several times faster.
 
-    Pipeline (HF's order): split out non-normalized added tokens (e.g. ``<|endoftext|>``) on the raw
-    text; NFC-normalize the rest with the tokenizer's own normalizer (ASCII is left alone: NF* is the
-    identity on it); split out normalized added tokens (the 20B tokenizer's runs of 2..24 spaces);
-    split with the GPT-2 regex; BPE each piece with the tokenizer's own model (memoised).
+    Per document (HF's order): split out non-normalized added tokens (e.g. ``<|endoftext|>``) on the raw
+    text; normalize the rest with the tokenizer's own normalizer (not ASCII: NF* is the identity on it);
+    split out normalized added tokens (the 20B tokenizer's runs of 2..24 spaces); cut the rest into
+    chunks (:data:`CHUNK_SPLIT`). Every chunk's ids come from a cache, filled once per batch of
+    documents for the chunks not seen yet (GPT-2 pattern, then the tokenizer's own BPE model per
+    piece). Documents are byte joins of cached ids: no Python int per token, one lookup per word.
     """
 
     name = "fast"
 
-    def __init__(self, vocab_file: str):
-        super().__init__(vocab_file)
+    def __init__(self, vocab_file: str, dtype=None):
+        super().__init__(vocab_file, dtype)
         with open(vocab_file, encoding="utf-8") as f:
             cfg = json.load(f)
         _check_fast_supported(cfg)
         if self.hf.encode_special_tokens:
             raise UnsupportedTokenizer("encode_special_tokens is on")
         added = cfg.get("added_tokens", [])
-        self._added_id = {t["content"]: t["id"] for t in added}
         raw = [t["content"] for t in added if not t.get("normalized")]
         norm = [t["content"] for t in added if t.get("normalized")]
         self._raw_split, self._raw_prefix = _alternation(raw), os.path.commonprefix(raw)
         self._norm_split, self._norm_prefix = _alternation(norm), os.path.commonprefix(norm)
         self._normalize = self.hf.normalizer.normalize_str if self.hf.normalizer is not None else None
+        self._norm_form = cfg["normalizer"]["type"] if self.hf.normalizer is not None else None
+        self._unassigned = unassigned_chars_pattern().search
+        self._pretok = self.hf.pre_tokenizer.pre_tokenize_str
         self._pieces_ascii = ASCII_SPLIT.findall
         self._pieces = unicode_split_pattern().findall
-        self._pretok = self.hf.pre_tokenizer.pre_tokenize_str
-        self._cache = _PieceCache(self.hf.model, _bytes_to_unicode())
+        self._piece_ids = _PieceCache(self.hf.model, _bytes_to_unicode())
+        # Added tokens live in the chunk cache too (no chunk can equal one: it would have been split out).
+        self._added = {t["content"]: self.pack([t["id"]]) for t in added}
+        self._cache = _ChunkCache(self._added, self._chunk_miss)
         self._ok_chars: set[str] = set()
         self._bad_chars: set[str] = set()
         self.fallback_docs = 0
@@ -386,11 +447,12 @@ class FastExactEncoder(HFEncoder):
             raise UnsupportedTokenizer(f"pre-tokenizer classes differ on ASCII {bad_ascii!r}")
 
     def _verify_char(self, c: str, pieces=None) -> bool:
-        """Does our regex classify ``c`` like the tokenizer's own pre-tokenizer? (memoised)
+        """Do our patterns classify ``c`` like the tokenizer's own pre-tokenizer? (memoised)
 
-        The probes put ``c`` after a letter, a digit, punctuation and a space, and before a space: the
-        piece counts then agree exactly when both engines put ``c`` in the same class (letter, number,
-        whitespace, other), which is all the GPT-2 pattern depends on."""
+        The probes put ``c`` after a letter, a digit, punctuation, a space and a newline, and before a
+        space: the piece counts then agree exactly when both engines put ``c`` in the same class
+        (letter, number, whitespace, other), which is all the GPT-2 pattern depends on. The chunk
+        pattern's whitespace class must agree too (``"\\n" + c`` is one piece iff ``c`` is whitespace)."""
         probes = ("a" + c, "1" + c, "!" + c, " " + c + "a", c + " a", c + c, "\n" + c)
         if pieces is not None:  # an explicit engine: check, do not memoise
             return all(len(self._pretok(p)) == len(pieces(p)) for p in probes)
@@ -399,102 +461,121 @@ class FastExactEncoder(HFEncoder):
         if c in self._bad_chars:
             return False
         ok = all(len(self._pretok(p)) == len(self._pieces(p)) for p in probes)
+        ok = ok and (len(self._pretok("\n" + c)) == 1) == bool(_IS_WHITE_SPACE(c))
         (self._ok_chars if ok else self._bad_chars).add(c)
         return ok
 
-    def _segments_ok(self, seg: str) -> bool:
-        unknown = set(seg) - self._ok_chars
-        return all(self._verify_char(c) for c in unknown)
+    def _already_normalized(self, seg: str) -> bool:
+        """Python's normalization quick check (C, ~30x cheaper than the tokenizer's normalizer, which
+        tracks offsets). Sound only for characters Python's Unicode tables know: normalization is
+        stable for assigned characters across Unicode versions, so a string Python calls normalized
+        that holds no character unassigned in Python's tables is left unchanged by the tokenizer too.
+        Anything else goes through the tokenizer's own normalizer."""
+        return unicodedata.is_normalized(self._norm_form, seg) and self._unassigned(seg) is None
+
+    def _units(self, text: str) -> list[str]:
+        """``text`` as cache keys, in order: chunks and added-token contents."""
+        if self._raw_split is not None and self._raw_prefix in text:
+            units: list[str] = []
+            for i, seg in enumerate(self._raw_split.split(text)):
+                if i % 2:
+                    units.append(seg)
+                elif seg:
+                    units += self._segment_units(seg)
+            return units
+        return self._segment_units(text)
+
+    def _segment_units(self, seg: str) -> list[str]:
+        if not seg.isascii() and self._normalize is not None and not self._already_normalized(seg):
+            seg = self._normalize(seg)
+        if self._norm_split is None or self._norm_prefix not in seg:
+            return CHUNK_SPLIT.findall(seg)
+        units: list[str] = []
+        for k, part in enumerate(self._norm_split.split(seg)):
+            if k % 2:
+                units.append(part)
+            elif part:
+                units += CHUNK_SPLIT.findall(part)
+        return units
+
+    def _chunk_miss(self, chunk: str) -> bytes:
+        """A chunk not seen yet: the GPT-2 pattern's pieces, each BPE'd by the tokenizer's own model
+        (memoised per piece). Raises :class:`_UnverifiedChar` for a character not verified above:
+        the document then falls back to plain ``Tokenizer.encode``."""
+        if chunk.isascii():
+            split = self._pieces_ascii(chunk)
+        elif all(map(self._verify_char, set(chunk))):
+            split = self._pieces(chunk)
+        else:
+            raise _UnverifiedChar(chunk)
+        return self.pack(list(chain.from_iterable(map(self._piece_ids.__getitem__, split))))
 
     def encode(self, text: str) -> list[int]:
-        out: list[int] = []
-        if self._raw_split is not None and self._raw_prefix in text:
-            raw_parts = self._raw_split.split(text)
-        else:
-            raw_parts = [text]
-        for i, seg in enumerate(raw_parts):
-            if i % 2:
-                out.append(self._added_id[seg])
-                continue
-            if not seg:
-                continue
-            if seg.isascii():  # NF* normalization is the identity on ASCII
-                self._encode_normalized(seg, out, self._pieces_ascii)
-                continue
-            if self._normalize is not None:
-                seg = self._normalize(seg)
-            if not self._segments_ok(seg):
+        return np.frombuffer(self.encode_bytes(text), dtype=self.dtype).tolist()
+
+    def encode_many_bytes(self, texts: list[str]) -> list[bytes]:
+        lookup, units = self._cache.__getitem__, self._units
+        out = []
+        for text in texts:
+            try:
+                out.append(b"".join(map(lookup, units(text))))
+            except _UnverifiedChar:  # the tokenizer itself does this document
                 self.fallback_docs += 1
-                return self.hf.encode(text).ids
-            self._encode_normalized(seg, out, self._pieces)
+                out.append(self.pack(self.hf.encode(text).ids))
         return out
 
-    def _encode_normalized(self, seg: str, out: list[int], pieces) -> None:
-        if self._norm_split is not None and self._norm_prefix in seg:
-            parts = self._norm_split.split(seg)
-        else:
-            parts = [seg]
-        lookup, added_id = self._cache.__getitem__, self._added_id
-        for k, part in enumerate(parts):
-            if k % 2:
-                out.append(added_id[part])
-            elif part:
-                out.extend(chain.from_iterable(map(lookup, pieces(part))))
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
-
-def make_encoder(vocab_file: str, engine: str = "auto") -> HFEncoder:
+def make_encoder(vocab_file: str, engine: str = "auto", dtype=None) -> HFEncoder:
     """``fast`` (exact fast path), ``hf`` (plain HF), or ``auto`` (fast when supported, else hf)."""
     if engine == "hf":
-        return HFEncoder(vocab_file)
+        return HFEncoder(vocab_file, dtype)
     try:
-        return FastExactEncoder(vocab_file)
+        return FastExactEncoder(vocab_file, dtype)
     except UnsupportedTokenizer:
         if engine == "fast":
             raise
-        return HFEncoder(vocab_file)
+        return HFEncoder(vocab_file, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Worker side: one job = a list of texts -> (flat tokens, sizes) or an error for one document
+# Worker side: one job = a list of texts -> (token bytes, sizes) or an error for one document
 # ---------------------------------------------------------------------------------------------------
 
 _WORKER: dict = {}
 
 
 def _worker_init(vocab_file: str, engine: str, append_eod: bool, use_ftfy: bool, dtype: str) -> None:
-    enc = make_encoder(vocab_file, engine)
-    eod = enc.hf.token_to_id("<|endoftext|>") if append_eod else None
+    enc = make_encoder(vocab_file, engine, dtype)
+    eod = enc.pack([enc.hf.token_to_id("<|endoftext|>")]) if append_eod else b""
     fix = None
     if use_ftfy:
         import ftfy
 
         fix = ftfy.fix_text
-    _WORKER.update(enc=enc, eod=eod, fix=fix, dtype=np.dtype(dtype))
+    _WORKER.update(enc=enc, eod=eod, fix=fix)
 
 
 def _encode_job(texts: list[str]):
     """Returns ``("ok", tokens_bytes, sizes)`` or ``("error", index_in_job, message)``."""
-    enc, eod, fix, dtype = _WORKER["enc"], _WORKER["eod"], _WORKER["fix"], _WORKER["dtype"]
-    flat: list[int] = []
-    sizes = np.empty(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        try:
-            if fix is not None:
-                text = fix(text)
-            ids = enc.encode(text)
-        except Exception as exc:  # e.g. a lone surrogate from a JSON escape: not encodable text
-            return ("error", i, f"cannot tokenize: {type(exc).__name__}: {exc}")
-        if eod is not None:
-            ids.append(eod)
-        if not ids:
-            return ("error", i, "document produced no tokens")
-        flat.extend(ids)
-        sizes[i] = len(ids)
-    tokens = np.array(flat, dtype=dtype)
-    return ("ok", tokens.tobytes(), sizes)
+    enc, eod, fix = _WORKER["enc"], _WORKER["eod"], _WORKER["fix"]
+    try:
+        docs = enc.encode_many_bytes([fix(t) for t in texts] if fix is not None else texts)
+    except Exception:  # e.g. a lone surrogate from a JSON escape: find the document, one at a time
+        for i, text in enumerate(texts):
+            try:
+                enc.encode_bytes(fix(text) if fix is not None else text)
+            except Exception as exc:
+                return ("error", i, f"cannot tokenize: {type(exc).__name__}: {exc}")
+        raise
+    itemsize = enc.dtype.itemsize
+    sizes = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs)) // itemsize
+    if eod:
+        sizes += 1
+        docs = [d + eod for d in docs]
+    empty = np.flatnonzero(sizes == 0)
+    if empty.size:
+        return ("error", int(empty[0]), "document produced no tokens")
+    return ("ok", b"".join(docs), sizes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -594,7 +675,9 @@ def run(
         if workers > 1:
             import multiprocessing as mp
 
-            pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=init_args)
+            # Built once here and inherited by the forked workers (tokenizer, patterns, tables).
+            _worker_init(*init_args)
+            pool = mp.get_context("fork").Pool(workers)
             results = _ordered_bounded(pool, jobs, max_in_flight=2 * workers)
         else:
             _worker_init(*init_args)

@@ -66,12 +66,55 @@ def test_fast_encoder_equals_hf_encode_on_adversarial_text(fast, hf):
         assert fast.encode(text) == hf.encode(text).ids, repr(text)
 
 
+def test_encode_many_bytes_equals_encode_per_document(fast, hf):
+    """The batch path (what the workers run) packs exactly HF's ids, document by document."""
+    texts = ADVERSARIAL + _fuzz(300, seed=11)
+    packed = pp.FastExactEncoder(str(TOKENIZER)).encode_many_bytes(texts)
+    assert [np.frombuffer(b, dtype=np.uint16).tolist() for b in packed] == [hf.encode(t).ids for t in texts]
+
+
 def test_stdlib_re_fallback_pattern_is_exact_too(monkeypatch, hf):
-    """Without the 'regex' package the fast path uses ``re`` with spelled-out Unicode classes."""
+    """Without the 'regex' package, chunk misses use ``re`` with spelled-out Unicode classes."""
     monkeypatch.setattr(pp, "unicode_split_pattern", pp.stdlib_unicode_split_pattern)
     enc = pp.FastExactEncoder(str(TOKENIZER))
     for text in ADVERSARIAL + _fuzz(200, seed=9):
         assert enc.encode(text) == hf.encode(text).ids, repr(text)
+
+
+def test_normalization_shortcut_agrees_with_the_tokenizers_normalizer(fast, hf):
+    """Already-normalized text skips the tokenizer's normalizer (Python's quick check); text with
+    combining marks, singletons, composition exclusions, Hangul jamo, compatibility characters or code
+    points unassigned in Python's tables must still come out exactly as the tokenizer makes it."""
+    pool = ["e", "\u0301", "\u0327", "\u0323", "\u0307", "A", "\u030a", "\u1100", "\u1161", "\u11a8", "가",
+            "ﬁ", "\u2126", "\u212b", "\u0958", "\u0915", "\u093c", "\u0378", "\U000e01f0", "\U0003134b", " ",
+            "x"]  # fmt: skip
+    rng = random.Random(17)
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(600)]
+    assert any(not fast._already_normalized(t) for t in texts) and any(
+        fast._already_normalized(t) for t in texts
+    )
+    for text in texts:
+        assert fast.encode(text) == hf.encode(text).ids, repr(text)
+
+
+def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
+    """If the chunker's idea of whitespace disagreed with the tokenizer's on a character, documents
+    holding it go to plain ``encode`` (still exact); others keep the fast path."""
+    real = pp._IS_WHITE_SPACE
+    monkeypatch.setattr(pp, "_IS_WHITE_SPACE", lambda c: None if c == "\u3000" else real(c))
+    enc = pp.FastExactEncoder(str(TOKENIZER))
+    texts = ["plain words", "ideographic\u3000space", "more plain words", "x \u3000 y"]
+    assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
+    assert enc.fallback_docs == 2
+
+
+def test_chunk_cache_is_bounded_and_stays_exact(monkeypatch, hf):
+    """Peak memory must not grow with the shard: the cache keeps its oldest (most frequent) half."""
+    monkeypatch.setattr(pp, "CHUNK_CACHE_MAX", 200)
+    enc = pp.FastExactEncoder(str(TOKENIZER))
+    texts = _fuzz(300, seed=13) + [" ".join(f"w{i}x{j}" for j in range(50)) for i in range(20)]
+    assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
+    assert len(enc._cache) <= 200
 
 
 def test_added_whitespace_tokens_are_used(fast, hf):
