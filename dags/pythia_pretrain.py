@@ -20,6 +20,7 @@ from airflow.sdk import DAG, TaskGroup, task
 
 from neoxflow.notifiers.deadline import run_deadline
 from neoxflow.notifiers.factory import alert_notifiers
+from neoxflow.operators.fsx import FsxImportOperator
 from neoxflow.operators.pipeline import PlannedSlurmOperator, PretrainTrainOperator
 from neoxflow.pipeline import tasks
 from neoxflow.pipeline.request import form_params
@@ -90,6 +91,9 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
                 return tasks.dataset_needs_work(plan)
 
             fetch = PlannedSlurmOperator(task_id="fetch", plan_path=("data", "fetch"), poll_interval=POLL)
+            # with an FSx data repository association (profile fsx.data_repository) the file system imports
+            # the new S3 objects itself first; without one this does nothing and the stage job copies
+            fsx_import = FsxImportOperator(task_id="fsx_import", poll_interval=POLL)
             stage = PlannedSlurmOperator(task_id="stage", plan_path=("data", "stage"), poll_interval=POLL)
             tokenize = PlannedSlurmOperator(
                 task_id="tokenize", plan_path=("data", "tokenize"), poll_interval=POLL
@@ -103,7 +107,7 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
                 return tasks.read_data_summary(plan)
 
             check = needs_data(the_plan)
-            shipped >> check >> fetch >> stage >> tokenize >> merge
+            shipped >> check >> fetch >> fsx_import >> stage >> tokenize >> merge
             summary = data_summary(the_plan)
             merge >> summary
 

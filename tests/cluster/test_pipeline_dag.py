@@ -226,3 +226,77 @@ def test_a_run_holding_the_lock_keeps_a_second_trigger_out(fresh_run, capfd):
     assert states["prepare.lock"] == "failed" and states["train.train_slice"] == "upstream_failed"
     assert "pythia_pretrain:other_run" in out
     hook.run(lock.release_command(lock_dir, "pythia_pretrain:other_run"))
+
+
+def _s3_client():
+    import os
+
+    import boto3
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    return boto3.client(
+        "s3",
+        endpoint_url=conn["extra"]["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id=conn["login"],
+        aws_secret_access_key=conn["password"],
+    )
+
+
+def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run, monkeypatch):
+    """DRA mode: after fetch, an IMPORT_METADATA_FROM_REPOSITORY task (FSx API stand-in, tests/fakes)
+    makes the shards appear on FSx the way the association would; the stage job then copies nothing,
+    verifies every shard's checksum against S3, and the data is tokenized from the imported files."""
+    from tests.fakes.fsx_dra import serve_fsx_dra
+
+    name, fsx = fresh_run
+    data_dir = f"data-dra-{name}"  # a dataset of its own: the shared one would be skipped as valid
+    raw = fsx / data_dir / "c4" / "raw"
+    s3, imported = _s3_client(), []
+
+    def association_import(task: dict) -> int:
+        assert task["Paths"] == [f"{data_dir}/c4/raw"], task["Paths"]
+        raw.mkdir(parents=True, exist_ok=True)
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket="neoxflow-local", Prefix="neoxflow/c4/en/"
+        )
+        for obj in (o for page in pages for o in page.get("Contents", [])):
+            target = raw / obj["Key"].rsplit("/", 1)[1]
+            target.with_suffix(".part").write_bytes(
+                s3.get_object(Bucket="neoxflow-local", Key=obj["Key"])["Body"].read()
+            )
+            target.with_suffix(".part").rename(target)
+            imported.append(target.name)
+        return len(imported)
+
+    monkeypatch.setenv("NEOXFLOW_DATA_DIR", data_dir)
+    monkeypatch.setenv("NEOXFLOW_FSX_DRA_FILE_SYSTEM", "fs-0123456789abcdef0")
+    monkeypatch.setenv("NEOXFLOW_FSX_DRA_CONN", "neox_fsx_dra")
+    try:
+        with serve_fsx_dra(monkeypatch, "neox_fsx_dra", association_import) as backend:
+            run = load_dag("pythia_pretrain").test(
+                logical_date=datetime.now().astimezone(),
+                run_conf={"run_name": name, "shards": "0-1"},
+                mark_success_pattern=r"(train|export)\..*",  # this test is about the data half
+            )
+        states = ti_states(run)
+        assert _train_jobs(fsx, name) == []  # marked success, not run
+        assert states["data.fsx_import"] == "success" and states["data.merge_validate"] == "success", states
+        (task,) = backend.tasks.values()
+        assert task["Lifecycle"] == "SUCCEEDED" and backend.creates == 1
+        shards = ["c4-train.00000-of-01024.json.gz", "c4-train.00001-of-01024.json.gz"]
+        assert set(shards) <= set(imported)
+        stage_logs = "".join(
+            p.read_text() for p in (fsx / "runs" / name / "jobs" / f"nxf-stage-{name}").glob("slurm-*.out")
+        )
+        for shard in shards:  # found in place and verified, not copied again
+            assert f"{raw / shard} already staged (size and recomputed checksum match" in stage_logs, (
+                stage_logs
+            )
+            assert (raw / f"{shard}.sha256").is_file()
+        summary = json.loads(
+            (fsx / data_dir / "c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text()
+        )
+        assert summary["ok"] and summary["documents"] > 0
+    finally:
+        shutil.rmtree(fsx / data_dir, ignore_errors=True)

@@ -9,8 +9,6 @@ connection whose ``endpoint_url`` points at that server, and through botocore's 
 from __future__ import annotations
 
 import json
-import socket
-import uuid
 
 import pytest
 
@@ -28,6 +26,7 @@ from neoxflow.data.fsx import (
     import_task_request,
     repository_paths,
 )
+from tests.fakes.fsx_dra import serve_fsx_dra
 
 FS_ID = "fs-0123456789abcdef0"
 
@@ -137,112 +136,11 @@ def test_classify_task(task, status, final, fragment):
 # ------------------------------------------------------------------------------------------- moto + shim
 
 
-class FakeDraBackend:
-    """The two data repository task calls moto lacks. Each describe advances a task one lifecycle step
-    (PENDING -> EXECUTING -> SUCCEEDED), or to FAILED when a path contains 'broken'. Like AWS, a repeated
-    ClientRequestToken returns the task created first."""
-
-    def __init__(self):
-        self.tasks: dict[str, dict] = {}
-        self.by_token: dict[str, str] = {}
-        self.creates = 0
-
-    def create(self, params: dict) -> dict:
-        self.creates += 1
-        token = params.get("ClientRequestToken")
-        if token in self.by_token:
-            return self.tasks[self.by_token[token]]
-        if any(
-            t["Lifecycle"] in ("PENDING", "EXECUTING") and t["FileSystemId"] == params["FileSystemId"]
-            for t in self.tasks.values()
-        ):
-            raise _DraError("DataRepositoryTaskExecuting", "another task is running")
-        task_id = f"task-{uuid.uuid4().hex[:17]}"
-        self.tasks[task_id] = {
-            "TaskId": task_id,
-            "Lifecycle": "PENDING",
-            "Type": params["Type"],
-            "FileSystemId": params["FileSystemId"],
-            "Paths": params.get("Paths", []),
-            "Report": params["Report"],
-            "CreationTime": 0,
-        }
-        if token:
-            self.by_token[token] = task_id
-        return self.tasks[task_id]
-
-    def describe(self, params: dict) -> list[dict]:
-        found = []
-        for task_id in params.get("TaskIds", []):
-            task = self.tasks.get(task_id)
-            if task is None:
-                raise _DraError("DataRepositoryTaskNotFound", f"{task_id} not found")
-            if task["Lifecycle"] == "PENDING":
-                task["Lifecycle"] = "EXECUTING"
-            elif task["Lifecycle"] == "EXECUTING":
-                if any("broken" in p for p in task["Paths"]):
-                    task["Lifecycle"] = "FAILED"
-                    task["FailureDetails"] = {"Message": "could not import broken/"}
-                else:
-                    n = len(task["Paths"])
-                    task["Lifecycle"] = "SUCCEEDED"
-                    task["Status"] = {"TotalCount": n, "SucceededCount": n, "FailedCount": 0}
-            found.append(task)
-        return found
-
-
-class _DraError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
 @pytest.fixture
 def fsx_server(monkeypatch):
     """An in-process moto server whose FSx responses gain the data repository task calls."""
-    from moto.core.exceptions import JsonRESTError
-    from moto.fsx.responses import FSxResponse
-    from moto.server import ThreadedMotoServer
-
-    backend = FakeDraBackend()
-
-    def _answer(fn):
-        def handler(self):
-            try:
-                return json.dumps(fn(json.loads(self.body)))
-            except _DraError as exc:
-                raise JsonRESTError(exc.code, str(exc)) from None  # moto turns it into an HTTP 400 AWS error
-
-        return handler
-
-    monkeypatch.setattr(
-        FSxResponse,
-        "create_data_repository_task",
-        _answer(lambda p: {"DataRepositoryTask": backend.create(p)}),
-        raising=False,
-    )
-    monkeypatch.setattr(
-        FSxResponse,
-        "describe_data_repository_tasks",
-        _answer(lambda p: {"DataRepositoryTasks": backend.describe(p)}),
-        raising=False,
-    )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_NEOX_FSX_TEST", json.dumps(conn))
-    try:
+    with serve_fsx_dra(monkeypatch, "neox_fsx_test") as backend:
         yield backend
-    finally:
-        server.stop()
 
 
 def _repo() -> FsxDataRepository:
@@ -356,3 +254,71 @@ async def test_trigger_gives_up_as_unknown_never_as_success(monkeypatch):
     trigger = fsx.FsxImportTaskTrigger(task_id="task-x", poll_interval=0, max_unknown=3)
     events = await _events(trigger)
     assert [e["status"] for e in events] == [UNKNOWN] and len(calls) == 3
+
+
+# ----------------------------------------------------------------------------------- FsxImportOperator
+
+
+class _Store(dict):
+    """task_state_store's get/set, kept across tries like Airflow keeps it."""
+
+    def set(self, key, value):
+        self[key] = value
+
+
+def _ti(try_number: int = 1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        dag_id="pythia_pretrain", run_id="manual__1", task_id="data.fsx_import", try_number=try_number
+    )
+
+
+def _spec() -> dict:
+    return {
+        "file_system_id": FS_ID,
+        "paths": ["/fsx/data/c4/raw"],
+        "mount_point": "/fsx",
+        "repository_path": "s3://b/p/c4/en/",
+        "aws_conn_id": "neox_fsx_test",
+        "region_name": None,
+        "poll_interval": 1,
+    }
+
+
+def test_operator_follows_the_task_of_an_earlier_try_instead_of_starting_another(fsx_server):
+    from neoxflow.operators.fsx import STATE_KEY, FsxImportOperator
+
+    op, store = FsxImportOperator(task_id="fsx_import"), _Store()
+    first = op._task_to_follow(_repo(), _spec(), store, _ti(1))
+    assert store[STATE_KEY] == first and fsx_server.creates == 1
+    again = op._task_to_follow(_repo(), _spec(), store, _ti(2))  # retry while it runs (or after success)
+    assert again == first and fsx_server.creates == 1
+
+
+def test_operator_starts_a_new_task_when_the_recorded_one_failed(fsx_server):
+    from neoxflow.operators.fsx import STATE_KEY, FsxImportOperator
+
+    op, store = FsxImportOperator(task_id="fsx_import"), _Store()
+    first = op._task_to_follow(_repo(), _spec(), store, _ti(1))
+    fsx_server.fail(first, "file system busy")
+    second = op._task_to_follow(_repo(), _spec(), store, _ti(2))
+    assert second != first and store[STATE_KEY] == second
+    assert fsx_server.tasks[second]["Lifecycle"] == "PENDING"
+
+
+def test_operator_is_a_no_op_without_an_association_and_fails_on_a_failed_import():
+    from airflow.sdk.exceptions import AirflowException
+
+    from neoxflow.operators.fsx import FsxImportOperator
+
+    class TI:
+        def xcom_pull(self, task_ids):
+            return {"profile": "local", "data": {"import": None}}
+
+    op = FsxImportOperator(task_id="fsx_import")
+    assert op.execute({"ti": TI()}) is None  # copy mode: nothing started, nothing deferred
+    ok = {"status": SUCCESS, "task_id": "task-1", "message": "import task task-1 succeeded (4 files)"}
+    assert op.execute_complete({}, ok) == ok
+    with pytest.raises(AirflowException, match="ended FAILED: disk full"):
+        op.execute_complete({}, {"status": FAILED, "message": "import task task-1 ended FAILED: disk full"})

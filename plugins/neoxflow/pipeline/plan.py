@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neoxflow.data.fsx import FsxTaskError, client_token, import_task_request
 from neoxflow.data.render import ArraySpec, render_fetch_array, render_stage_array, render_tokenize_array
 from neoxflow.data.shards import (
     DEFAULT_URL_TEMPLATE,
@@ -167,7 +168,41 @@ def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[st
     shard_prefixes = [e.output_prefix + "_text_document" for e in tok_entries]
     plans["merge"] = merge_plan(profile, lay, request.run_name, shard_prefixes)
     plans["shards"] = {"names": [e.name for e in entries], "stems": [shard_stem(e.name) for e in entries]}
+    plans["import"] = import_plan(profile, lay, f"s3://{profile.s3_bucket}/{prefix}/c4/en/")
     return plans
+
+
+def import_plan(profile: Profile, lay: RunLayout, repository_path: str) -> dict[str, Any] | None:
+    """The FSx data repository import step, when the profile declares an association (DRA) linking the
+    raw shard folder to the shards' S3 prefix; None (the stage job copies) otherwise.
+
+    Profile keys (under ``fsx.data_repository``): ``file_system_id`` (empty: no DRA), ``aws_conn_id``,
+    ``region_name``, ``poll_interval`` (seconds). The stage job still runs after the import: it finds
+    the imported files, verifies their checksums against S3 (reading them loads them into Lustre)
+    and copies only what the import did not bring.
+    """
+    dra = (profile.raw.get("fsx") or {}).get("data_repository") or {}
+    if not isinstance(dra, dict):
+        raise ValueError("profile fsx.data_repository must be a mapping")
+    fs_id = dra.get("file_system_id") or None
+    if fs_id is None:
+        return None
+    poll = dra.get("poll_interval", 30)
+    if not isinstance(poll, int | float) or isinstance(poll, bool) or poll <= 0:
+        raise ValueError(f"profile fsx.data_repository.poll_interval {poll!r} must be a positive number")
+    try:  # validates the id and the paths now, before anything is submitted
+        import_task_request(str(fs_id), [lay.raw_dir], token=client_token("check"), mount_point=lay.fsx_root)
+    except FsxTaskError as exc:
+        raise ValueError(f"profile fsx.data_repository: {exc}") from None
+    return {
+        "file_system_id": str(fs_id),
+        "paths": [lay.raw_dir],
+        "mount_point": lay.fsx_root,
+        "repository_path": repository_path,
+        "aws_conn_id": str(dra.get("aws_conn_id") or "aws_default"),
+        "region_name": dra.get("region_name") or None,
+        "poll_interval": poll,
+    }
 
 
 def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: list[str]) -> dict[str, Any]:
