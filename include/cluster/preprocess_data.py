@@ -334,6 +334,19 @@ CHUNK_SPLIT = re.compile(f" ?[^{_WHITE_SPACE}]+|[{_WHITE_SPACE}]+(?![^{_WHITE_SP
 _IS_WHITE_SPACE = re.compile(f"[{_WHITE_SPACE}]").fullmatch
 
 
+def space_run_chunk_split(lo: int, hi: int) -> re.Pattern:
+    """:data:`CHUNK_SPLIT` with the tokenizer's normalized added tokens folded in, when those are the
+    runs of ``lo``..``hi`` spaces (``lo >= 2``; the 20B tokenizer's 2..24). HF splits such runs out
+    leftmost-longest before pre-tokenizing; here they are the first alternative, and the whitespace
+    alternatives never take a space that starts a run (``" (?! )"``), so every match is a chunk of
+    the text between runs, or a run. One regex pass instead of a split and a pass per part."""
+    if lo < 2:
+        raise ValueError("runs of one space would split every word")
+    ws, other_ws = _WHITE_SPACE, _WHITE_SPACE.replace(" ", "")
+    run = f"(?:[{other_ws}]| (?! ))+"
+    return re.compile(f" {{{lo},{hi}}}| ?[^{ws}]+|{run}(?![^{ws}])|{run}")
+
+
 class _PieceCache(dict):
     """pre-token -> BPE ids, computed by the tokenizer's own BPE model on a miss."""
 
@@ -425,6 +438,13 @@ class FastExactEncoder(HFEncoder):
         norm = [t["content"] for t in added if t.get("normalized")]
         self._raw_split, self._raw_prefix = _alternation(raw), os.path.commonprefix(raw)
         self._norm_split, self._norm_prefix = _alternation(norm), os.path.commonprefix(norm)
+        lengths = sorted(len(c) for c in set(norm))
+        space_runs = (
+            all(set(c) == {" "} for c in norm) and lengths == list(range(2, lengths[-1] + 1))
+            if norm
+            else False
+        )
+        self._chunks_and_runs = space_run_chunk_split(2, lengths[-1]).findall if space_runs else None
         self._normalize = self.hf.normalizer.normalize_str if self.hf.normalizer is not None else None
         self._norm_form = cfg["normalizer"]["type"] if self.hf.normalizer is not None else None
         self._unassigned = unassigned_chars_pattern().search
@@ -488,6 +508,8 @@ class FastExactEncoder(HFEncoder):
     def _segment_units(self, seg: str) -> list[str]:
         if not seg.isascii() and self._normalize is not None and not self._already_normalized(seg):
             seg = self._normalize(seg)
+        if self._chunks_and_runs is not None:
+            return self._chunks_and_runs(seg)
         if self._norm_split is None or self._norm_prefix not in seg:
             return CHUNK_SPLIT.findall(seg)
         units: list[str] = []

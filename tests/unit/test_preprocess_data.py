@@ -97,6 +97,25 @@ def test_normalization_shortcut_agrees_with_the_tokenizers_normalizer(fast, hf):
         assert fast.encode(text) == hf.encode(text).ids, repr(text)
 
 
+def test_whitespace_runs_fuzz(fast, hf):
+    """Runs of spaces next to newlines, tabs and Unicode spaces: where added tokens and the GPT-2
+    pattern's whitespace look-ahead meet."""
+    rng = random.Random(23)
+    pool = [" ", " ", " ", "\n", "\t", "\r\n", "x", "yz", "\u3000", "\u00a0", "!", "9", " " * 30]
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(2000)]
+    for text in texts:
+        assert fast.encode(text) == hf.encode(text).ids, repr(text)
+
+
+def test_split_path_for_other_added_tokens_is_exact_too(hf):
+    """Tokenizers whose normalized added tokens are not runs of spaces take the split-then-chunk path."""
+    enc = pp.FastExactEncoder(str(TOKENIZER))
+    assert enc._chunks_and_runs is not None  # the 20B tokenizer's runs of 2..24 spaces: one regex pass
+    enc._chunks_and_runs = None
+    for text in ADVERSARIAL + _fuzz(300, seed=21):
+        assert enc.encode(text) == hf.encode(text).ids, repr(text)
+
+
 def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
     """If the chunker's idea of whitespace disagreed with the tokenizer's on a character, documents
     holding it go to plain ``encode`` (still exact); others keep the fast path."""
