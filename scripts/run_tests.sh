@@ -24,7 +24,7 @@ pytest_run "unit" -q tests/unit -m "not slow"
 started_cluster=0
 if ! scripts/localcluster.sh status >/dev/null 2>&1; then started_cluster=1; fi
 scripts/localcluster.sh up || { echo "local cluster failed to start"; exit 1; }
-pytest_run "cluster (no accounting)" -q -m "cluster and not accounting_only" tests/cluster
+pytest_run "cluster (no accounting)" -q --durations=10 -m "cluster and not accounting_only" tests/cluster
 scripts/localcluster.sh up --accounting || { echo "accounting cluster failed to start"; exit 1; }
 # With slurmdbd, the state layer also reads sacct: run the Slurm layer's suites again in that mode.
 pytest_run "cluster (accounting)" -q -m "cluster and not no_accounting_only" \
@@ -33,7 +33,7 @@ pytest_run "cluster (accounting)" -q -m "cluster and not no_accounting_only" \
 scripts/localcluster.sh up  # leave it as most users run it
 
 if [[ -d tests/e2e ]] && ls tests/e2e/test_*.py >/dev/null 2>&1; then
-  pytest_run "end to end (real Airflow services)" -q -m e2e tests/e2e
+  pytest_run "end to end (real Airflow services)" -q --durations=10 -m e2e tests/e2e
 fi
 
 if ((started_cluster)) && [[ ${NEOXFLOW_KEEP_CLUSTER:-0} != 1 ]]; then scripts/localcluster.sh down; fi
