@@ -688,3 +688,67 @@ def test_checkpoints_present_before_the_slice_are_a_baseline_not_new_events(op):
     result = op.execute_complete(ctx, event, record=record, checkpoints=[])
     assert result["more_to_do"] is False and result["baseline_checkpoint"] == 20
     assert not alias_events(ctx)
+
+
+class StartOverHook:
+    """The sync hook for a try that starts over: the earlier try's job is unknown to Slurm now (ended and
+    aged out, no accounting), none is live; run() runs the real listing; submit() records the call."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+
+    def probe(self, request, expected_tasks=None):
+        return JobStatus(request.job_id, Outcome.UNKNOWN, (), note="no source knows it"), b""
+
+    def active_jobs_named(self, name):
+        return []
+
+    def run(self, command, check=True):
+        done = subprocess.run(command, shell=True, capture_output=True)
+        return done.returncode, done.stdout, done.stderr
+
+    def upload(self, content, remote_path, mode=0o644):
+        pass
+
+    def submit(self, script_path, **kwargs):
+        self.submitted.append(script_path)
+        return "43"
+
+
+class Store(dict):
+    def set(self, key, value):
+        self[key] = value
+
+
+@pytest.mark.parametrize("saved, submits", [([10, 20], False), ([10], True)])
+def test_a_try_that_starts_over_submits_no_job_once_train_iters_is_checkpointed(tmp_path, saved, submits):
+    """Regression (e2e, scheduler restart): the task was rescheduled while job 301 trained; when it ran
+    again the job had finished at train_iters and was unknown to Slurm, and a second job (302) of the
+    finished run was submitted. Now a complete checkpoint at train_iters ends the slice without a job."""
+    save = tmp_path / "save"
+    for it in saved:
+        save_checkpoint(save, it)
+    operator = NeoXTrainOperator(
+        task_id="train",
+        script="#!/bin/bash\ntrue\n",
+        remote_dir=str(tmp_path / "runs"),
+        job_name="nxf-train-run1",
+        save_dir=str(save),
+        train_iters=20,
+        listing_script=LISTING,
+        listing_python=PY,
+        run_name="run1",
+    )
+    hook = StartOverHook()
+    operator.__dict__["hook"] = hook
+    ctx = {**context(), "task_state_store": Store(slurm_job={**RECORD, "job_id": "41"})}
+    ctx["ti"].dag_id, ctx["ti"].task_id = "pythia_pretrain", "train.train_slice"
+    if submits:
+        with pytest.raises(TaskDeferred):
+            operator.execute(ctx)
+        assert len(hook.submitted) == 1
+        return
+    result = operator.execute(ctx)
+    assert hook.submitted == []
+    assert result["more_to_do"] is False and result["last_checkpoint"] == 20 and result["job_id"] == "41"
+    assert "no job submitted" in ctx["ti"].xcom["summary"]["reason"]

@@ -180,6 +180,45 @@ class NeoXTrainOperator(SlurmOperator):
             return None
         return found[-1].iteration if found else None
 
+    def _done_without_a_job(self, context: Context) -> Any:
+        """No job of this task is live: if the run already has a complete checkpoint at train_iters, the
+        slice is done and nothing is submitted. A try that starts over after an earlier one's job finished
+        (the task rescheduled or its worker killed while the job ran; without accounting the ended job's
+        state is unknown) would otherwise start a second training job of a finished run."""
+        newest = self._newest_complete()
+        if newest is None or newest < self.train_iters:
+            return None
+        store = context.get("task_state_store")
+        earlier = (store.get(STATE_KEY) if store is not None else None) or {}
+        reason = (
+            f"checkpoint global_step{newest} is complete and train_iters is {self.train_iters}: "
+            "training already finished, no job submitted"
+        )
+        self.log.info("Training finished before this try: %s", reason)
+        context["ti"].xcom_push(
+            key="summary",
+            value={
+                "finished": True,
+                "reason": reason,
+                "last_checkpoint": newest,
+                "train_iters": self.train_iters,
+            },
+        )
+        return {
+            "more_to_do": False,
+            "reason": reason,
+            "iteration": newest,
+            "train_iters": self.train_iters,
+            "last_checkpoint": newest,
+            "last_checkpoint_path": posixpath.join(self.save_dir, f"global_step{newest}"),
+            "checkpoints": [],
+            "resumed_from": None,
+            "baseline_checkpoint": newest,
+            "slice_end": None,
+            "job_id": earlier.get("job_id"),
+            "save_dir": posixpath.normpath(self.save_dir),
+        }
+
     def _watch(self, context: Context, record: dict[str, Any]) -> Any:
         expectation_from_dict(self.expectation)  # fail before the watch on a bad expectation
         if "baseline_checkpoint" not in record:
