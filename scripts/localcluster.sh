@@ -11,6 +11,13 @@
 #   scripts/localcluster.sh up [--accounting]   idempotent; switching accounting on/off restarts slurm
 #   scripts/localcluster.sh down
 #   scripts/localcluster.sh status              exit 0 only when everything answers
+#   scripts/localcluster.sh restart sshd|slurmctld|moto [seconds-down]   fault injection for tests
+#   scripts/localcluster.sh stop|start sshd|slurmctld|moto               the two halves of a restart
+#
+# moto keeps its state in memory; a real S3 endpoint that restarts keeps its data. So `stop moto` first
+# snapshots every bucket and object (scripts/moto_state.py; writes racing the snapshot are lost, see
+# its docstring) and `start moto` loads the snapshot before the port opens, then re-creates the alert
+# topic and queue (same ARN and URL as before; queued alert messages are lost).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +36,8 @@ CLUSTER_NAME=neoxflow
 HOST=$(hostname -s)
 
 ETC=$STATE/etc RUN=$STATE/run LOG=$STATE/log
+MOTO_SNAPSHOT=$STATE/moto-snapshot
+MOTO_PROC='moto_server\|moto_state.py'  # moto_server, or moto_state.py serve after a restart
 SLURM_CONF=$ETC/slurm.conf
 export SLURM_CONF
 
@@ -230,11 +239,35 @@ start_sshd() {
   wait_for sshd 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_PORT"
 }
 
-start_moto() {
-  pid_alive "$RUN/moto.pid" moto_server && return
-  setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" </dev/null >"$LOG/moto.log" 2>&1 &
+start_moto() {  # [snapshot folder to load before the port opens]
+  pid_alive "$RUN/moto.pid" "$MOTO_PROC" && return
+  if [[ -n ${1:-} ]]; then
+    setsid "$VENV/bin/python" "$REPO/scripts/moto_state.py" serve --host 127.0.0.1 --port "$MOTO_PORT" \
+      --restore "$1" </dev/null >>"$LOG/moto.log" 2>&1 &
+  else
+    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" </dev/null >"$LOG/moto.log" 2>&1 &
+  fi
   echo $! >"$RUN/moto.pid"
-  wait_for moto_server 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT"
+  wait_for moto_server 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT"
+}
+
+stop_moto() {  # snapshot S3 (what a real endpoint keeps), then stop
+  if pid_alive "$RUN/moto.pid" "$MOTO_PROC"; then
+    "$VENV/bin/python" "$REPO/scripts/moto_state.py" snapshot --endpoint "http://127.0.0.1:$MOTO_PORT" \
+      --out "$MOTO_SNAPSHOT" >&2 || die "S3 snapshot failed: moto left running"
+  fi
+  stop_pid "$RUN/moto.pid" "$MOTO_PROC"
+}
+
+restart_moto_after() {  # start moto with the snapshot taken by stop_moto, and the same alert topic
+  local before
+  before=$(cat "$STATE/alerts.env" 2>/dev/null || true)
+  start_moto "$([[ -s $MOTO_SNAPSHOT/index.json ]] && echo "$MOTO_SNAPSHOT")"
+  setup_alert_topic
+  if [[ -n $before && $before != "$(cat "$STATE/alerts.env")" ]]; then
+    die "alert topic/queue changed across the moto restart: $before -> $(cat "$STATE/alerts.env")"
+  fi
+  rm -rf "$MOTO_SNAPSHOT"
 }
 
 start_c4_source() {
@@ -337,7 +370,8 @@ cmd_up() {
 
 cmd_down() {
   stop_pid "$RUN/c4source.pid" http_source.py
-  stop_pid "$RUN/moto.pid" moto_server
+  stop_pid "$RUN/moto.pid" "$MOTO_PROC"
+  rm -rf "$MOTO_SNAPSHOT"
   stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"
   stop_slurm
   stop_pid "$RUN/slurmdbd.pid" slurmdbd
@@ -349,7 +383,7 @@ cmd_down() {
 cmd_status() {
   local ok=0 name want
   for pair in munged.pid:munged slurmctld.pid:slurmctld slurmd.node1.pid:slurmd slurmd.node2.pid:slurmd \
-    sshd.pid:sshd moto.pid:moto_server c4source.pid:http_source.py slurmdbd.pid:slurmdbd mariadb.pid:mariadbd; do
+    sshd.pid:sshd "moto.pid:$MOTO_PROC" c4source.pid:http_source.py slurmdbd.pid:slurmdbd mariadb.pid:mariadbd; do
     name=${pair%%:*} want=${pair##*:}
     if pid_alive "$RUN/$name" "$want"; then
       printf '%-18s running (pid %s)\n' "${name%.pid}" "$(cat "$RUN/$name")"
@@ -363,22 +397,40 @@ cmd_status() {
   return $ok
 }
 
-cmd_restart() {  # service [seconds-down]: fault injection for tests
-  local svc=$1 down=${2:-0}
-  case $svc in
+cmd_stop() {  # service: the first half of a restart (fault injection for tests)
+  case ${1:-} in
     sshd)  # also drops open sessions (children of our sshd), like a network cut would
       if pid_alive "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; then pkill -P "$(cat "$RUN/sshd.pid")" sshd || true; fi
-      stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config"; sleep "$down"; start_sshd ;;
-    slurmctld) stop_pid "$RUN/slurmctld.pid" slurmctld; sleep "$down"; start_slurmctld ;;
-    moto) stop_pid "$RUN/moto.pid" moto_server; sleep "$down"; start_moto ;;
-    *) die "restart: unknown service $svc (sshd, slurmctld, moto)" ;;
+      stop_pid "$RUN/sshd.pid" "$STATE/ssh/sshd_config" ;;
+    slurmctld) stop_pid "$RUN/slurmctld.pid" slurmctld ;;
+    moto) stop_moto ;;
+    *) die "stop: unknown service ${1:-} (sshd, slurmctld, moto)" ;;
   esac
+}
+
+cmd_start() {  # service: the second half of a restart
+  case ${1:-} in
+    sshd) start_sshd ;;
+    slurmctld) start_slurmctld ;;
+    moto) restart_moto_after ;;
+    *) die "start: unknown service ${1:-} (sshd, slurmctld, moto)" ;;
+  esac
+}
+
+cmd_restart() {  # service [seconds-down]: fault injection for tests
+  local svc=${1:-} down=${2:-0}
+  cmd_stop "$svc"
+  sleep "$down"
+  cmd_start "$svc"
+  log "$svc restarted (down ${down}s)"
 }
 
 case ${1:-} in
   up) shift; cmd_up "$@" ;;
   restart) shift; cmd_restart "$@" ;;
+  stop) shift; cmd_stop "$@" ;;
+  start) shift; cmd_start "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up [--accounting] | down | status | restart sshd|slurmctld|moto [seconds-down]" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--accounting] | down | status | restart sshd|slurmctld|moto [seconds-down] | stop|start sshd|slurmctld|moto" >&2; exit 2 ;;
 esac

@@ -137,8 +137,37 @@ def s3_client():
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    config = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=20, read_timeout=120)
-    return botocore.session.get_session().create_client("s3", endpoint_url=endpoint, config=config)
+    retries = int(os.environ.get("NEOXFLOW_S3_RETRIES") or 8)  # retries after the first attempt
+    config = Config(
+        retries={"max_attempts": retries, "mode": "standard"}, connect_timeout=20, read_timeout=120
+    )
+    client = botocore.session.get_session().create_client("s3", endpoint_url=endpoint, config=config)
+    client.meta.events.register("needs-retry.s3", _RetryLogger(retries + 1))
+    return client
+
+
+class _RetryLogger:
+    """Say so in the task's log when an S3 call fails and botocore retries it (otherwise silent): an
+    endpoint outage that the retries ride out must still be visible. Returns None: decides nothing.
+
+    ``max_attempts`` counts every attempt (botocore's ``retries.max_attempts`` counts the retries).
+    """
+
+    def __init__(self, max_attempts: int):
+        self.max_attempts = max_attempts
+
+    def __call__(self, attempts=0, operation=None, response=None, caught_exception=None, **_):
+        if caught_exception is not None:
+            what = f"{type(caught_exception).__name__}: {caught_exception}"
+        else:
+            status = int(getattr(response[0], "status_code", 0) or 0) if response else 0
+            if status < 500 and status != 429:
+                return None
+            what = f"HTTP {status}"
+        name = getattr(operation, "name", "request")
+        then = "; botocore retries it" if attempts < self.max_attempts else "; no attempts left"
+        log(f"S3 {name} attempt {attempts}/{self.max_attempts} failed ({what}){then}")
+        return None
 
 
 def s3_error_code(exc: BaseException) -> tuple[str, int]:
@@ -163,7 +192,7 @@ def classify_s3_error(exc: BaseException, what: str) -> DataMoveError:
 
 def head_object(client, bucket: str, key: str) -> dict[str, Any] | None:
     """HEAD an object; ``None`` when it does not exist."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         return client.head_object(Bucket=bucket, Key=key)
@@ -172,6 +201,8 @@ def head_object(client, bucket: str, key: str) -> dict[str, Any] | None:
         if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
             return None
         raise classify_s3_error(exc, f"HEAD s3://{bucket}/{key}") from None
+    except BotoCoreError as exc:  # endpoint unreachable after botocore's retries: a later try may succeed
+        raise TransientError(f"HEAD s3://{bucket}/{key}: {type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------- sources

@@ -572,6 +572,23 @@ def test_stage_refuses_objects_without_checksum_and_missing_objects(s3, bucket, 
     assert not final.exists()
 
 
+def test_stage_logs_s3_retries_and_exits_transient_when_the_endpoint_stays_down(aws_env, work):
+    """An S3 outage during staging: each failed attempt is logged (botocore's retries are otherwise
+    silent), and once they are spent the task fails with the retryable exit code and one clear line
+    (before: an uncaught EndpointConnectionError traceback, exit 1)."""
+    env = {**aws_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "NEOXFLOW_S3_RETRIES": "1"}
+    final = work / "fsx" / "c4-train.00000-of-01024.json.gz"
+    proc = run_script("stage_to_fsx.py", "--source", "s3://b/c4/x.json.gz", "--dest", str(final), env=env)
+    assert proc.returncode == 75, proc.stderr
+    assert "S3 HeadObject attempt 1/2 failed (EndpointConnectionError" in proc.stderr, proc.stderr
+    assert "attempt 1/2 failed" in proc.stderr and "botocore retries it" in proc.stderr, proc.stderr
+    assert "S3 HeadObject attempt 2/2 failed" in proc.stderr and "no attempts left" in proc.stderr
+    assert "attempt 3/" not in proc.stderr, proc.stderr
+    assert "ERROR: shard c4-train.00000-of-01024.json.gz: HEAD s3://b/c4/x.json.gz" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not final.exists()
+
+
 # ------------------------------------------------------------------------------------------- templates
 
 
