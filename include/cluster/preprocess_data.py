@@ -42,7 +42,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 
 # Our parallelism is --workers processes; the tokenizer must not add its own threads (equal-cores
@@ -316,10 +316,7 @@ def stdlib_unicode_split_pattern() -> re.Pattern:
     )
 
 
-@functools.cache
-def unassigned_chars_pattern() -> re.Pattern:
-    """Matches a code point unassigned (category Cn) in this Python's Unicode tables."""
-    return re.compile(f"[{_class_ranges({'Cn'})}]")
+_NON_ASCII_CHARS = re.compile(r"[^\x00-\x7f]").findall
 
 
 #: Chunks: a maximal non-whitespace run with at most one leading space, or whitespace split the way
@@ -348,16 +345,17 @@ def space_run_chunk_split(lo: int, hi: int) -> re.Pattern:
 
 
 class _PieceCache(dict):
-    """pre-token -> BPE ids, computed by the tokenizer's own BPE model on a miss."""
+    """pre-token -> its BPE ids packed as bytes, computed by the tokenizer's own BPE model on a miss."""
 
-    def __init__(self, model, b2u: dict[int, str]):
+    def __init__(self, model, b2u: dict[int, str], pack):
         super().__init__()
         self._tokenize = model.tokenize
+        self._pack = pack
         self._byte_level = {b: ord(u) for b, u in b2u.items()}  # latin-1 char b -> byte-level char
 
-    def __missing__(self, piece: str) -> tuple[int, ...]:
+    def __missing__(self, piece: str) -> bytes:
         mapped = piece.encode("utf-8").decode("latin-1").translate(self._byte_level)
-        ids = tuple(t.id for t in self._tokenize(mapped))
+        ids = self._pack([t.id for t in self._tokenize(mapped)])
         if len(self) >= PIECE_CACHE_MAX:
             self.clear()
         self[piece] = ids
@@ -447,11 +445,11 @@ class FastExactEncoder(HFEncoder):
         self._chunks_and_runs = space_run_chunk_split(2, lengths[-1]).findall if space_runs else None
         self._normalize = self.hf.normalizer.normalize_str if self.hf.normalizer is not None else None
         self._norm_form = cfg["normalizer"]["type"] if self.hf.normalizer is not None else None
-        self._unassigned = unassigned_chars_pattern().search
+        self._assigned: set[str] = set()  # non-ASCII characters known to Python's Unicode tables
         self._pretok = self.hf.pre_tokenizer.pre_tokenize_str
         self._pieces_ascii = ASCII_SPLIT.findall
         self._pieces = unicode_split_pattern().findall
-        self._piece_ids = _PieceCache(self.hf.model, _bytes_to_unicode())
+        self._piece_ids = _PieceCache(self.hf.model, _bytes_to_unicode(), self.pack)
         # Added tokens live in the chunk cache too (no chunk can equal one: it would have been split out).
         self._added = {t["content"]: self.pack([t["id"]]) for t in added}
         self._cache = _ChunkCache(self._added, self._chunk_miss)
@@ -491,7 +489,13 @@ class FastExactEncoder(HFEncoder):
         stable for assigned characters across Unicode versions, so a string Python calls normalized
         that holds no character unassigned in Python's tables is left unchanged by the tokenizer too.
         Anything else goes through the tokenizer's own normalizer."""
-        return unicodedata.is_normalized(self._norm_form, seg) and self._unassigned(seg) is None
+        if not unicodedata.is_normalized(self._norm_form, seg):
+            return False
+        unknown = set(_NON_ASCII_CHARS(seg)) - self._assigned
+        if any(unicodedata.category(c) == "Cn" for c in unknown):
+            return False
+        self._assigned |= unknown
+        return True
 
     def _units(self, text: str) -> list[str]:
         """``text`` as cache keys, in order: chunks and added-token contents."""
@@ -525,12 +529,15 @@ class FastExactEncoder(HFEncoder):
         (memoised per piece). Raises :class:`_UnverifiedChar` for a character not verified above:
         the document then falls back to plain ``Tokenizer.encode``."""
         if chunk.isascii():
+            word = chunk[1:] if chunk[0] == " " else chunk
+            if word.isalpha() or word.isdigit():  # ` ?[A-Za-z]+` or ` ?[0-9]+`: the chunk is one piece
+                return self._piece_ids[chunk]
             split = self._pieces_ascii(chunk)
         elif all(map(self._verify_char, set(chunk))):
             split = self._pieces(chunk)
         else:
             raise _UnverifiedChar(chunk)
-        return self.pack(list(chain.from_iterable(map(self._piece_ids.__getitem__, split))))
+        return b"".join(map(self._piece_ids.__getitem__, split))
 
     def encode(self, text: str) -> list[int]:
         return np.frombuffer(self.encode_bytes(text), dtype=self.dtype).tolist()
