@@ -116,6 +116,12 @@ def dataset_needs_work(plan: dict[str, Any]) -> bool:
     )
     status, out, err = _hook().run(cmd, check=False)
     if status == 0:
+        other = selection_mismatch(json.loads(_hook().read_file(summary)), plan)
+        if other:
+            log.info(
+                "Dataset %s validates but %s: rebuilding it from the selected shards", lay["data_path"], other
+            )
+            return True
         log.info(
             "Dataset %s exists and validates (%s): data stages skipped",
             lay["data_path"],
@@ -126,6 +132,24 @@ def dataset_needs_work(plan: dict[str, Any]) -> bool:
         "Dataset %s needs building (%s)", lay["data_path"], (err or out).decode().strip()[:200] or "absent"
     )
     return True
+
+
+def selection_mismatch(summary: dict[str, Any], plan: dict[str, Any]) -> str | None:
+    """Why the merged dataset described by ``summary`` was not built from the plan's shard selection,
+    or None when it was. A run asking for other shards must not train on another selection's data."""
+    lay = plan["layout"]
+    built = {p for p in summary.get("datasets", {}) if p != lay["data_path"]}
+    wanted = {
+        posixpath.join(lay["tokens_dir"], f"{stem}_text_document") for stem in plan["data"]["shards"]["stems"]
+    }
+    if built == wanted:
+        return None
+    differences = []
+    if wanted - built:
+        differences.append("missing " + ", ".join(sorted(posixpath.basename(p) for p in wanted - built)))
+    if built - wanted:
+        differences.append("not selected " + ", ".join(sorted(posixpath.basename(p) for p in built - wanted)))
+    return f"it was built from other shards ({'; '.join(differences)})"
 
 
 def plan_python(plan: dict[str, Any]) -> str:
