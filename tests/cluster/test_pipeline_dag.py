@@ -67,6 +67,7 @@ def test_bad_shards_fail_the_plan_naming_the_field(fresh_run, capfd):
     states = ti_states(run)
     assert states["prepare.plan"] == "failed"
     assert states["prepare.lock"] == "upstream_failed"
+    assert states["report"] == "skipped"  # nothing ran: no failing report (and no retry wait)
     assert "shards:" in out and "2000" in out
 
 

@@ -254,13 +254,15 @@ def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def report(plan: dict[str, Any], ti) -> dict[str, Any]:
+def report(plan: dict[str, Any] | None, ti) -> dict[str, Any]:
     """The run's summary: data, training (loss curve PNG), resumes, checkpoints and their S3 copies.
 
     Written beside the checkpoints on FSx and to S3; returned as XCom for the UI and the demo.
     """
     from neoxflow.neox.report import loss_curve_png, summary_json
 
+    if not plan:  # the form or the profile was refused: nothing ran, nothing to report (no retry wait)
+        raise AirflowSkipException("no plan: the run stopped before anything was submitted")
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     data = ti.xcom_pull(task_ids="data.data_summary") or {}
