@@ -177,18 +177,23 @@ class RunFiles:
         return {c.tag for c in complete_checkpoints(listing, Expectation.standin())}
 
 
-def list_s3(cluster_env: dict[str, str], bucket: str, prefix: str) -> list[tuple[str, int]]:
+def aws_client(cluster_env: dict[str, str], service: str = "s3"):
+    """A boto3 client for the local cluster's AWS stand-in, from its Airflow connection (moto endpoint)."""
     import boto3
 
     conn = json.loads(cluster_env["AIRFLOW_CONN_AWS_DEFAULT"])
     extra = conn.get("extra") or {}
-    client = boto3.client(
-        "s3",
+    return boto3.client(
+        service,
         endpoint_url=extra.get("endpoint_url"),
         region_name=extra.get("region_name", "us-east-1"),
         aws_access_key_id=conn.get("login"),
         aws_secret_access_key=conn.get("password"),
     )
+
+
+def list_s3(cluster_env: dict[str, str], bucket: str, prefix: str) -> list[tuple[str, int]]:
+    client = aws_client(cluster_env)
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))

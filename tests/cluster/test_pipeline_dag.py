@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.slurm_helpers import REPO, ti_states
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+import demo_run  # noqa: E402
 
 pytestmark = [pytest.mark.cluster]
 
@@ -229,22 +234,7 @@ def test_a_run_holding_the_lock_keeps_a_second_trigger_out(fresh_run, capfd):
     hook.run(lock.release_command(lock_dir, "pythia_pretrain:other_run"))
 
 
-def _s3_client():
-    import os
-
-    import boto3
-
-    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
-    return boto3.client(
-        "s3",
-        endpoint_url=conn["extra"]["endpoint_url"],
-        region_name="us-east-1",
-        aws_access_key_id=conn["login"],
-        aws_secret_access_key=conn["password"],
-    )
-
-
-def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run, monkeypatch):
+def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run, monkeypatch, cluster_env):
     """DRA mode: after fetch, an IMPORT_METADATA_FROM_REPOSITORY task (FSx API stand-in, tests/fakes)
     makes the shards appear on FSx the way the association would; the stage job then copies nothing,
     verifies every shard's checksum against S3, and the data is tokenized from the imported files."""
@@ -253,7 +243,7 @@ def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run
     name, fsx = fresh_run
     data_dir = f"data-dra-{name}"  # a dataset of its own: the shared one would be skipped as valid
     raw = fsx / data_dir / "c4" / "raw"
-    s3, imported = _s3_client(), []
+    s3, imported = demo_run.aws_client(cluster_env), []
 
     def association_import(task: dict) -> int:
         assert task["Paths"] == [f"{data_dir}/c4/raw"], task["Paths"]

@@ -7,7 +7,6 @@ stopped at the end. Tests talk to them only through the REST API, the UI and the
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -95,17 +94,7 @@ def run_name(request, fsx, cluster_env):
 
 def _delete_s3_copies(cluster_env: dict[str, str], name: str) -> None:
     try:
-        import boto3
-
-        conn = json.loads(cluster_env["AIRFLOW_CONN_AWS_DEFAULT"])
-        extra = conn.get("extra") or {}
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=extra.get("endpoint_url"),
-            region_name=extra.get("region_name", "us-east-1"),
-            aws_access_key_id=conn.get("login"),
-            aws_secret_access_key=conn.get("password"),
-        )
+        s3 = demo_run.aws_client(cluster_env)
         for bucket in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
                 keys = [o["Key"] for o in page.get("Contents", []) if f"/{name}/" in f"/{o['Key']}"]

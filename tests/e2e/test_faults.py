@@ -126,19 +126,6 @@ def stage_logs(fsx: Path, run_name: str) -> dict[str, str]:
     return {p.name: p.read_text(errors="replace") for p in sorted(folder.glob("slurm-*.out"))}
 
 
-def s3_client(cluster_env: dict[str, str]):
-    import boto3
-
-    conn = json.loads(cluster_env["AIRFLOW_CONN_AWS_DEFAULT"])
-    return boto3.client(
-        "s3",
-        endpoint_url=conn["extra"]["endpoint_url"],
-        region_name="us-east-1",
-        aws_access_key_id=conn["login"],
-        aws_secret_access_key=conn["password"],
-    )
-
-
 def note(text: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
@@ -235,7 +222,7 @@ def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fs
     assert retried or stage["try_number"] == 2, f"[moto phase] no retry seen ({met}): {stage}, {logs}"
     assert stage["state"] == "success", stage
     plan = api.xcom(DAG_ID, run_id, "prepare.plan")
-    s3 = s3_client(cluster_env)
+    s3 = demo_run.aws_client(cluster_env)
     names = plan["data"]["shards"]["names"]
     for name in names:
         path = Path(layout["raw_dir"]) / name
