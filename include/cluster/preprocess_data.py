@@ -17,12 +17,12 @@ most of its time outside the tokenizer. This script takes the same flags and wri
 * speed: ``--workers`` processes run an exact fast path of the tokenizer (:class:`FastExactEncoder`)
   on batches of documents; the main process only reads, parses and writes.
 
-The fast path re-implements only the *splitting* of HF ``tokenizers`` (added tokens, and cutting text
-into whitespace-delimited chunks, each of which HF would pre-tokenize on its own) and lets the
-tokenizer itself normalize and encode everything else: a chunk is encoded once by the tokenizer and
-then reused from a cache. The only place it could differ is which characters are whitespace, so it
-verifies each character against the installed tokenizer's own pre-tokenizer before trusting it
-(memoised), and sends any document containing an unverified character to plain ``Tokenizer.encode``.
+The fast path re-implements only the *splitting* of HF ``tokenizers`` (added tokens, and the GPT-2
+pre-tokenizer pattern) and lets the tokenizer itself normalize and BPE everything else: a pre-token
+is encoded once by the tokenizer's own model and then reused from a cache. The only place it could
+differ is which class (letter, number, whitespace, other) a character is in, so it verifies each
+character against the installed tokenizer's own pre-tokenizer before trusting it (memoised), and sends
+any document containing an unverified character to plain ``Tokenizer.encode``.
 Output equality with ``Tokenizer.encode(text).ids`` is tested on adversarial text
 (tests/unit/test_preprocess_data.py).
 """
@@ -56,8 +56,8 @@ READ_CHUNK = 1 << 20  # compressed bytes read at a time
 INFLATE_MAX = 4 << 20  # max decompressed bytes produced per step (bounded memory)
 BATCH_BYTES = 1 << 20  # text bytes per tokenization job
 BATCH_DOCS = 512  # documents per tokenization job
-PIECE_CACHE_MAX = 300_000  # pre-token -> ids entries kept per worker before the cache is reset
-CHUNK_CACHE_MAX = 400_000  # chunk -> ids entries kept per worker (bounded memory, ~60 MB)
+PIECE_CACHE_MAX = 400_000  # pre-token -> ids entries kept per worker (bounded memory, ~50 MB)
+CHUNK_CACHE_MAX = 200_000  # chunk (of non-ASCII text) -> ids entries kept per worker (~30 MB)
 
 
 class InputError(Exception):
@@ -266,8 +266,35 @@ def _alternation(contents: list[str]):
 # Unicode White_Space (stable since Unicode 6.0): ``\s`` of the tokenizer's pre-tokenizer regex. Not
 # Python's ``str.isspace``/``re`` ``\s``, which also match U+001C..U+001F.
 _WHITE_SPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_ASCII_WHITE_SPACE = r"\t\n\x0b\x0c\r "
 
+#: The ByteLevel pre-tokenizer's pattern (GPT-2's), as the tokenizer's JSON does not spell it out.
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def pretokenizer_pattern(
+    letters: str, numbers: str, ws: str, space_runs: tuple[int, int] | None = None
+) -> str:
+    """:data:`GPT2_SPLIT` with its classes spelled out (``letters``, ``numbers``, ``ws``: regex
+    character-class bodies) and, with ``space_runs=(lo, hi)``, the tokenizer's added tokens made of
+    runs of ``lo``..``hi`` spaces folded in (the 20B tokenizer's 2..24).
+
+    HF splits such runs out first (leftmost-longest) and pre-tokenizes the text between them on its
+    own. Folded: the runs are the first alternative, and the whitespace alternatives never take a
+    space followed by a space (``" (?! )"``). So no piece takes the first space of a run (the ``" ?X+"``
+    alternatives take a space only before a non-space), every run is matched from its first space,
+    greedily up to ``hi`` like HF; between runs there are no two adjacent spaces, so there the pattern
+    is GPT-2's, and at a run its look-ahead sees a space, as GPT-2's sees the end of the text. One
+    regex pass instead of a split and a pass per part."""
+    other = f"[^{ws}{letters}{numbers}]"
+    if space_runs is None:
+        head, run = "", f"[{ws}]+"
+    else:
+        lo, hi = space_runs
+        if lo < 2:
+            raise ValueError("runs of one space would split every word")
+        head, run = f" {{{lo},{hi}}}|", f"(?:[{ws.replace(' ', '')}]| (?! ))+"
+    return f"{head}'s|'t|'re|'ve|'m|'ll|'d| ?[{letters}]+| ?[{numbers}]+| ?{other}+|{run}(?![^{ws}])|{run}"
 
 
 def _class_ranges(categories: set[str]) -> str:
@@ -287,89 +314,93 @@ def _class_ranges(categories: set[str]) -> str:
     return "".join(out)
 
 
-#: GPT2_SPLIT for pure-ASCII text: the stdlib ``re`` engine is ~2.3x faster than ``regex`` on it.
-ASCII_SPLIT = re.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII
-)
+@functools.cache
+def ascii_split_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
+    """The pre-tokenizer pattern for pure-ASCII text: the stdlib ``re`` engine, ~2x faster than
+    ``regex`` on it."""
+    return re.compile(pretokenizer_pattern("A-Za-z", "0-9", _ASCII_WHITE_SPACE, space_runs))
 
 
 @functools.cache
-def unicode_split_pattern():
-    """GPT2_SPLIT for any text: compiled by the ``regex`` package (which has ``\\p{..}``) when it is
-    installed, else by ``re`` with the Unicode classes spelled out (correct but ~2x slower)."""
+def unicode_split_pattern(space_runs: tuple[int, int] | None = None):
+    """The pre-tokenizer pattern for any text: compiled by the ``regex`` package (which has
+    ``\\p{..}``) when it is installed, else by ``re`` with the Unicode classes spelled out (correct
+    but ~2x slower)."""
     try:
         import regex
     except ImportError:
-        return stdlib_unicode_split_pattern()
-    return regex.compile(GPT2_SPLIT)
+        return stdlib_unicode_split_pattern(space_runs)
+    return regex.compile(pretokenizer_pattern(r"\p{L}", r"\p{N}", _WHITE_SPACE, space_runs))
 
 
 @functools.cache
-def stdlib_unicode_split_pattern() -> re.Pattern:
-    """GPT2_SPLIT for the stdlib ``re`` engine, Unicode classes from Python's own Unicode data."""
+def stdlib_unicode_split_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
+    """The pre-tokenizer pattern for the stdlib ``re`` engine, classes from Python's Unicode data."""
     letters = _class_ranges({"Lu", "Ll", "Lt", "Lm", "Lo"})
     numbers = _class_ranges({"Nd", "Nl", "No"})
-    ws = _WHITE_SPACE
-    return re.compile(
-        f"'s|'t|'re|'ve|'m|'ll|'d| ?[{letters}]+| ?[{numbers}]+| ?[^{ws}{letters}{numbers}]+"
-        f"|[{ws}]+(?![^{ws}])|[{ws}]+"
-    )
+    return re.compile(pretokenizer_pattern(letters, numbers, _WHITE_SPACE, space_runs))
 
 
 _NON_ASCII_CHARS = re.compile(r"[^\x00-\x7f]").findall
-
-
-#: Chunks: a maximal non-whitespace run with at most one leading space, or whitespace split the way
-#: GPT-2's ``\s+(?!\S)|\s+`` splits it. The GPT-2 pre-tokenizer pattern
-#: ``'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`` only yields pieces that
-#: are all whitespace or non-whitespace behind at most one space, so every piece lies inside one chunk,
-#: and a chunk's pieces do not depend on its neighbours (the one look-around, ``(?!\S)``, is applied by
-#: this pattern too). So ``ids(text) == concat(ids(chunk))``: chunk -> ids can be memoised, and a miss
-#: is the tokenizer's own encode of the chunk. The only classes this depends on are whitespace vs not,
-#: which are verified against the tokenizer per character.
-CHUNK_SPLIT = re.compile(f" ?[^{_WHITE_SPACE}]+|[{_WHITE_SPACE}]+(?![^{_WHITE_SPACE}])|[{_WHITE_SPACE}]+")
 _IS_WHITE_SPACE = re.compile(f"[{_WHITE_SPACE}]").fullmatch
 
 
-def space_run_chunk_split(lo: int, hi: int) -> re.Pattern:
-    """:data:`CHUNK_SPLIT` with the tokenizer's normalized added tokens folded in, when those are the
-    runs of ``lo``..``hi`` spaces (``lo >= 2``; the 20B tokenizer's 2..24). HF splits such runs out
-    leftmost-longest before pre-tokenizing; here they are the first alternative, and the whitespace
-    alternatives never take a space that starts a run (``" (?! )"``), so every match is a chunk of
-    the text between runs, or a run. One regex pass instead of a split and a pass per part."""
+@functools.cache
+def chunk_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
+    r"""Chunks, for non-ASCII text: a maximal non-whitespace run behind at most one space, or
+    whitespace split the way GPT-2's ``\s+(?!\S)|\s+`` splits it (with ``space_runs`` folded in as in
+    :func:`pretokenizer_pattern`). The GPT-2 pattern only yields pieces that are all whitespace or
+    non-whitespace behind at most one space, so every piece lies inside one chunk, and a chunk's
+    pieces do not depend on its neighbours (the one look-around, ``(?!\S)``, is applied here too). So
+    ``ids(text) == concat(ids(chunk))``, and chunk -> ids can be memoised. The stdlib engine splits
+    non-ASCII text into chunks ~3x faster than either engine splits it into GPT-2 pieces (its only
+    class is whitespace); a chunk is split into pieces once, when first met."""
+    ws = _WHITE_SPACE
+    if space_runs is None:
+        return re.compile(f" ?[^{ws}]+|[{ws}]+(?![^{ws}])|[{ws}]+")
+    lo, hi = space_runs
     if lo < 2:
         raise ValueError("runs of one space would split every word")
-    ws, other_ws = _WHITE_SPACE, _WHITE_SPACE.replace(" ", "")
-    run = f"(?:[{other_ws}]| (?! ))+"
-    return re.compile(f" {{{lo},{hi}}}| ?[^{ws}]+|{run}(?![^{ws}])|{run}")
+    run = f"(?:[{ws.replace(' ', '')}]| (?! ))+"
+    return re.compile(f" ?[^{ws}]+| {{{lo},{hi}}}|{run}(?![^{ws}])|{run}")
 
 
 class _PieceCache(dict):
-    """pre-token -> its BPE ids packed as bytes, computed by the tokenizer's own BPE model on a miss."""
+    """pre-token -> its token ids packed as the output dtype's bytes; a miss is encoded by the
+    tokenizer's own BPE model. Starts with the added tokens (no pre-token can equal one: it would
+    have been split out before).
 
-    def __init__(self, model, b2u: dict[int, str], pack):
-        super().__init__()
+    Bounded: when full, the newest half is dropped. Dicts keep insertion order and frequent pieces
+    are met first, so the oldest entries (and the added tokens, inserted first) are the ones kept."""
+
+    def __init__(self, added: dict[str, bytes], model, b2u: dict[int, str], pack, verify_char):
+        super().__init__(added)
         self._tokenize = model.tokenize
         self._pack = pack
+        self._verify_char = verify_char
         self._byte_level = {b: ord(u) for b, u in b2u.items()}  # latin-1 char b -> byte-level char
 
     def __missing__(self, piece: str) -> bytes:
-        mapped = piece.encode("utf-8").decode("latin-1").translate(self._byte_level)
-        ids = self._pack([t.id for t in self._tokenize(mapped)])
+        if piece.isascii():  # ASCII: characters are bytes, and all were verified up front
+            raw = piece
+        elif all(map(self._verify_char, set(piece))):
+            raw = piece.encode("utf-8").decode("latin-1")
+        else:
+            raise _UnverifiedChar(piece)
+        ids = self._pack([t.id for t in self._tokenize(raw.translate(self._byte_level))])
         if len(self) >= PIECE_CACHE_MAX:
-            self.clear()
+            for key in list(islice(reversed(self), len(self) - PIECE_CACHE_MAX // 2)):
+                del self[key]
         self[piece] = ids
         return ids
 
 
 class _ChunkCache(dict):
-    """chunk -> its token ids packed as the output dtype's bytes; ``encode_chunk`` computes a miss.
+    """chunk -> its token ids packed as bytes; ``encode_chunk`` computes a miss. Bounded like
+    :class:`_PieceCache`."""
 
-    Bounded: when full, the newest half is dropped. Dicts keep insertion order and frequent words
-    are met first, so the oldest entries (and the added tokens, inserted first) are the ones kept."""
-
-    def __init__(self, initial: dict[str, bytes], encode_chunk):
-        super().__init__(initial)
+    def __init__(self, added: dict[str, bytes], encode_chunk):
+        super().__init__(added)
         self._encode_chunk = encode_chunk
 
     def __missing__(self, chunk: str) -> bytes:
@@ -390,10 +421,10 @@ class HFEncoder:
 
     name = "hf"
 
-    def __init__(self, vocab_file: str, dtype=None):
+    def __init__(self, vocab_file: str, dtype=None, tokenizer=None):
         from tokenizers import Tokenizer
 
-        self.hf = Tokenizer.from_file(vocab_file)
+        self.hf = tokenizer if tokenizer is not None else Tokenizer.from_file(vocab_file)
         vocab = self.hf.get_vocab_size()
         self.dtype = np.dtype(dtype) if dtype is not None else mmidx.best_fitting_dtype(vocab)
 
@@ -416,16 +447,16 @@ class FastExactEncoder(HFEncoder):
 
     Per document (HF's order): split out non-normalized added tokens (e.g. ``<|endoftext|>``) on the raw
     text; normalize the rest with the tokenizer's own normalizer (not ASCII: NF* is the identity on it);
-    split out normalized added tokens (the 20B tokenizer's runs of 2..24 spaces); cut the rest into
-    chunks (:data:`CHUNK_SPLIT`). Every chunk's ids come from a cache, filled once per batch of
-    documents for the chunks not seen yet (GPT-2 pattern, then the tokenizer's own BPE model per
-    piece). Documents are byte joins of cached ids: no Python int per token, one lookup per word.
+    split out normalized added tokens (the 20B tokenizer's runs of 2..24 spaces, folded into the
+    pattern) and pre-tokenize with the GPT-2 pattern (stdlib ``re`` on ASCII text). Every pre-token's
+    ids come from a cache (:class:`_PieceCache`) that the tokenizer's own BPE model fills on a miss.
+    Documents are byte joins of cached ids: no Python int per token, one lookup per pre-token.
     """
 
     name = "fast"
 
-    def __init__(self, vocab_file: str, dtype=None):
-        super().__init__(vocab_file, dtype)
+    def __init__(self, vocab_file: str, dtype=None, tokenizer=None):
+        super().__init__(vocab_file, dtype, tokenizer)
         with open(vocab_file, encoding="utf-8") as f:
             cfg = json.load(f)
         _check_fast_supported(cfg)
@@ -442,35 +473,43 @@ class FastExactEncoder(HFEncoder):
             if norm
             else False
         )
-        self._chunks_and_runs = space_run_chunk_split(2, lengths[-1]).findall if space_runs else None
+        runs = (2, lengths[-1]) if space_runs else None
+        # ASCII text is split into GPT-2 pieces, other text into chunks (see chunk_pattern); with the
+        # space-run tokens folded in (None: split them out first).
+        self._split_ascii_runs = ascii_split_pattern(runs).findall if runs else None
+        self._chunks_runs = chunk_pattern(runs).findall if runs else None
+        self._split_ascii = ascii_split_pattern().findall
+        self._chunks = chunk_pattern().findall
+        self._split_unicode = unicode_split_pattern().findall
         self._normalize = self.hf.normalizer.normalize_str if self.hf.normalizer is not None else None
         self._norm_form = cfg["normalizer"]["type"] if self.hf.normalizer is not None else None
         self._assigned: set[str] = set()  # non-ASCII characters known to Python's Unicode tables
         self._pretok = self.hf.pre_tokenizer.pre_tokenize_str
-        self._pieces_ascii = ASCII_SPLIT.findall
-        self._pieces = unicode_split_pattern().findall
-        self._piece_ids = _PieceCache(self.hf.model, _bytes_to_unicode(), self.pack)
-        # Added tokens live in the chunk cache too (no chunk can equal one: it would have been split out).
-        self._added = {t["content"]: self.pack([t["id"]]) for t in added}
-        self._cache = _ChunkCache(self._added, self._chunk_miss)
         self._ok_chars: set[str] = set()
         self._bad_chars: set[str] = set()
+        self._other_chars: set[str] = set()  # verified non-ASCII characters in the class "other"
+        self._not_other: set[str] = set()
         self.fallback_docs = 0
         bad_ascii = [
             c
             for c in map(chr, range(128))
-            if not (self._verify_char(c) and self._verify_char(c, self._pieces_ascii))
+            if not (self._verify_char(c) and self._verify_char(c, self._split_ascii))
         ]
         if bad_ascii:
             raise UnsupportedTokenizer(f"pre-tokenizer classes differ on ASCII {bad_ascii!r}")
+        self._added = {t["content"]: self.pack([t["id"]]) for t in added}
+        self._cache = _PieceCache(
+            self._added, self.hf.model, _bytes_to_unicode(), self.pack, self._verify_char
+        )
+        self._chunk_cache = _ChunkCache(self._added, self._chunk_miss)
 
     def _verify_char(self, c: str, pieces=None) -> bool:
         """Do our patterns classify ``c`` like the tokenizer's own pre-tokenizer? (memoised)
 
         The probes put ``c`` after a letter, a digit, punctuation, a space and a newline, and before a
         space: the piece counts then agree exactly when both engines put ``c`` in the same class
-        (letter, number, whitespace, other), which is all the GPT-2 pattern depends on. The chunk
-        pattern's whitespace class must agree too (``"\\n" + c`` is one piece iff ``c`` is whitespace)."""
+        (letter, number, whitespace, other), which is all the GPT-2 pattern depends on. Our
+        whitespace class must agree too (``"\\n" + c`` is one piece iff ``c`` is whitespace)."""
         probes = ("a" + c, "1" + c, "!" + c, " " + c + "a", c + " a", c + c, "\n" + c)
         if pieces is not None:  # an explicit engine: check, do not memoise
             return all(len(self._pretok(p)) == len(pieces(p)) for p in probes)
@@ -478,7 +517,7 @@ class FastExactEncoder(HFEncoder):
             return True
         if c in self._bad_chars:
             return False
-        ok = all(len(self._pretok(p)) == len(self._pieces(p)) for p in probes)
+        ok = all(len(self._pretok(p)) == len(self._split_unicode(p)) for p in probes)
         ok = ok and (len(self._pretok("\n" + c)) == 1) == bool(_IS_WHITE_SPACE(c))
         (self._ok_chars if ok else self._bad_chars).add(c)
         return ok
@@ -497,73 +536,87 @@ class FastExactEncoder(HFEncoder):
         self._assigned |= unknown
         return True
 
-    def _units(self, text: str) -> list[str]:
-        """``text`` as cache keys, in order: chunks and added-token contents."""
-        if self._raw_split is not None and self._raw_prefix in text:
-            units: list[str] = []
-            for i, seg in enumerate(self._raw_split.split(text)):
-                if i % 2:
-                    units.append(seg)
-                elif seg:
-                    units += self._segment_units(seg)
-            return units
-        return self._segment_units(text)
+    def _only_ascii_classes(self, seg: str) -> bool:
+        """Is every non-ASCII character of ``seg`` one the ASCII pattern classifies right? Its classes
+        put any non-ASCII character in "other" (not a letter, number or whitespace), which is right
+        for punctuation and symbols (’ “ ” — € emoji, the commonest non-ASCII characters of web
+        text): such text splits into the same pieces as with the Unicode pattern. A character
+        counts once verified against the tokenizer and found "other" by the Unicode pattern too."""
+        new = set(_NON_ASCII_CHARS(seg)) - self._other_chars
+        return not new or all(map(self._is_other, new))
 
-    def _segment_units(self, seg: str) -> list[str]:
+    def _is_other(self, c: str) -> bool:
+        if c in self._not_other:
+            return False
+        # "!" + c is one piece iff c is "other" (a letter, number or whitespace would start a new one)
+        if self._verify_char(c) and len(self._split_unicode("!" + c)) == 1 and not _IS_WHITE_SPACE(c):
+            self._other_chars.add(c)
+            return True
+        self._not_other.add(c)
+        return False
+
+    def _encode_text(self, text: str) -> bytes:
+        if self._raw_split is None or self._raw_prefix not in text:
+            return self._encode_segment(text)
+        parts = []
+        for i, seg in enumerate(self._raw_split.split(text)):
+            if i % 2:
+                parts.append(self._added[seg])
+            elif seg:
+                parts.append(self._encode_segment(seg))
+        return b"".join(parts)
+
+    def _encode_segment(self, seg: str) -> bytes:
+        """Text between raw added tokens: normalized, split (around normalized added tokens), looked up."""
         if not seg.isascii() and self._normalize is not None and not self._already_normalized(seg):
             seg = self._normalize(seg)
-        if self._chunks_and_runs is not None:
-            return self._chunks_and_runs(seg)
+        if seg.isascii() or self._only_ascii_classes(seg):
+            folded, plain, lookup = self._split_ascii_runs, self._split_ascii, self._cache.__getitem__
+        else:
+            folded, plain, lookup = self._chunks_runs, self._chunks, self._chunk_cache.__getitem__
+        if folded is not None:
+            return b"".join(map(lookup, folded(seg)))
         if self._norm_split is None or self._norm_prefix not in seg:
-            return CHUNK_SPLIT.findall(seg)
-        units: list[str] = []
+            return b"".join(map(lookup, plain(seg)))
+        parts = []
         for k, part in enumerate(self._norm_split.split(seg)):
             if k % 2:
-                units.append(part)
+                parts.append(self._added[part])
             elif part:
-                units += CHUNK_SPLIT.findall(part)
-        return units
+                parts.append(b"".join(map(lookup, plain(part))))
+        return b"".join(parts)
 
     def _chunk_miss(self, chunk: str) -> bytes:
-        """A chunk not seen yet: the GPT-2 pattern's pieces, each BPE'd by the tokenizer's own model
-        (memoised per piece). Raises :class:`_UnverifiedChar` for a character not verified above:
-        the document then falls back to plain ``Tokenizer.encode``."""
-        if chunk.isascii():
-            word = chunk[1:] if chunk[0] == " " else chunk
-            if word.isalpha() or word.isdigit():  # ` ?[A-Za-z]+` or ` ?[0-9]+`: the chunk is one piece
-                return self._piece_ids[chunk]
-            split = self._pieces_ascii(chunk)
-        elif all(map(self._verify_char, set(chunk))):
-            split = self._pieces(chunk)
-        else:
-            raise _UnverifiedChar(chunk)
-        return b"".join(map(self._piece_ids.__getitem__, split))
+        """A chunk not seen yet: its GPT-2 pieces' ids (a non-ASCII piece checks its characters, see
+        :class:`_PieceCache`; an unverified one makes the document fall back to the tokenizer)."""
+        pieces = self._split_ascii(chunk) if chunk.isascii() else self._split_unicode(chunk)
+        return b"".join(map(self._cache.__getitem__, pieces))
 
     def encode(self, text: str) -> list[int]:
         return np.frombuffer(self.encode_bytes(text), dtype=self.dtype).tolist()
 
     def encode_many_bytes(self, texts: list[str]) -> list[bytes]:
-        lookup, units = self._cache.__getitem__, self._units
         out = []
         for text in texts:
             try:
-                out.append(b"".join(map(lookup, units(text))))
+                out.append(self._encode_text(text))
             except _UnverifiedChar:  # the tokenizer itself does this document
                 self.fallback_docs += 1
                 out.append(self.pack(self.hf.encode(text).ids))
         return out
 
 
-def make_encoder(vocab_file: str, engine: str = "auto", dtype=None) -> HFEncoder:
-    """``fast`` (exact fast path), ``hf`` (plain HF), or ``auto`` (fast when supported, else hf)."""
+def make_encoder(vocab_file: str, engine: str = "auto", dtype=None, tokenizer=None) -> HFEncoder:
+    """``fast`` (exact fast path), ``hf`` (plain HF), or ``auto`` (fast when supported, else hf).
+    ``tokenizer``: the ``Tokenizer`` already loaded from ``vocab_file`` (loading takes ~0.15 s)."""
     if engine == "hf":
-        return HFEncoder(vocab_file, dtype)
+        return HFEncoder(vocab_file, dtype, tokenizer)
     try:
-        return FastExactEncoder(vocab_file, dtype)
+        return FastExactEncoder(vocab_file, dtype, tokenizer)
     except UnsupportedTokenizer:
         if engine == "fast":
             raise
-        return HFEncoder(vocab_file, dtype)
+        return HFEncoder(vocab_file, dtype, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -573,8 +626,10 @@ def make_encoder(vocab_file: str, engine: str = "auto", dtype=None) -> HFEncoder
 _WORKER: dict = {}
 
 
-def _worker_init(vocab_file: str, engine: str, append_eod: bool, use_ftfy: bool, dtype: str) -> None:
-    enc = make_encoder(vocab_file, engine, dtype)
+def _worker_init(
+    vocab_file: str, engine: str, append_eod: bool, use_ftfy: bool, dtype: str, tokenizer=None
+) -> None:
+    enc = make_encoder(vocab_file, engine, dtype, tokenizer)
     eod = enc.pack([enc.hf.token_to_id("<|endoftext|>")]) if append_eod else b""
     fix = None
     if use_ftfy:
@@ -696,7 +751,7 @@ def run(
     stats = Stats(tokens={k: 0 for k in keys}, items={k: 0 for k in keys})
     Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
     writers = [mmidx.DatasetWriter(output_prefix_for(output_prefix, k), dtype) for k in keys]
-    init_args = (vocab_file, engine, append_eod, use_ftfy, dtype.str)
+    init_args = (vocab_file, engine, append_eod, use_ftfy, dtype.str, hf)
     pool = None
     next_log = log_interval
     try:

@@ -108,16 +108,52 @@ def test_whitespace_runs_fuzz(fast, hf):
 
 
 def test_split_path_for_other_added_tokens_is_exact_too(hf):
-    """Tokenizers whose normalized added tokens are not runs of spaces take the split-then-chunk path."""
+    """Tokenizers whose normalized added tokens are not runs of spaces split them out first, then
+    pre-tokenize each part (the 20B tokenizer's runs of 2..24 spaces are folded into one pattern)."""
     enc = pp.FastExactEncoder(str(TOKENIZER))
-    assert enc._chunks_and_runs is not None  # the 20B tokenizer's runs of 2..24 spaces: one regex pass
-    enc._chunks_and_runs = None
+    assert enc._split_ascii_runs is not None and enc._chunks_runs is not None
+    enc._split_ascii_runs = enc._chunks_runs = None
     for text in ADVERSARIAL + _fuzz(300, seed=21):
         assert enc.encode(text) == hf.encode(text).ids, repr(text)
 
 
+def test_text_whose_non_ascii_is_punctuation_takes_the_ascii_pattern(hf):
+    """Curly quotes, dashes, currency signs and emoji are "other" to the GPT-2 pattern, as every
+    non-ASCII character is to the ASCII one: such text is split by the ASCII pattern (no chunks) and
+    still comes out exactly as the tokenizer makes it. A letter (é) sends text to the chunk path."""
+    enc = pp.FastExactEncoder(str(TOKENIZER))
+    rng = random.Random(29)
+    pool = [
+        "it",
+        "’s",
+        "’",
+        " ",
+        " ",
+        "“",
+        "”",
+        "—",
+        "€",
+        "5",
+        "🙂",
+        "\u200d",
+        "!",
+        "'s",
+        "  ",
+        "\n",
+        "x",
+        "…",
+    ]
+    texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
+    assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
+    assert {"’", "“", "—", "€", "🙂", "\u200d"} <= enc._other_chars
+    assert len(enc._chunk_cache) == len(enc._added)  # the chunk path was never taken
+    letters = [t + " café" for t in texts[:50]]
+    assert [enc.encode(t) for t in letters] == [hf.encode(t).ids for t in letters]
+    assert len(enc._chunk_cache) > len(enc._added) and "é" not in enc._other_chars
+
+
 def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
-    """If the chunker's idea of whitespace disagreed with the tokenizer's on a character, documents
+    """If our idea of whitespace disagreed with the tokenizer's on a character, documents
     holding it go to plain ``encode`` (still exact); others keep the fast path."""
     real = pp._IS_WHITE_SPACE
     monkeypatch.setattr(pp, "_IS_WHITE_SPACE", lambda c: None if c == "\u3000" else real(c))
@@ -127,9 +163,9 @@ def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
     assert enc.fallback_docs == 2
 
 
-def test_chunk_cache_is_bounded_and_stays_exact(monkeypatch, hf):
+def test_piece_cache_is_bounded_and_stays_exact(monkeypatch, hf):
     """Peak memory must not grow with the shard: the cache keeps its oldest (most frequent) half."""
-    monkeypatch.setattr(pp, "CHUNK_CACHE_MAX", 200)
+    monkeypatch.setattr(pp, "PIECE_CACHE_MAX", 200)
     enc = pp.FastExactEncoder(str(TOKENIZER))
     texts = _fuzz(300, seed=13) + [" ".join(f"w{i}x{j}" for j in range(50)) for i in range(20)]
     assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
