@@ -111,54 +111,42 @@ def test_split_path_for_other_added_tokens_is_exact_too(hf):
     """Tokenizers whose normalized added tokens are not runs of spaces split them out first, then
     pre-tokenize each part (the 20B tokenizer's runs of 2..24 spaces are folded into one pattern)."""
     enc = pp.FastExactEncoder(str(TOKENIZER))
-    assert enc._split_ascii_runs is not None and enc._chunks_runs is not None
-    enc._split_ascii_runs = enc._chunks_runs = None
+    assert enc._split_fast_runs is not None and enc._chunks_runs is not None
+    enc._split_fast_runs = enc._chunks_runs = None
     for text in ADVERSARIAL + _fuzz(300, seed=21):
         assert enc.encode(text) == hf.encode(text).ids, repr(text)
 
 
-def test_text_whose_non_ascii_is_punctuation_takes_the_ascii_pattern(hf):
-    """Curly quotes, dashes, currency signs and emoji are "other" to the GPT-2 pattern, as every
-    non-ASCII character is to the ASCII one: such text is split by the ASCII pattern (no chunks) and
-    still comes out exactly as the tokenizer makes it. A letter (é) sends text to the chunk path."""
+def test_fast_pattern_takes_text_it_classifies_right_and_chunks_take_the_rest(hf):
+    """The fast pattern spells out the letters and numbers of the BMP and calls everything else
+    "other": right for Latin, Cyrillic, CJK, punctuation and emoji, so such text is split by it (no
+    chunks) and comes out exactly as the tokenizer makes it. A letter outside the BMP (mathematical
+    fraktur) would be "other" to it: text holding one takes the chunk path, still exact."""
     enc = pp.FastExactEncoder(str(TOKENIZER))
     rng = random.Random(29)
-    pool = [
-        "it",
-        "’s",
-        "’",
-        " ",
-        " ",
-        "“",
-        "”",
-        "—",
-        "€",
-        "5",
-        "🙂",
-        "\u200d",
-        "!",
-        "'s",
-        "  ",
-        "\n",
-        "x",
-        "…",
-    ]
+    pool = ["it", "’s", "’", " ", " ", "“", "—", "€", "½", "5", "🙂", "\u200d", "!", "'s", "  ", "\n", "café",
+            "Привет", "東京", "…", "x"]  # fmt: skip
     texts = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 40))) for _ in range(1500)]
     assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
-    assert {"’", "“", "—", "€", "🙂", "\u200d"} <= enc._other_chars
+    assert {"’", "—", "€", "½", "é", "П", "東", "🙂", "\u200d"} <= enc._fast_chars
     assert len(enc._chunk_cache) == len(enc._added)  # the chunk path was never taken
-    letters = [t + " café" for t in texts[:50]]
-    assert [enc.encode(t) for t in letters] == [hf.encode(t).ids for t in letters]
-    assert len(enc._chunk_cache) > len(enc._added) and "é" not in enc._other_chars
+    astral = [t + " 𝔘𝔫𝔦 x" for t in texts[:50]]
+    assert [enc.encode(t) for t in astral] == [hf.encode(t).ids for t in astral]
+    assert len(enc._chunk_cache) > len(enc._added) and enc._not_fast & {"𝔘", "𝔫", "𝔦"}
 
 
 def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
-    """If our idea of whitespace disagreed with the tokenizer's on a character, documents
-    holding it go to plain ``encode`` (still exact); others keep the fast path."""
-    real = pp._IS_WHITE_SPACE
-    monkeypatch.setattr(pp, "_IS_WHITE_SPACE", lambda c: None if c == "\u3000" else real(c))
+    """If our patterns disagreed with the tokenizer on a character's class (here: the check is made
+    to fail for U+3000), documents holding it go to plain ``encode`` (still exact); others keep the
+    fast path."""
+    real = pp.FastExactEncoder._verify_char
+    monkeypatch.setattr(
+        pp.FastExactEncoder,
+        "_verify_char",
+        lambda self, c, pieces=None: c != "\u3000" and real(self, c, pieces),
+    )
     enc = pp.FastExactEncoder(str(TOKENIZER))
-    texts = ["plain words", "ideographic\u3000space", "more plain words", "x \u3000 y"]
+    texts = ["plain words", "ideographic\u3000space", "more plain words", "x \u3000 y", "café"]
     assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
     assert enc.fallback_docs == 2
 
