@@ -2,11 +2,14 @@
 
 One command, same C4-format input, same cores, same run:
 
-    .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--neox /work/neox --neox-python PY]
+    .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--repeat 3] \
+        [--neox /work/neox --neox-python PY]
 
 Prints tokens/s, MB/s (UTF-8 bytes of the text fields) and peak RSS (process tree) for each tool, the
 ratios against NeoX (when ``--neox`` is given) and against plain HF ``Tokenizer.encode_batch`` (always),
 and whether the ``.bin``/``.idx`` outputs are byte-identical. Wall time includes each tool's start-up.
+With ``--repeat N`` the tools run N times, interleaved (ours, HF, NeoX, ours, ...), and the median wall
+time of each is reported: a shared VM's run-to-run spread (±20% here) is larger than one run shows.
 The input is generated from prose found on this machine (``/usr/share/doc``; synthetic words if
 absent) shaped like allenai/c4 lines (``text``, ``timestamp``, ``url``), ~10% non-ASCII documents.
 """
@@ -19,6 +22,7 @@ import gzip
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--docs", type=int, default=20000, help="documents to generate (default 20000)")
     p.add_argument("--input", help="use this .jsonl instead of generating one")
     p.add_argument("--workers", type=int, default=2, help="--workers for our script and NeoX's")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each tool, interleaved; medians reported")
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
     p.add_argument("--neox", help="a GPT-NeoX checkout: also run its tools/datasets/preprocess_data.py")
     p.add_argument("--neox-python", default=sys.executable, help="python with NeoX's deps (lm_dataformat..)")
@@ -154,31 +159,34 @@ def main(argv: list[str] | None = None) -> int:
         text_bytes = make_input(src, args.docs)
     print(f"input {src}: {text_bytes / 1e6:.1f} MB of text, cores {os.cpu_count()}, workers {args.workers}")
 
-    results: dict[str, tuple[float, int, str]] = {}
-    ours = str(work / "ours")
-    wall, rss = timed(
-        [sys.executable, str(CLUSTER / "preprocess_data.py"), "--input", str(src), "--tokenizer-type",
-         "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", ours,
-         "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"]
-    )  # fmt: skip
-    results["ours"] = (wall, rss, ours + "_text_document")
-
-    hf = str(work / "hf_text_document")
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(args.workers))
-    wall, rss = timed(
-        [sys.executable, "-c", HF_BASELINE, str(src), args.tokenizer, hf, str(CLUSTER)], env=env
-    )
-    results["hf_encode_batch"] = (wall, rss, hf)
-
+    ours, hf, neox = str(work / "ours"), str(work / "hf_text_document"), str(work / "neox")
+    commands: dict[str, tuple[list[str], dict | None, Path | None, str]] = {
+        "ours": (
+            [sys.executable, str(CLUSTER / "preprocess_data.py"), "--input", str(src), "--tokenizer-type",
+             "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", ours,
+             "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"],
+            None, None, ours + "_text_document"),
+        "hf_encode_batch": (
+            [sys.executable, "-c", HF_BASELINE, str(src), args.tokenizer, hf, str(CLUSTER)],
+            dict(os.environ, TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(args.workers)), None, hf),
+    }  # fmt: skip
     if args.neox:
-        neox = str(work / "neox")
-        wall, rss = timed(
+        commands["neox"] = (
             [args.neox_python, "tools/datasets/preprocess_data.py", "--input", str(src), "--tokenizer-type",
              "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", neox,
              "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"],
-            cwd=Path(args.neox),
-        )  # fmt: skip
-        results["neox"] = (wall, rss, neox + "_text_document")
+            None, Path(args.neox), neox + "_text_document")  # fmt: skip
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    peaks: dict[str, int] = {name: 0 for name in commands}
+    for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every tool
+        for name, (cmd, env, cwd, _prefix) in commands.items():
+            wall, rss = timed(cmd, cwd=cwd, env=env)
+            walls[name].append(wall)
+            peaks[name] = max(peaks[name], rss)
+    results = {name: (statistics.median(walls[name]), peaks[name], c[3]) for name, c in commands.items()}
+    if args.repeat > 1:
+        for name, ws in walls.items():
+            print(f"{name:<16} wall s per run: {', '.join(f'{w:.2f}' for w in ws)}")
 
     tokens = mmidx.DatasetReader(results["ours"][2]).num_tokens
     print(f"{'tool':<16} {'wall s':>8} {'M tok/s':>8} {'MB/s':>7} {'peak RSS MB':>12}  output")
@@ -189,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{rss / 2**20:12.0f}  {same}")  # fmt: skip
     for base in ("hf_encode_batch", "neox"):
         if base in results:
-            print(f"speed-up ours vs {base}: {results[base][0] / results['ours'][0]:.2f}x")
+            runs = " (median wall times)" if args.repeat > 1 else ""
+            print(f"speed-up ours vs {base}: {results[base][0] / results['ours'][0]:.2f}x{runs}")
     identical = all(same_files(r[2], results["ours"][2]) for r in results.values())
     return 0 if identical else 1
 
