@@ -42,7 +42,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 # Our parallelism is --workers processes; the tokenizer must not add its own threads (equal-cores
@@ -198,7 +198,7 @@ def read_documents(paths: Iterable[str], keys: list[str]) -> Iterator[Document]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(f"{where}: invalid UTF-8 at byte {exc.start} of the line") from None
-            if not line.strip():
+            if not line or line.isspace():  # blank (no copy of the line, unlike strip())
                 continue
             try:
                 obj = json.loads(line)
@@ -667,11 +667,10 @@ def _encode_job(texts: list[str]):
             except Exception as exc:
                 return ("error", i, f"cannot tokenize: {type(exc).__name__}: {exc}")
         raise
-    itemsize = enc.dtype.itemsize
-    sizes = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs)) // itemsize
+    sizes = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) // enc.dtype.itemsize
     if eod:
         sizes += 1
-        docs = [d + eod for d in docs]
+        docs = chain.from_iterable(zip(docs, repeat(eod)))  # joined once below, no copy per document
     empty = np.flatnonzero(sizes == 0)
     if empty.size:
         return ("error", int(empty[0]), "document produced no tokens")
