@@ -359,14 +359,13 @@ _IS_WHITE_SPACE = re.compile(f"[{_WHITE_SPACE}]").fullmatch
 
 @functools.cache
 def chunk_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
-    r"""Chunks, for non-ASCII text: a maximal non-whitespace run behind at most one space, or
-    whitespace split the way GPT-2's ``\s+(?!\S)|\s+`` splits it (with ``space_runs`` folded in as in
-    :func:`pretokenizer_pattern`). The GPT-2 pattern only yields pieces that are all whitespace or
-    non-whitespace behind at most one space, so every piece lies inside one chunk, and a chunk's
-    pieces do not depend on its neighbours (the one look-around, ``(?!\S)``, is applied here too). So
-    ``ids(text) == concat(ids(chunk))``, and chunk -> ids can be memoised. The stdlib engine splits
-    non-ASCII text into chunks ~3x faster than either engine splits it into GPT-2 pieces (its only
-    class is whitespace); a chunk is split into pieces once, when first met."""
+    r"""Chunks, for text the fast pattern cannot split: a maximal non-whitespace run behind at most one
+    space, or whitespace split the way GPT-2's ``\s+(?!\S)|\s+`` splits it (with ``space_runs`` folded
+    in as in :func:`pretokenizer_pattern`). The GPT-2 pattern only yields pieces that are all
+    whitespace or non-whitespace behind at most one space, so every piece lies inside one chunk, and a
+    chunk's pieces do not depend on its neighbours (the one look-around, ``(?!\S)``, is applied here
+    too). So ``ids(text) == concat(ids(chunk))``, and chunk -> ids can be memoised: a chunk is split by
+    the Unicode pattern once, when first met. Its only class is whitespace (verified per character)."""
     ws = _WHITE_SPACE
     if space_runs is None:
         return re.compile(f" ?[^{ws}]+|[{ws}]+(?![^{ws}])|[{ws}]+")
@@ -457,8 +456,8 @@ class FastExactEncoder(HFEncoder):
     Per document (HF's order): split out non-normalized added tokens (e.g. ``<|endoftext|>``) on the raw
     text; normalize the rest with the tokenizer's own normalizer (not ASCII: NF* is the identity on it);
     split out normalized added tokens (the 20B tokenizer's runs of 2..24 spaces, folded into the
-    pattern) and pre-tokenize with the GPT-2 pattern: the stdlib ``re`` with ASCII classes on text
-    that is ASCII or whose non-ASCII characters are all punctuation/symbols (most web text), else
+    pattern) and pre-tokenize with the GPT-2 pattern: :func:`fast_split_pattern` (stdlib ``re``) on
+    text whose non-ASCII characters it classifies like the tokenizer (nearly all text), else
     whitespace chunks first (:func:`chunk_pattern`, memoised per chunk) and the Unicode pattern per new
     chunk. Every pre-token's ids come from a cache (:class:`_PieceCache`) that the tokenizer's own
     BPE model fills on a miss. Documents are byte joins of cached ids: no Python int per token, one
@@ -486,8 +485,8 @@ class FastExactEncoder(HFEncoder):
             else False
         )
         runs = (2, lengths[-1]) if space_runs else None
-        # ASCII text is split into GPT-2 pieces, other text into chunks (see chunk_pattern); with the
-        # space-run tokens folded in (None: split them out first).
+        # Text is split into GPT-2 pieces by the fast pattern, or into chunks (chunk_pattern) when it holds
+        # a character that pattern misclassifies; the space-run tokens folded in (None: split out first).
         self._split_fast_runs = fast_split_pattern(runs).findall if runs else None
         self._chunks_runs = chunk_pattern(runs).findall if runs else None
         self._split_fast = fast_split_pattern().findall
