@@ -334,23 +334,23 @@ def _bmp_classes() -> tuple[str, str]:
 
 
 @functools.cache
-def unicode_split_pattern(space_runs: tuple[int, int] | None = None):
+def unicode_split_pattern():
     """The pre-tokenizer pattern for any text: compiled by the ``regex`` package (which has
     ``\\p{..}``) when it is installed, else by ``re`` with the Unicode classes spelled out (correct
     but ~2x slower)."""
     try:
         import regex
     except ImportError:
-        return stdlib_unicode_split_pattern(space_runs)
-    return regex.compile(pretokenizer_pattern(r"\p{L}", r"\p{N}", _WHITE_SPACE, space_runs))
+        return stdlib_unicode_split_pattern()
+    return regex.compile(pretokenizer_pattern(r"\p{L}", r"\p{N}", _WHITE_SPACE))
 
 
 @functools.cache
-def stdlib_unicode_split_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
+def stdlib_unicode_split_pattern() -> re.Pattern:
     """The pre-tokenizer pattern for the stdlib ``re`` engine, classes from Python's Unicode data."""
     letters = _class_ranges({"Lu", "Ll", "Lt", "Lm", "Lo"})
     numbers = _class_ranges({"Nd", "Nl", "No"})
-    return re.compile(pretokenizer_pattern(letters, numbers, _WHITE_SPACE, space_runs))
+    return re.compile(pretokenizer_pattern(letters, numbers, _WHITE_SPACE))
 
 
 _NON_ASCII_CHARS = re.compile(r"[^\x00-\x7f]").findall
@@ -387,10 +387,8 @@ class _PieceCache(dict):
     def __init__(self, added: dict[str, bytes], model, b2u: dict[int, str], dtype: np.dtype, vocab_size: int):
         super().__init__(added)
         self._tokenize = model.tokenize
-        ids = np.arange(vocab_size, dtype=dtype).tobytes()
-        self._packed = [
-            ids[i : i + dtype.itemsize] for i in range(0, len(ids), dtype.itemsize)
-        ]  # id -> bytes
+        ids, size = np.arange(vocab_size, dtype=dtype).tobytes(), dtype.itemsize
+        self._packed = [ids[i : i + size] for i in range(0, len(ids), size)]  # token id -> its bytes
         self._byte_level = {b: ord(u) for b, u in b2u.items()}  # latin-1 char b -> byte-level char
 
     def __missing__(self, piece: str) -> bytes:
