@@ -271,6 +271,18 @@ _WHITE_SPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u2
 GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+def _space_runs_and_whitespace(ws: str, space_runs: tuple[int, int] | None) -> tuple[str, str]:
+    """The alternative matching a run of ``lo``..``hi`` spaces (with its ``|``; empty without
+    ``space_runs``) and the whitespace-run pattern to use beside it, which never takes a space followed
+    by a space (see :func:`pretokenizer_pattern`)."""
+    if space_runs is None:
+        return "", f"[{ws}]+"
+    lo, hi = space_runs
+    if lo < 2:
+        raise ValueError("runs of one space would split every word")
+    return f" {{{lo},{hi}}}|", f"(?:[{ws.replace(' ', '')}]| (?! ))+"
+
+
 def pretokenizer_pattern(
     letters: str, numbers: str, ws: str, space_runs: tuple[int, int] | None = None
 ) -> str:
@@ -286,13 +298,7 @@ def pretokenizer_pattern(
     is GPT-2's, and at a run its look-ahead sees a space, as GPT-2's sees the end of the text. One
     regex pass instead of a split and a pass per part."""
     other = f"[^{ws}{letters}{numbers}]"
-    if space_runs is None:
-        head, run = "", f"[{ws}]+"
-    else:
-        lo, hi = space_runs
-        if lo < 2:
-            raise ValueError("runs of one space would split every word")
-        head, run = f" {{{lo},{hi}}}|", f"(?:[{ws.replace(' ', '')}]| (?! ))+"
+    head, run = _space_runs_and_whitespace(ws, space_runs)
     # GPT-2's alternatives in GPT-2's order, except that letters come first: no earlier alternative can
     # match where ` ?letters` does (a letter, or one space then a letter), and words are most pieces.
     return f" ?[{letters}]+|{head}'s|'t|'re|'ve|'m|'ll|'d| ?[{numbers}]+| ?{other}+|{run}(?![^{ws}])|{run}"
@@ -367,22 +373,27 @@ def chunk_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
     too). So ``ids(text) == concat(ids(chunk))``, and chunk -> ids can be memoised: a chunk is split by
     the Unicode pattern once, when first met. Its only class is whitespace (verified per character)."""
     ws = _WHITE_SPACE
-    if space_runs is None:
-        return re.compile(f" ?[^{ws}]+|[{ws}]+(?![^{ws}])|[{ws}]+")
-    lo, hi = space_runs
-    if lo < 2:
-        raise ValueError("runs of one space would split every word")
-    run = f"(?:[{ws.replace(' ', '')}]| (?! ))+"
-    return re.compile(f" ?[^{ws}]+| {{{lo},{hi}}}|{run}(?![^{ws}])|{run}")
+    head, run = _space_runs_and_whitespace(ws, space_runs)
+    return re.compile(f" ?[^{ws}]+|{head}{run}(?![^{ws}])|{run}")
 
 
-class _PieceCache(dict):
+class _BoundedCache(dict):
+    """A memo that keeps at most ``limit`` entries: when full, the newest half is dropped. Dicts keep
+    insertion order and frequent keys are met first, so the oldest entries (and the added tokens,
+    inserted first) are the ones kept."""
+
+    def _store(self, key: str, value: bytes, limit: int) -> bytes:
+        if len(self) >= limit:
+            for old in list(islice(reversed(self), len(self) - limit // 2)):
+                del self[old]
+        self[key] = value
+        return value
+
+
+class _PieceCache(_BoundedCache):
     """pre-token -> its token ids packed as the output dtype's bytes; a miss is encoded by the
     tokenizer's own BPE model. Starts with the added tokens (no pre-token can equal one: it would
-    have been split out before).
-
-    Bounded: when full, the newest half is dropped. Dicts keep insertion order and frequent pieces
-    are met first, so the oldest entries (and the added tokens, inserted first) are the ones kept."""
+    have been split out before). At most ``PIECE_CACHE_MAX`` entries."""
 
     def __init__(self, added: dict[str, bytes], model, b2u: dict[int, str], dtype: np.dtype, vocab_size: int):
         super().__init__(added)
@@ -394,28 +405,19 @@ class _PieceCache(dict):
     def __missing__(self, piece: str) -> bytes:
         raw = piece if piece.isascii() else piece.encode("utf-8").decode("latin-1")  # ASCII: chars are bytes
         ids = b"".join([self._packed[t.id] for t in self._tokenize(raw.translate(self._byte_level))])
-        if len(self) >= PIECE_CACHE_MAX:
-            for key in list(islice(reversed(self), len(self) - PIECE_CACHE_MAX // 2)):
-                del self[key]
-        self[piece] = ids
-        return ids
+        return self._store(piece, ids, PIECE_CACHE_MAX)
 
 
-class _ChunkCache(dict):
-    """chunk -> its token ids packed as bytes; ``encode_chunk`` computes a miss. Bounded like
-    :class:`_PieceCache`."""
+class _ChunkCache(_BoundedCache):
+    """chunk -> its token ids packed as bytes; ``encode_chunk`` computes a miss. At most
+    ``CHUNK_CACHE_MAX`` entries."""
 
     def __init__(self, added: dict[str, bytes], encode_chunk):
         super().__init__(added)
         self._encode_chunk = encode_chunk
 
     def __missing__(self, chunk: str) -> bytes:
-        packed = self._encode_chunk(chunk)
-        if len(self) >= CHUNK_CACHE_MAX:
-            for key in list(islice(reversed(self), len(self) - CHUNK_CACHE_MAX // 2)):
-                del self[key]
-        self[chunk] = packed
-        return packed
+        return self._store(chunk, self._encode_chunk(chunk), CHUNK_CACHE_MAX)
 
 
 class _UnverifiedChar(Exception):
