@@ -14,15 +14,18 @@ most of its time outside the tokenizer. This script takes the same flags and wri
   document, EOD (the id of ``<|endoftext|>``) appended with ``--append-eod``;
 * errors (truncated or corrupt compression, invalid UTF-8, invalid JSON, a missing or non-string field)
   name the file and line, exit non-zero, and leave nothing under the final names;
-* speed: ``--workers`` processes run an exact fast path of the tokenizer (:class:`FastExactEncoder`)
-  on batches of documents; the main process only reads, parses and writes.
+* speed: ``--workers`` processes parse and tokenize blocks of whole lines with an exact fast path of
+  the tokenizer (:class:`FastExactEncoder`); the main process only reads (decompresses), cuts the
+  stream at newlines and writes.
 
 The fast path re-implements only the *splitting* of HF ``tokenizers`` (added tokens, and the GPT-2
-pre-tokenizer pattern) and lets the tokenizer itself normalize and BPE everything else: a pre-token
-is encoded once by the tokenizer's own model and then reused from a cache. The only place it could
-differ is which class (letter, number, whitespace, other) a character is in, so it verifies each
-character against the installed tokenizer's own pre-tokenizer before trusting it (memoised), and sends
-any document containing an unverified character to plain ``Tokenizer.encode``.
+pre-tokenizer pattern) and lets the tokenizer itself normalize everything; a pre-token is BPE-encoded
+once and then reused from a cache. The BPE is tiktoken's where :mod:`rank_bpe` proves it equal to the
+tokenizer's own for the vocabulary at hand (the 20B tokenizer's is), else the tokenizer's model. The
+only place the splitting could differ is which class (letter, number, whitespace, other) a character
+is in, so it verifies each character against the installed tokenizer's own pre-tokenizer before
+trusting it (memoised), and sends any document containing an unverified character to plain
+``Tokenizer.encode``.
 Output equality with ``Tokenizer.encode(text).ids`` is tested on adversarial text
 (tests/unit/test_preprocess_data.py).
 """
@@ -48,14 +51,18 @@ from pathlib import Path
 # Our parallelism is --workers processes; the tokenizer must not add its own threads (equal-cores
 # comparisons with NeoX, and no rayon pool inherited across fork).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# numpy is only used for arrays here; an idle OpenBLAS thread pool in every worker spins on the cores
+# the workers need (measured: ~2% of each worker's instructions).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import mmidx  # noqa: E402
 import numpy as np  # noqa: E402
+import rank_bpe  # noqa: E402
 
 READ_CHUNK = 1 << 20  # compressed bytes read at a time
 INFLATE_MAX = 4 << 20  # max decompressed bytes produced per step (bounded memory)
-BATCH_BYTES = 1 << 20  # text bytes per tokenization job
-BATCH_DOCS = 512  # documents per tokenization job
+BLOCK_BYTES = 512 << 10  # input bytes (whole lines) per worker job
 PIECE_CACHE_MAX = 400_000  # pre-token -> ids entries kept per worker (bounded memory, ~50 MB)
 CHUNK_CACHE_MAX = 200_000  # chunk (of non-ASCII text) -> ids entries kept per worker (~30 MB)
 
@@ -140,72 +147,99 @@ def read_chunks(path: str | os.PathLike) -> Iterator[bytes]:
                 yield chunk
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Split a byte stream on ``\\n`` without quadratic copying for long lines; no newline kept."""
-    pending: list[bytes] = []
-    for chunk in chunks:
-        parts = chunk.split(b"\n")
-        if len(parts) == 1:
-            pending.append(chunk)
-            continue
+@dataclass(frozen=True)
+class Block:
+    """Whole lines of one input, decompressed: one worker job. The main process only cuts the byte
+    stream at newlines; parsing and tokenizing happen in the workers."""
+
+    path: str
+    first_line: int  # line number of the first line of ``data``
+    data: bytes
+
+
+def read_blocks(paths: Iterable[str], size: int | None = None) -> Iterator[Block]:
+    """Every input as blocks of about ``size`` bytes (default ``BLOCK_BYTES``), each cut after a newline
+    (after the first one past ``size`` where a long line allows no earlier cut). Each chunk read is
+    searched once: no quadratic copying for long lines."""
+    size = size or BLOCK_BYTES
+    for path in paths:
+        line = 1
+        pending: list[bytes] = []
+        pending_len = 0
+        for chunk in read_chunks(path):
+            start = 0
+            while pending_len + len(chunk) - start >= size:  # enough for a block: cut at a newline
+                limit = start + max(size - pending_len, 1)
+                cut = chunk.rfind(b"\n", start, limit)
+                if cut < 0:
+                    cut = chunk.find(b"\n", limit)
+                    if cut < 0:
+                        break  # a long line goes on in the next chunk
+                pending.append(chunk[start : cut + 1])
+                data = b"".join(pending)
+                yield Block(str(path), line, data)
+                line += data.count(b"\n")
+                pending, pending_len, start = [], 0, cut + 1
+            if start < len(chunk):
+                pending.append(chunk[start:] if start else chunk)
+                pending_len += len(chunk) - start
         if pending:
-            pending.append(parts[0])
-            parts[0] = b"".join(pending)
-            pending = []
-        last = parts.pop()
-        if last:
-            pending.append(last)
-        yield from parts
-    if pending:
-        yield b"".join(pending)
+            yield Block(str(path), line, b"".join(pending))
 
 
-def document_text(obj, key: str, where: str) -> str:
-    """The ``key`` field of one parsed JSON line, as NeoX/lm_dataformat reads it.
+def document_text(obj, key: str, where) -> str:
+    """The ``key`` field of one parsed JSON line, as NeoX/lm_dataformat reads it; ``where()`` names
+    the line for an error.
 
     A list of strings is joined with blank lines (lm_dataformat's autojoin); anything that is not a
     string is an error here (NeoX would crash or silently drop it)."""
     if not isinstance(obj, dict):
-        raise InputError(f"{where}: line is a JSON {type(obj).__name__}, expected an object")
+        raise InputError(f"{where()}: line is a JSON {type(obj).__name__}, expected an object")
     try:
         value = obj[key]
     except KeyError:
         fields = ", ".join(sorted(obj)[:8])
-        raise InputError(f"{where}: no {key!r} field (fields: {fields})") from None
+        raise InputError(f"{where()}: no {key!r} field (fields: {fields})") from None
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n\n".join(value)
-    raise InputError(f"{where}: field {key!r} is a JSON {type(value).__name__}, expected a string")
+    raise InputError(f"{where()}: field {key!r} is a JSON {type(value).__name__}, expected a string")
 
 
-@dataclass
-class Document:
-    """One JSON line's texts (one per key) and where it came from (for error messages)."""
+def parse_block(block: Block, keys: list[str]) -> tuple[int, list[list[str]], list[list[int]]]:
+    """A block's JSON lines -> (documents read, non-empty texts per key, their line numbers per key).
+    Blank lines are skipped; everything else must parse. Empty texts are dropped (NeoX's rule),
+    whitespace-only ones kept."""
+    texts: list[list[str]] = [[] for _ in keys]
+    lines: list[list[int]] = [[] for _ in keys]
+    documents = 0
+    loads = json.loads
+    for i, raw in enumerate(block.data.split(b"\n")):
+        if not raw:
+            continue
+        lineno = block.first_line + i
 
-    path: str
-    line: int
-    texts: list[str]
-    nbytes: int
+        def where(lineno=lineno):
+            return f"{block.path}:{lineno}"
 
-
-def read_documents(paths: Iterable[str], keys: list[str]) -> Iterator[Document]:
-    """Every JSON line of every input, in order. Blank lines are skipped; everything else must parse."""
-    for path in paths:
-        for lineno, raw in enumerate(split_lines(read_chunks(path)), start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{where}: invalid UTF-8 at byte {exc.start} of the line") from None
-            if not line or line.isspace():  # blank (no copy of the line, unlike strip())
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            texts = [document_text(obj, key, where) for key in keys]
-            yield Document(path=str(path), line=lineno, texts=texts, nbytes=len(raw))
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{where()}: invalid UTF-8 at byte {exc.start} of the line") from None
+        if line.isspace():  # blank (no copy of the line, unlike strip())
+            continue
+        try:
+            obj = loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where()}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        documents += 1
+        for k, key in enumerate(keys):
+            text = document_text(obj, key, where)
+            if text:
+                texts[k].append(text)
+                lines[k].append(lineno)
+    return documents, texts, lines
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,22 +338,34 @@ def pretokenizer_pattern(
     return f" ?[{letters}]+|{head}'s|'t|'re|'ve|'m|'ll|'d| ?[{numbers}]+| ?{other}+|{run}(?![^{ws}])|{run}"
 
 
+_LETTERS = {"Lu", "Ll", "Lt", "Lm", "Lo"}
+
+
 def _class_ranges(categories: set[str], last: int = sys.maxunicode) -> str:
     """A regex character-class body of every code point up to ``last`` whose category (Python's
     Unicode data) is in ``categories``; per-character verification against the tokenizer covers
-    version differences."""
-    out, start, prev = [], None, None
-    for cp in range(last + 1):
-        if unicodedata.category(chr(cp)) in categories:
-            if start is None:
-                start = cp
-            prev = cp
-        elif start is not None:
-            out.append(re.escape(chr(start)) + ("" if prev == start else "-" + re.escape(chr(prev))))
-            start = None
-    if start is not None:
-        out.append(re.escape(chr(start)) + ("" if prev == start else "-" + re.escape(chr(prev))))
-    return "".join(out)
+    version differences. Filtered in C where Python has an exact test (``str.isalpha`` is true for
+    exactly the L* categories; ``str.isnumeric`` for every N* character and a few letters): the BMP's
+    letters take ~10 ms, not 50."""
+    chars = "".join(map(chr, range(last + 1)))
+    parts = []
+    rest = set(categories)
+    if _LETTERS <= rest:
+        parts.append("".join(filter(str.isalpha, chars)))
+        rest -= _LETTERS
+    if rest:
+        pool = "".join(filter(str.isnumeric, chars)) if all(c[0] == "N" for c in rest) else chars
+        parts.append("".join(c for c in pool if unicodedata.category(c) in rest))
+    cps = np.sort(np.frombuffer("".join(parts).encode("utf-32-le"), dtype=np.uint32))
+    if not cps.size:
+        return ""
+    cps = cps[np.r_[True, np.diff(cps) != 0]]  # a character in two parts once
+    breaks = np.flatnonzero(np.diff(cps) != 1)  # ranges of consecutive code points
+    firsts, lasts = cps[np.r_[0, breaks + 1]].tolist(), cps[np.r_[breaks, cps.size - 1]].tolist()
+    esc = re.escape
+    return "".join(
+        esc(chr(f)) + (f"-{esc(chr(t))}" if t != f else "") for f, t in zip(firsts, lasts, strict=True)
+    )
 
 
 @functools.cache
@@ -408,6 +454,20 @@ class _PieceCache(_BoundedCache):
         return self._store(piece, ids, PIECE_CACHE_MAX)
 
 
+class _RankPieceCache(_PieceCache):
+    """:class:`_PieceCache` whose misses are encoded by tiktoken's BPE, proven equal to the model's
+    (:mod:`rank_bpe`): ids come back as plain ints, ~3x cheaper than the model's ``Token`` objects."""
+
+    def __init__(self, added, model, b2u, dtype, vocab_size, rank_bpe):
+        super().__init__(added, model, b2u, dtype, vocab_size)
+        self._rank_bpe = rank_bpe
+
+    def __missing__(self, piece: str) -> bytes:
+        packed = self._packed
+        ids = b"".join([packed[i] for i in self._rank_bpe(piece.encode("utf-8"))])
+        return self._store(piece, ids, PIECE_CACHE_MAX)
+
+
 class _ChunkCache(_BoundedCache):
     """chunk -> its token ids packed as bytes; ``encode_chunk`` computes a miss. At most
     ``CHUNK_CACHE_MAX`` entries."""
@@ -436,6 +496,9 @@ class HFEncoder:
         vocab = self.hf.get_vocab_size()
         self.dtype = np.dtype(dtype) if dtype is not None else mmidx.best_fitting_dtype(vocab)
 
+    def describe(self) -> str:
+        return "engine hf: Tokenizer.encode per document"
+
     def pack(self, ids) -> bytes:
         """Token ids as native-endian bytes of ``self.dtype`` (what the ``.bin`` file holds)."""
         return array.array(self.dtype.char, ids).tobytes()
@@ -459,9 +522,10 @@ class FastExactEncoder(HFEncoder):
     pattern) and pre-tokenize with the GPT-2 pattern: :func:`fast_split_pattern` (stdlib ``re``) on
     text whose non-ASCII characters it classifies like the tokenizer (nearly all text), else
     whitespace chunks first (:func:`chunk_pattern`, memoised per chunk) and the Unicode pattern per new
-    chunk. Every pre-token's ids come from a cache (:class:`_PieceCache`) that the tokenizer's own
-    BPE model fills on a miss. Documents are byte joins of cached ids: no Python int per token, one
-    lookup per pre-token.
+    chunk. Every pre-token's ids come from a cache (:class:`_PieceCache`) filled on a miss by
+    tiktoken's BPE where :mod:`rank_bpe` proves it exact for this vocabulary (the proof's check runs
+    in a child process while the patterns are built), else by the tokenizer's own BPE model.
+    Documents are byte joins of cached ids: no Python int per token, one lookup per pre-token.
     """
 
     name = "fast"
@@ -473,6 +537,27 @@ class FastExactEncoder(HFEncoder):
         _check_fast_supported(cfg)
         if self.hf.encode_special_tokens:
             raise UnsupportedTokenizer("encode_special_tokens is on")
+        b2u = _bytes_to_unicode()
+        self.rank_bpe_unproven = None  # why tiktoken's BPE is not used for this tokenizer, if it is not
+        self._cfg_added = cfg.get("added_tokens", [])
+        proof = self._start_rank_bpe_proof(cfg["model"], b2u)  # runs while the patterns are built
+        try:
+            self._build_splitting(cfg)
+        except BaseException:
+            if proof is not None:
+                proof.abandon()
+            raise
+        piece_args = (self._added, self.hf.model, b2u, self.dtype, self.hf.get_vocab_size())
+        try:
+            engine = proof.result() if proof is not None else None
+        except rank_bpe.NotProven as exc:
+            self.rank_bpe_unproven = str(exc)
+            engine = None
+        self._cache = _RankPieceCache(*piece_args, engine) if engine else _PieceCache(*piece_args)
+        self._chunk_cache = _ChunkCache(self._added, self._chunk_miss)
+
+    def _build_splitting(self, cfg: dict) -> None:
+        """Added tokens, patterns and the per-character checks."""
         added = cfg.get("added_tokens", [])
         raw = [t["content"] for t in added if not t.get("normalized")]
         norm = [t["content"] for t in added if t.get("normalized")]
@@ -509,10 +594,24 @@ class FastExactEncoder(HFEncoder):
         if bad_ascii:
             raise UnsupportedTokenizer(f"pre-tokenizer classes differ on ASCII {bad_ascii!r}")
         self._added = {t["content"]: self.pack([t["id"]]) for t in added}
-        self._cache = _PieceCache(
-            self._added, self.hf.model, _bytes_to_unicode(), self.dtype, self.hf.get_vocab_size()
+
+    def describe(self) -> str:
+        bpe = (
+            "tiktoken's, proven equal to the tokenizer's merges"
+            if self.rank_bpe_unproven is None
+            else f"the tokenizer's own ({self.rank_bpe_unproven})"
         )
-        self._chunk_cache = _ChunkCache(self._added, self._chunk_miss)
+        return f"engine fast: exact fast path; BPE of new pre-tokens: {bpe}"
+
+    def _start_rank_bpe_proof(self, model_cfg: dict, b2u: dict[int, str]):
+        try:
+            added = [t["content"] for t in self._cfg_added]
+            return rank_bpe.start(model_cfg, self.hf.model, b2u, added)
+        except ImportError:
+            self.rank_bpe_unproven = "tiktoken is not installed"
+        except rank_bpe.NotProven as exc:
+            self.rank_bpe_unproven = str(exc)
+        return None
 
     def _verify_char(self, c: str, pieces=None) -> bool:
         """Do our patterns classify ``c`` like the tokenizer's own pre-tokenizer? (memoised)
@@ -642,7 +741,13 @@ _WORKER: dict = {}
 
 
 def _worker_init(
-    vocab_file: str, engine: str, append_eod: bool, use_ftfy: bool, dtype: str, tokenizer=None
+    vocab_file: str,
+    engine: str,
+    append_eod: bool,
+    use_ftfy: bool,
+    dtype: str,
+    keys: list[str],
+    tokenizer=None,
 ) -> None:
     enc = make_encoder(vocab_file, engine, dtype, tokenizer)
     eod = enc.pack([enc.hf.token_to_id("<|endoftext|>")]) if append_eod else b""
@@ -651,11 +756,11 @@ def _worker_init(
         import ftfy
 
         fix = ftfy.fix_text
-    _WORKER.update(enc=enc, eod=eod, fix=fix)
+    _WORKER.update(enc=enc, eod=eod, fix=fix, keys=keys)
 
 
-def _encode_job(texts: list[str]):
-    """Returns ``("ok", tokens_bytes, sizes)`` or ``("error", index_in_job, message)``."""
+def _encode_texts(texts: list[str]):
+    """``("ok", tokens_bytes, sizes)`` or ``("error", index_in_texts, message)``."""
     enc, eod, fix = _WORKER["enc"], _WORKER["eod"], _WORKER["fix"]
     try:
         docs = enc.encode_many_bytes([fix(t) for t in texts] if fix is not None else texts)
@@ -674,6 +779,23 @@ def _encode_job(texts: list[str]):
     if empty.size:
         return ("error", int(empty[0]), "document produced no tokens")
     return ("ok", b"".join(docs), sizes)
+
+
+def _encode_block(block: Block):
+    """One job: ``("ok", documents, bytes, [(tokens_bytes, sizes) per key])`` or ``("error", message)``
+    naming the file and line."""
+    keys = _WORKER["keys"]
+    try:
+        documents, texts, lines = parse_block(block, keys)
+    except InputError as exc:
+        return ("error", str(exc))
+    outputs = []
+    for k, key in enumerate(keys):
+        result = _encode_texts(texts[k])
+        if result[0] == "error":
+            return ("error", f"{block.path}:{lines[k][result[1]]}: field {key!r}: {result[2]}")
+        outputs.append(result[1:])
+    return ("ok", documents, len(block.data), outputs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -702,30 +824,6 @@ class Stats:
 def output_prefix_for(output_prefix: str, key: str) -> str:
     """NeoX's naming: ``{output_prefix}_{key}_document`` (+ ``.bin``/``.idx``)."""
     return f"{output_prefix}_{key}_document"
-
-
-def _all_key_batches(docs: Iterator[Document], nkeys: int, stats: Stats):
-    """Group the non-empty texts of each key into jobs of ~BATCH_BYTES / BATCH_DOCS, in one pass over
-    the input: yields (key_index, texts, source documents). Empty texts are dropped (NeoX's rule);
-    whitespace-only ones are kept."""
-    pending: list[list] = [[[], [], 0] for _ in range(nkeys)]
-    for doc in docs:
-        stats.documents += 1
-        stats.text_bytes += doc.nbytes
-        for k in range(nkeys):
-            text = doc.texts[k]
-            if not text:
-                continue
-            slot = pending[k]
-            slot[0].append(text)
-            slot[1].append(doc)
-            slot[2] += len(text)
-            if slot[2] >= BATCH_BYTES or len(slot[0]) >= BATCH_DOCS:
-                yield k, slot[0], slot[1]
-                pending[k] = [[], [], 0]
-    for k, slot in enumerate(pending):
-        if slot[0]:
-            yield k, slot[0], slot[1]
 
 
 def run(
@@ -765,29 +863,32 @@ def run(
     stats = Stats(tokens={k: 0 for k in keys}, items={k: 0 for k in keys})
     Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
     writers = [mmidx.DatasetWriter(output_prefix_for(output_prefix, k), dtype) for k in keys]
-    init_args = (vocab_file, engine, append_eod, use_ftfy, dtype.str, hf)
+    init_args = (vocab_file, engine, append_eod, use_ftfy, dtype.str, list(keys), hf)
     pool = None
     next_log = log_interval
     try:
-        jobs = _all_key_batches(read_documents(inputs, list(keys)), len(keys), stats)
+        blocks = read_blocks(inputs)
+        # Built once here and inherited by the forked workers (tokenizer, patterns, tables).
+        _worker_init(*init_args)
+        log(f"[preprocess_data] {_WORKER['enc'].describe()}")
         if workers > 1:
             import multiprocessing as mp
 
-            # Built once here and inherited by the forked workers (tokenizer, patterns, tables).
-            _worker_init(*init_args)
             pool = mp.get_context("fork").Pool(workers)
-            results = _ordered_bounded(pool, jobs, max_in_flight=2 * workers)
+            results = _ordered_bounded(pool, blocks, max_in_flight=2 * workers)
         else:
-            _worker_init(*init_args)
-            results = ((k, refs, _encode_job(texts)) for k, texts, refs in jobs)
-        for k, refs, result in results:
+            results = map(_encode_block, blocks)
+        for result in results:
             if result[0] == "error":
-                doc = refs[result[1]]
-                raise InputError(f"{doc.path}:{doc.line}: field {keys[k]!r}: {result[2]}")
-            _, token_bytes, sizes = result
-            writers[k].add_documents(np.frombuffer(token_bytes, dtype=dtype), sizes)
-            stats.tokens[keys[k]] += int(sizes.sum())
-            stats.items[keys[k]] += len(sizes)
+                raise InputError(result[1])
+            _, documents, nbytes, outputs = result
+            stats.documents += documents
+            stats.text_bytes += nbytes
+            for k, (token_bytes, sizes) in enumerate(outputs):
+                if sizes.size:
+                    writers[k].add_documents(np.frombuffer(token_bytes, dtype=dtype), sizes)
+                stats.tokens[keys[k]] += int(sizes.sum())
+                stats.items[keys[k]] += len(sizes)
             if log_interval > 0 and stats.documents >= next_log:
                 log(stats.line())
                 next_log = (stats.documents // log_interval + 1) * log_interval
@@ -805,18 +906,16 @@ def run(
     return stats
 
 
-def _ordered_bounded(pool, jobs, max_in_flight: int):
-    """Like ``pool.imap`` (ordered) but with at most ``max_in_flight`` jobs queued: imap's feeder
+def _ordered_bounded(pool, blocks: Iterator[Block], max_in_flight: int):
+    """Like ``pool.imap`` (ordered) but with at most ``max_in_flight`` blocks queued: imap's feeder
     thread would read the whole shard into memory ahead of the workers."""
     in_flight: collections.deque = collections.deque()
-    for k, texts, refs in jobs:
-        in_flight.append((k, refs, pool.apply_async(_encode_job, (texts,))))
+    for block in blocks:
+        in_flight.append(pool.apply_async(_encode_block, (block,)))
         if len(in_flight) >= max_in_flight:
-            k0, refs0, res = in_flight.popleft()
-            yield k0, refs0, res.get()
+            yield in_flight.popleft().get()
     while in_flight:
-        k0, refs0, res = in_flight.popleft()
-        yield k0, refs0, res.get()
+        yield in_flight.popleft().get()
 
 
 def build_parser() -> argparse.ArgumentParser:

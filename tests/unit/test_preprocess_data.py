@@ -219,11 +219,30 @@ def test_every_format_gives_the_text_field_tokens(tmp_path, hf, name):
     assert [r[i].tolist() for i in range(len(r))] == [hf.encode(d).ids + [0] for d in kept]
 
 
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
+@pytest.mark.parametrize("name", ["b.jsonl", "b.jsonl.gz"])
+def test_blocks_are_whole_lines_with_their_numbers(tmp_path, monkeypatch, size, name):
+    monkeypatch.setattr(pp, "READ_CHUNK", 5)  # chunk edges everywhere, also inside lines
+    lines = [b"short", b"", b"x" * 100, b"tail without newline"]
+    payload = b"\n".join(lines)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
+    blocks = list(pp.read_blocks([str(path)], size=size))
+    assert b"".join(b.data for b in blocks) == payload
+    assert all(b.data.endswith(b"\n") for b in blocks[:-1])  # cut after a newline only
+    numbered = [
+        (b.first_line + i, line) for b in blocks for i, line in enumerate(b.data.split(b"\n")) if line
+    ]
+    assert numbered == [(1, b"short"), (3, b"x" * 100), (4, b"tail without newline")]
+    if size >= len(payload):
+        assert len(blocks) == 1
+
+
 def test_workers_and_batches_do_not_change_bytes(tmp_path, monkeypatch):
     docs = ADVERSARIAL + _fuzz(300, seed=11)
     path = _write_inputs(tmp_path, docs, "in.jsonl")
     pp.run([str(path)], str(tmp_path / "one"), str(TOKENIZER), append_eod=True, log_interval=0, engine="hf")
-    monkeypatch.setattr(pp, "BATCH_DOCS", 7)
+    monkeypatch.setattr(pp, "BLOCK_BYTES", 300)
     pp.run([str(path)], str(tmp_path / "two"), str(TOKENIZER), append_eod=True, workers=2, log_interval=0)
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"one_text_document{ext}").read_bytes() == (
