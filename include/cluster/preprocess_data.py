@@ -539,8 +539,8 @@ class FastExactEncoder(HFEncoder):
             raise UnsupportedTokenizer("encode_special_tokens is on")
         b2u = _bytes_to_unicode()
         self.rank_bpe_unproven = None  # why tiktoken's BPE is not used for this tokenizer, if it is not
-        self._cfg_added = cfg.get("added_tokens", [])
-        proof = self._start_rank_bpe_proof(cfg["model"], b2u)  # runs while the patterns are built
+        added = [t["content"] for t in cfg.get("added_tokens", [])]
+        proof = self._start_rank_bpe_proof(cfg["model"], b2u, added)  # runs while the patterns are built
         try:
             self._build_splitting(cfg)
         except BaseException:
@@ -603,9 +603,8 @@ class FastExactEncoder(HFEncoder):
         )
         return f"engine fast: exact fast path; BPE of new pre-tokens: {bpe}"
 
-    def _start_rank_bpe_proof(self, model_cfg: dict, b2u: dict[int, str]):
+    def _start_rank_bpe_proof(self, model_cfg: dict, b2u: dict[int, str], added: list[str]):
         try:
-            added = [t["content"] for t in self._cfg_added]
             return rank_bpe.start(model_cfg, self.hf.model, b2u, added)
         except ImportError:
             self.rank_bpe_unproven = "tiktoken is not installed"
