@@ -426,14 +426,14 @@ def chunk_pattern(space_runs: tuple[int, int] | None = None) -> re.Pattern:
 class _BoundedCache(dict):
     """A memo that keeps at most ``limit`` entries: when full, the newest half is dropped. Dicts keep
     insertion order and frequent keys are met first, so the oldest entries (and the added tokens,
-    inserted first) are the ones kept."""
+    inserted first) are the ones kept. Subclasses compute a missing value in ``__missing__`` (no
+    further call per miss: a pre-token's first sight is the costly part of a worker's first blocks)."""
 
-    def _store(self, key: str, value: bytes, limit: int) -> bytes:
-        if len(self) >= limit:
-            for old in list(islice(reversed(self), len(self) - limit // 2)):
-                del self[old]
-        self[key] = value
-        return value
+    limit = 0
+
+    def _make_room(self) -> None:
+        for old in list(islice(reversed(self), len(self) - self.limit // 2)):
+            del self[old]
 
 
 class _PieceCache(_BoundedCache):
@@ -441,31 +441,35 @@ class _PieceCache(_BoundedCache):
     tokenizer's own BPE model. Starts with the added tokens (no pre-token can equal one: it would
     have been split out before). At most ``PIECE_CACHE_MAX`` entries."""
 
-    def __init__(self, added: dict[str, bytes], model, b2u: dict[int, str], dtype: np.dtype, vocab_size: int):
+    def __init__(self, added: dict[str, bytes], model, b2u: dict[int, str], dtype: np.dtype):
         super().__init__(added)
+        self.limit = PIECE_CACHE_MAX
         self._tokenize = model.tokenize
-        ids, size = np.arange(vocab_size, dtype=dtype).tobytes(), dtype.itemsize
-        self._packed = [ids[i : i + size] for i in range(0, len(ids), size)]  # token id -> its bytes
+        self._typecode = dtype.char  # array.array's code for the dtype: ids -> native bytes in one call
         self._byte_level = {b: ord(u) for b, u in b2u.items()}  # latin-1 char b -> byte-level char
 
     def __missing__(self, piece: str) -> bytes:
+        if len(self) >= self.limit:
+            self._make_room()
         raw = piece if piece.isascii() else piece.encode("utf-8").decode("latin-1")  # ASCII: chars are bytes
-        ids = b"".join([self._packed[t.id] for t in self._tokenize(raw.translate(self._byte_level))])
-        return self._store(piece, ids, PIECE_CACHE_MAX)
+        tokens = self._tokenize(raw.translate(self._byte_level))
+        ids = self[piece] = array.array(self._typecode, [t.id for t in tokens]).tobytes()
+        return ids
 
 
 class _RankPieceCache(_PieceCache):
     """:class:`_PieceCache` whose misses are encoded by tiktoken's BPE, proven equal to the model's
     (:mod:`rank_bpe`): ids come back as plain ints, ~3x cheaper than the model's ``Token`` objects."""
 
-    def __init__(self, added, model, b2u, dtype, vocab_size, rank_bpe):
-        super().__init__(added, model, b2u, dtype, vocab_size)
+    def __init__(self, added, model, b2u, dtype, rank_bpe):
+        super().__init__(added, model, b2u, dtype)
         self._rank_bpe = rank_bpe
 
     def __missing__(self, piece: str) -> bytes:
-        packed = self._packed
-        ids = b"".join([packed[i] for i in self._rank_bpe(piece.encode("utf-8"))])
-        return self._store(piece, ids, PIECE_CACHE_MAX)
+        if len(self) >= self.limit:
+            self._make_room()
+        ids = self[piece] = array.array(self._typecode, self._rank_bpe(piece.encode("utf-8"))).tobytes()
+        return ids
 
 
 class _ChunkCache(_BoundedCache):
@@ -474,10 +478,14 @@ class _ChunkCache(_BoundedCache):
 
     def __init__(self, added: dict[str, bytes], encode_chunk):
         super().__init__(added)
+        self.limit = CHUNK_CACHE_MAX
         self._encode_chunk = encode_chunk
 
     def __missing__(self, chunk: str) -> bytes:
-        return self._store(chunk, self._encode_chunk(chunk), CHUNK_CACHE_MAX)
+        if len(self) >= self.limit:
+            self._make_room()
+        ids = self[chunk] = self._encode_chunk(chunk)
+        return ids
 
 
 class _UnverifiedChar(Exception):
@@ -547,7 +555,7 @@ class FastExactEncoder(HFEncoder):
             if proof is not None:
                 proof.abandon()
             raise
-        piece_args = (self._added, self.hf.model, b2u, self.dtype, self.hf.get_vocab_size())
+        piece_args = (self._added, self.hf.model, b2u, self.dtype)
         try:
             engine = proof.result() if proof is not None else None
         except rank_bpe.NotProven as exc:
@@ -576,7 +584,6 @@ class FastExactEncoder(HFEncoder):
         self._chunks_runs = chunk_pattern(runs).findall if runs else None
         self._split_fast = fast_split_pattern().findall
         self._chunks = chunk_pattern().findall
-        self._split_unicode = unicode_split_pattern().findall
         self._normalize = self.hf.normalizer.normalize_str if self.hf.normalizer is not None else None
         self._norm_form = cfg["normalizer"]["type"] if self.hf.normalizer is not None else None
         self._assigned: set[str] = set()  # non-ASCII characters known to Python's Unicode tables
@@ -586,11 +593,9 @@ class FastExactEncoder(HFEncoder):
         self._fast_chars: set[str] = set()  # non-ASCII characters the fast pattern classifies right
         self._not_fast: set[str] = set()
         self.fallback_docs = 0
-        bad_ascii = [
-            c
-            for c in map(chr, range(128))
-            if not (self._verify_char(c) and self._verify_char(c, self._split_fast))
-        ]
+        # ASCII text is split by the fast pattern alone, so it is checked here; the Unicode pattern
+        # (built when first needed) has each character of a chunk checked before it is trusted.
+        bad_ascii = [c for c in map(chr, range(128)) if not self._verify_char(c, self._split_fast)]
         if bad_ascii:
             raise UnsupportedTokenizer(f"pre-tokenizer classes differ on ASCII {bad_ascii!r}")
         self._added = {t["content"]: self.pack([t["id"]]) for t in added}
@@ -626,7 +631,8 @@ class FastExactEncoder(HFEncoder):
             return True
         if c in self._bad_chars:
             return False
-        ok = all(len(self._pretok(p)) == len(self._split_unicode(p)) for p in probes)
+        split_unicode = unicode_split_pattern().findall
+        ok = all(len(self._pretok(p)) == len(split_unicode(p)) for p in probes)
         ok = ok and (len(self._pretok("\n" + c)) == 1) == bool(_IS_WHITE_SPACE(c))
         (self._ok_chars if ok else self._bad_chars).add(c)
         return ok
@@ -700,7 +706,7 @@ class FastExactEncoder(HFEncoder):
         if chunk.isascii():
             pieces = self._split_fast(chunk)
         elif all(map(self._verify_char, set(chunk))):
-            pieces = self._split_unicode(chunk)
+            pieces = unicode_split_pattern().findall(chunk)
         else:
             raise _UnverifiedChar(chunk)
         return b"".join(map(self._cache.__getitem__, pieces))
