@@ -2,7 +2,7 @@
 
 One command, same C4-format input, same cores, same run:
 
-    .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--repeat 3] \
+    .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--repeat 3] [--startup] \
         [--neox /work/neox --neox-python PY]
 
 Prints tokens/s, MB/s (UTF-8 bytes of the text fields) and peak RSS (process tree) for each tool, the
@@ -10,6 +10,9 @@ ratios against NeoX (when ``--neox`` is given) and against plain HF ``Tokenizer.
 and whether the ``.bin``/``.idx`` outputs are byte-identical. Wall time includes each tool's start-up.
 With ``--repeat N`` the tools run N times, interleaved (ours, HF, NeoX, ours, ...), and the median wall
 time of each is reported: a shared VM's run-to-run spread (±20% here) is larger than one run shows.
+With ``--startup`` each tool also runs on the input's first document alone, and the ratios are printed
+again without that start-up: NeoX's script spends seconds importing its stack, so the ratio on a short
+input overstates what a long shard gets.
 The input is generated from prose found on this machine (``/usr/share/doc``; synthetic words if
 absent) shaped like allenai/c4 lines (``text``, ``timestamp``, ``url``), ~10% non-ASCII documents.
 """
@@ -137,29 +140,11 @@ def same_files(a: str, b: str) -> bool:
     return all(filecmp.cmp(f"{a}{ext}", f"{b}{ext}", shallow=False) for ext in (".bin", ".idx"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--docs", type=int, default=20000, help="documents to generate (default 20000)")
-    p.add_argument("--input", help="use this .jsonl instead of generating one")
-    p.add_argument("--workers", type=int, default=2, help="--workers for our script and NeoX's")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each tool, interleaved; medians reported")
-    p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
-    p.add_argument("--neox", help="a GPT-NeoX checkout: also run its tools/datasets/preprocess_data.py")
-    p.add_argument("--neox-python", default=sys.executable, help="python with NeoX's deps (lm_dataformat..)")
-    p.add_argument("--workdir", help="keep inputs/outputs here (default: a temporary folder)")
-    args = p.parse_args(argv)
-
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
-    work.mkdir(parents=True, exist_ok=True)
-    if args.input:
-        src = Path(args.input)
-        text_bytes = sum(len(json.loads(line)["text"].encode()) for line in open(src, encoding="utf-8"))
-    else:
-        src = work / "c4-bench.jsonl"
-        text_bytes = make_input(src, args.docs)
-    print(f"input {src}: {text_bytes / 1e6:.1f} MB of text, cores {os.cpu_count()}, workers {args.workers}")
-
-    ours, hf, neox = str(work / "ours"), str(work / "hf_text_document"), str(work / "neox")
+def tool_commands(
+    args, src: Path, work: Path, tag: str
+) -> dict[str, tuple[list[str], dict | None, Path | None, str]]:
+    """Each tool's command line on ``src``: (argv, env, cwd, output prefix of its text documents)."""
+    ours, hf, neox = str(work / f"{tag}ours"), str(work / f"{tag}hf_text_document"), str(work / f"{tag}neox")
     commands: dict[str, tuple[list[str], dict | None, Path | None, str]] = {
         "ours": (
             [sys.executable, str(CLUSTER / "preprocess_data.py"), "--input", str(src), "--tokenizer-type",
@@ -176,18 +161,58 @@ def main(argv: list[str] | None = None) -> int:
              "HFTokenizer", "--vocab-file", args.tokenizer, "--append-eod", "--output-prefix", neox,
              "--dataset-impl", "mmap", "--workers", str(args.workers), "--log-interval", "1000000"],
             None, Path(args.neox), neox + "_text_document")  # fmt: skip
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=20000, help="documents to generate (default 20000)")
+    p.add_argument("--input", help="use this .jsonl instead of generating one")
+    p.add_argument("--workers", type=int, default=2, help="--workers for our script and NeoX's")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each tool, interleaved; medians reported")
+    p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    p.add_argument("--neox", help="a GPT-NeoX checkout: also run its tools/datasets/preprocess_data.py")
+    p.add_argument("--neox-python", default=sys.executable, help="python with NeoX's deps (lm_dataformat..)")
+    p.add_argument("--workdir", help="keep inputs/outputs here (default: a temporary folder)")
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="also time each tool on the input's first document alone (its start-up) and print the "
+        "ratios without it",
+    )
+    args = p.parse_args(argv)
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_tokenize_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.input:
+        src = Path(args.input)
+        text_bytes = sum(len(json.loads(line)["text"].encode()) for line in open(src, encoding="utf-8"))
+    else:
+        src = work / "c4-bench.jsonl"
+        text_bytes = make_input(src, args.docs)
+    print(f"input {src}: {text_bytes / 1e6:.1f} MB of text, cores {os.cpu_count()}, workers {args.workers}")
+
+    commands = tool_commands(args, src, work, "")
     walls: dict[str, list[float]] = {name: [] for name in commands}
     peaks: dict[str, int] = {name: 0 for name in commands}
+    startups: dict[str, list[float]] = {name: [] for name in commands}
+    if args.startup:  # the same tools on the input's first document: their start-up cost
+        one = work / "one-document.jsonl"
+        with open(src, encoding="utf-8") as f:
+            one.write_text(f.readline(), encoding="utf-8")
+        startup_commands = tool_commands(args, one, work, "startup_")
     for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every tool
         for name, (cmd, env, cwd, _prefix) in commands.items():
             wall, rss = timed(cmd, cwd=cwd, env=env)
             walls[name].append(wall)
             peaks[name] = max(peaks[name], rss)
+            if args.startup:
+                cmd1, env1, cwd1, _ = startup_commands[name]
+                startups[name].append(timed(cmd1, cwd=cwd1, env=env1)[0])
     results = {name: (statistics.median(walls[name]), peaks[name], c[3]) for name, c in commands.items()}
     if args.repeat > 1:
         for name, ws in walls.items():
             print(f"{name:<16} wall s per run: {', '.join(f'{w:.2f}' for w in ws)}")
-
     tokens = mmidx.DatasetReader(results["ours"][2]).num_tokens
     print(f"{'tool':<16} {'wall s':>8} {'M tok/s':>8} {'MB/s':>7} {'peak RSS MB':>12}  output")
     for name, (wall, rss, prefix) in results.items():
@@ -199,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         if base in results:
             runs = " (median wall times)" if args.repeat > 1 else ""
             print(f"speed-up ours vs {base}: {results[base][0] / results['ours'][0]:.2f}x{runs}")
+    if args.startup:
+        start = {name: statistics.median(ws) for name, ws in startups.items()}
+        print("start-up (one document) median s: " + ", ".join(f"{n} {w:.2f}" for n, w in start.items()))
+        ours_rest = results["ours"][0] - start["ours"]
+        for base in ("hf_encode_batch", "neox"):
+            if base in results and ours_rest > 0:
+                rest = results[base][0] - start[base]
+                print(f"speed-up ours vs {base} without start-up: {rest / ours_rest:.2f}x "
+                      "(roughly what a long shard gets)")  # fmt: skip
     identical = all(same_files(r[2], results["ours"][2]) for r in results.values())
     return 0 if identical else 1
 

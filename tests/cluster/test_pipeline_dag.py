@@ -34,7 +34,11 @@ def trigger(**conf):
 
 
 @pytest.fixture
-def fresh_run(cluster_env, airflow_db):
+def fresh_run(cluster_env, airflow_db, monkeypatch):
+    # Slurm polled every 2 s (as in the e2e services) and a retry after 1 s: the production defaults (10 s,
+    # 60 s) only add minutes of waiting. The DAG file is loaded afresh by each trigger, so these apply.
+    monkeypatch.setenv("NEOXFLOW_POLL_INTERVAL", "2")
+    monkeypatch.setenv("NEOXFLOW_RETRY_DELAY_S", "1")
     fsx = Path(cluster_env["NEOXFLOW_FSX"])
     name = f"t{datetime.now():%H%M%S}"
     yield name, fsx
@@ -122,11 +126,10 @@ def _train_jobs(fsx: Path, name: str) -> list[str]:
     return sorted(p.name for p in (fsx / "runs" / name / "logs").glob(f"nxf-train-{name}-*.out"))
 
 
-def test_node_fail_resumes_from_latest_checkpoint_on_the_other_node(fresh_run, monkeypatch, capfd):
+def test_node_fail_resumes_from_latest_checkpoint_on_the_other_node(fresh_run, capfd):
     from tests.cluster.slurm_helpers import slurm
 
     name, fsx = fresh_run
-    monkeypatch.setenv("NEOXFLOW_RETRY_DELAY_S", "1")
     first_ckpt = fsx / "checkpoints" / name / "global_step20" / "configs"
     thread = _when(
         first_ckpt.exists,
