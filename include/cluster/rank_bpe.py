@@ -172,8 +172,8 @@ def proven_ranks(
 def hf_merge_bpe(model) -> Callable[[list[str]], list[int]]:
     """``merge_bpe`` for :func:`proven_ranks` from a ``tokenizers`` model: its ``tokenize`` on each word
     (~2.3 us a word; one ``Tokenizer.encode`` of the words joined by spaces takes twice as long, in
-    its pre-tokenizer and offsets). Each word gives at least one token, so the flat list equals one id
-    per merged token exactly when each word gives exactly that token."""
+    its pre-tokenizer and offsets). A word's tokens spell the word, less any character without a token,
+    so the flat list equals the merged tokens' ids exactly when each word gives exactly its token."""
     tokenize = model.tokenize
 
     def merge_bpe(words: list[str]) -> list[int]:
