@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import DAG_ID, demo_run, task_instance, task_states, verified_s3_tags
+from tests.e2e.conftest import (
+    DAG_ID,
+    airflow_race_retries,
+    demo_run,
+    task_instance,
+    task_states,
+    verified_s3_tags,
+)
 from tests.e2e.monitor import RunMonitor, logged_job_ids, lost_checkpoints
 
 pytestmark = [pytest.mark.e2e]
@@ -19,7 +26,9 @@ def test_demo_dag_triggered_by_rest_succeeds(api, fsx, run_name, cluster_env):
     states = task_states(api, run_id)
     assert final["state"] == "success", states
     assert states["train.train_slice"] == "success"
-    assert task_instance(api, run_id, "train.train_slice")["try_number"] == 1
+    # one try, unless Airflow's own defer race ended one (see airflow_race_retries; one job is checked below)
+    tries = task_instance(api, run_id, "train.train_slice")["try_number"]
+    assert tries == 1 + airflow_race_retries(run_id, "train.train_slice"), tries
 
     # every stage's outcome is visible through the API: the dataset numbers and the plan
     summary = api.xcom(DAG_ID, run_id, "data.data_summary")

@@ -21,7 +21,14 @@ import pytest
 
 from neoxflow.pipeline.plan import plan_run
 from tests.conftest import REPO
-from tests.e2e.conftest import DAG_ID, demo_run, task_instance, task_states, verified_s3_tags
+from tests.e2e.conftest import (
+    DAG_ID,
+    airflow_race_retries,
+    demo_run,
+    task_instance,
+    task_states,
+    verified_s3_tags,
+)
 from tests.e2e.monitor import RunMonitor, highest, logged_job_ids, lost_checkpoints, squeue_jobs, wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -92,7 +99,8 @@ def test_node_down_resumes_from_latest_complete_checkpoint_on_node1(api, fsx, ru
     states = task_states(api, run_id)
     assert final["state"] == "success", states
     train = task_instance(api, run_id, "train.train_slice")
-    assert train["try_number"] == 2, train  # the DAG's retry resumed it
+    # the DAG's retry resumed it (plus any try Airflow's own defer race ended: see airflow_race_retries)
+    assert train["try_number"] == 2 + airflow_race_retries(run_id, "train.train_slice"), train
 
     jobs = sorted(set(monitor.jobs) | logged_job_ids(fsx, run_name), key=int)
     assert len(jobs) == 2 and jobs[0] == first_job, (jobs, monitor.jobs)
@@ -243,7 +251,8 @@ def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fs
     # scheduler, triggerer, sshd: the same job carried on to the target iteration; the task re-attached
     # each time (no retry) and no second job was ever submitted
     train = task_instance(api, run_id, "train.train_slice")
-    assert train["state"] == "success" and train["try_number"] == 1, train
+    assert train["state"] == "success", train
+    assert train["try_number"] == 1 + airflow_race_retries(run_id, "train.train_slice"), train
     assert set(monitor.jobs) | logged_job_ids(fsx, run_name) == {job_id}, monitor.jobs
     step = files.latest_step()
     assert step.iteration == target, step
