@@ -3,7 +3,7 @@
 One command, same C4-format input, same cores, same run:
 
     .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--repeat 3] [--startup] \
-        [--neox /work/neox --neox-python PY]
+        [--distinct] [--neox /work/neox --neox-python PY]
 
 Prints tokens/s, MB/s (UTF-8 bytes of the text fields) and peak RSS (process tree) for each tool, the
 ratios against NeoX (when ``--neox`` is given) and against plain HF ``Tokenizer.encode_batch`` (always),
@@ -12,7 +12,8 @@ With ``--repeat N`` the tools run N times, interleaved (ours, HF, NeoX, ours, ..
 time of each is reported: a shared VM's run-to-run spread (±20% here) is larger than one run shows.
 With ``--startup`` each tool also runs on the input's first document alone, and the ratios are printed
 again without that start-up: NeoX's script spends seconds importing its stack, so the ratio on a short
-input overstates what a long shard gets.
+input overstates what a long shard gets. With ``--distinct`` no paragraph repeats (see
+:func:`make_input`).
 The input is generated from prose found on this machine (``/usr/share/doc``; synthetic words if
 absent) shaped like allenai/c4 lines (``text``, ``timestamp``, ``url``), ~10% non-ASCII documents.
 """
@@ -97,14 +98,37 @@ def _paragraphs() -> list[str]:
 _NON_ASCII = ["café", "naïve", "“quoted”", "it’s", "—", "東京都", "Привет мир", "👩‍👩‍👧", "½ €5"]
 
 
-def make_input(path: Path, docs: int, seed: int = 0) -> int:
-    """Write ``docs`` C4-format JSON lines to ``path``; returns the UTF-8 bytes of the text fields."""
+def make_input(path: Path, docs: int, seed: int = 0, distinct: bool = False) -> int:
+    """Write ``docs`` C4-format JSON lines to ``path``; returns the UTF-8 bytes of the text fields.
+
+    Paragraphs are drawn with replacement (package docs repeat licence texts too: ~30% of the bytes
+    of 20k documents are paragraphs met before), or with ``distinct`` each distinct paragraph once,
+    in random order, as in C4, which drops repeated three-sentence spans (the pool is reshuffled if
+    it runs out: ~156k distinct paragraphs here, ~45k documents)."""
     rng = random.Random(seed)
     paras = _paragraphs()
+    if distinct:
+        pool = sorted(set(paras))
+        rng.shuffle(pool)
+        draws = iter(pool)
+
+        def draw() -> str:
+            nonlocal draws
+            try:
+                return next(draws)
+            except StopIteration:
+                rng.shuffle(pool)
+                draws = iter(pool)
+                return next(draws)
+    else:
+
+        def draw() -> str:
+            return rng.choice(paras)
+
     total = 0
     with open(path, "w", encoding="utf-8") as f:
         for i in range(docs):
-            text = "\n".join(rng.choice(paras) for _ in range(rng.randint(1, 6)))
+            text = "\n".join(draw() for _ in range(rng.randint(1, 6)))
             if rng.random() < 0.1:
                 words = text.split(" ")
                 for _ in range(3):
@@ -168,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=20000, help="documents to generate (default 20000)")
     p.add_argument("--input", help="use this .jsonl instead of generating one")
+    p.add_argument(
+        "--distinct",
+        action="store_true",
+        help="generate documents from distinct paragraphs (as in deduplicated C4; default: drawn with "
+        "replacement, so some repeat)",
+    )
     p.add_argument("--workers", type=int, default=2, help="--workers for our script and NeoX's")
     p.add_argument("--repeat", type=int, default=1, help="runs of each tool, interleaved; medians reported")
     p.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
@@ -188,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         src = Path(args.input)
         text_bytes = sum(len(json.loads(line)["text"].encode()) for line in open(src, encoding="utf-8"))
     else:
-        src = work / "c4-bench.jsonl"
-        text_bytes = make_input(src, args.docs)
+        src = work / ("c4-bench-distinct.jsonl" if args.distinct else "c4-bench.jsonl")
+        text_bytes = make_input(src, args.docs, distinct=args.distinct)
     print(f"input {src}: {text_bytes / 1e6:.1f} MB of text, cores {os.cpu_count()}, workers {args.workers}")
 
     commands = tool_commands(args, src, work, "")

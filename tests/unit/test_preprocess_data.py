@@ -312,6 +312,52 @@ def test_bad_input_fails_with_file_and_line(tmp_path, capsys, name, payload, fra
     _assert_failed_cleanly(tmp_path, capsys, _main(tmp_path, path), *fragments)
 
 
+PARSE_LINES = [
+    b'{"text": "plain", "url": "u"}',
+    b'{"text": ""}',  # empty: dropped, still a document read
+    b'{"text": " \\t "}',  # whitespace-only: kept
+    b"",  # blank line: skipped
+    b"   ",
+    b'{"text": "crlf"}\r',  # JSON white space after the value, as json.loads allows
+    b'  {"text": "indented"}',  # white space before it (the line-by-line path takes these)
+    b'{"text": ["para one", "para two"]}',  # lm_dataformat's autojoin
+    b'{"text": "caf\xc3\xa9 \\u00e9 \xf0\x9f\x91\xa9\\n"}',
+    b'{"url": "u", "text": "keys in another order", "meta": {"a": [1, 2]}}',
+]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_block_parse_equals_the_line_by_line_reference(seed):
+    rng = random.Random(seed)
+    lines = [rng.choice(PARSE_LINES) for _ in range(rng.randint(1, 40))]
+    block = pp.Block("x.jsonl", 1 + seed, b"\n".join(lines) + rng.choice([b"", b"\n"]))
+    assert pp.parse_block(block, ["text"]) == pp.parse_block_by_line(block, ["text"])
+
+
+def test_plain_lines_do_not_take_the_line_by_line_path(monkeypatch):
+    block = pp.Block("x.jsonl", 7, b"\n".join(PARSE_LINES[:6] + PARSE_LINES[8:]) + b"\n")
+    expected = pp.parse_block_by_line(block, ["text"])
+    monkeypatch.setattr(pp, "parse_block_by_line", lambda *a: pytest.fail("took the line-by-line path"))
+    assert pp.parse_block(block, ["text"]) == expected
+    assert expected[0] == 6 and expected[2] == [[7, 9, 12, 13, 14]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        # each line starts with "{" and ends with "}", and joined with commas they would make one valid
+        # JSON array of three objects: parsing must still be per line
+        (b'{"a": [{"b": 1}\n{"c": 2}]}\n{"text": "x"}, {"text": "y"}\n', "x.jsonl:1"),
+        (b'{"text": "ok"} {"text": "two values"}\n', "x.jsonl:1"),
+        (b'{"text": "ok"}\n\xef\xbb\xbf{"text": "BOM"}\n', "x.jsonl:2"),
+    ],
+)
+def test_lines_valid_only_together_are_invalid_json(tmp_path, capsys, payload, where):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(payload)
+    _assert_failed_cleanly(tmp_path, capsys, _main(tmp_path, path), where, "invalid JSON")
+
+
 def test_truncated_zstd(tmp_path, capsys):
     import zstandard
 
