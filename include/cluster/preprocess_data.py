@@ -921,7 +921,7 @@ def run(
             import multiprocessing as mp
 
             pool = mp.get_context("fork").Pool(workers)
-            results = _ordered_bounded(pool, blocks, max_in_flight=2 * workers)
+            results = _ordered_bounded(pool, blocks, max_in_flight_bytes=2 * workers * BLOCK_BYTES)
         else:
             results = map(_encode_block, blocks)
         for result in results:
@@ -952,16 +952,26 @@ def run(
     return stats
 
 
-def _ordered_bounded(pool, blocks: Iterator[Block], max_in_flight: int):
-    """Like ``pool.imap`` (ordered) but with at most ``max_in_flight`` blocks queued: imap's feeder
-    thread would read the whole shard into memory ahead of the workers."""
+def _ordered_bounded(pool, blocks: Iterator[Block], max_in_flight_bytes: int):
+    """Like ``pool.imap`` (ordered) but with bounded read-ahead: imap's feeder thread would read the
+    whole shard into memory ahead of the workers.
+
+    Blocks are queued while the input bytes behind the oldest block stay under ``max_in_flight_bytes``
+    plus that block's own size. So a block that takes long (one multi-MB document) does not idle the
+    other workers while the results behind it wait: they go on with about as much input as that block
+    holds (what one other worker gets through meanwhile). Memory stays bounded by the budget plus
+    twice the largest block, whatever the shard's size."""
     in_flight: collections.deque = collections.deque()
+    queued = 0
     for block in blocks:
-        in_flight.append(pool.apply_async(_encode_block, (block,)))
-        if len(in_flight) >= max_in_flight:
-            yield in_flight.popleft().get()
+        in_flight.append((pool.apply_async(_encode_block, (block,)), len(block.data)))
+        queued += len(block.data)
+        while queued - 2 * in_flight[0][1] >= max_in_flight_bytes:
+            result, size = in_flight.popleft()
+            queued -= size
+            yield result.get()
     while in_flight:
-        yield in_flight.popleft().get()
+        yield in_flight.popleft()[0].get()
 
 
 def build_parser() -> argparse.ArgumentParser:

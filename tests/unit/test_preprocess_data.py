@@ -407,3 +407,45 @@ def test_byte_identical_to_neox_script(tmp_path):
         for ext in (".bin", ".idx"):
             ours = (tmp_path / f"bad_text_document{ext}").read_bytes()
             assert ours == (tmp_path / f"neox{workers}_text_document{ext}").read_bytes(), (workers, ext)
+
+
+class _RecordingPool:
+    """Runs jobs at ``get()`` and records how many input bytes were queued but not yet collected."""
+
+    def __init__(self):
+        self.queued, self.peak, self.queued_before_first_get = 0, 0, None
+
+    def apply_async(self, fn, args):
+        (block,) = args
+        self.queued += len(block.data)
+        self.peak = max(self.peak, self.queued)
+        pool = self
+
+        class _Result:
+            def get(self):
+                if pool.queued_before_first_get is None:
+                    pool.queued_before_first_get = pool.queued
+                pool.queued -= len(block.data)
+                return block.first_line
+
+        return _Result()
+
+
+def _blocks(sizes):
+    return [pp.Block("x.jsonl", i, b"x" * size) for i, size in enumerate(sizes)]
+
+
+def test_read_ahead_is_ordered_and_bounded_by_bytes():
+    pool = _RecordingPool()
+    out = list(pp._ordered_bounded(pool, iter(_blocks([100] * 50)), max_in_flight_bytes=400))
+    assert out == list(range(50))
+    assert pool.peak == 600  # the oldest block, then the 400-byte budget plus the oldest's size behind it
+
+
+def test_a_large_block_at_the_head_lets_the_others_run_ahead_by_its_size():
+    pool = _RecordingPool()
+    out = list(pp._ordered_bounded(pool, iter(_blocks([5000] + [100] * 200)), max_in_flight_bytes=400))
+    assert out == list(range(201))
+    # behind the slow block: the 400-byte budget plus its 5000 bytes, not just the budget
+    assert pool.queued_before_first_get == 5000 + (400 + 5000)
+    assert pool.peak <= 400 + 2 * 5000 + 100
