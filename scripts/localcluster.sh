@@ -48,7 +48,7 @@ die() { log "error: $*"; exit 1; }
 pid_alive() {  # pidfile expected-substring
   local f=$1 want=$2 pid
   [[ -s $f ]] || return 1
-  pid=$(tr -dc '0-9' <"$f")
+  pid=$(tr -dc '0-9' 2>/dev/null <"$f") || return 1 # the daemon may remove it as it exits
   [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$want"
 }
