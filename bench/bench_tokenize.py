@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import gzip
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -110,21 +112,15 @@ def make_input(path: Path, docs: int, seed: int = 0, distinct: bool = False) -> 
     if distinct:
         pool = sorted(set(paras))
         rng.shuffle(pool)
-        draws = iter(pool)
 
-        def draw() -> str:
-            nonlocal draws
-            try:
-                return next(draws)
-            except StopIteration:
+        def each_once() -> Iterator[str]:
+            while True:
+                yield from pool
                 rng.shuffle(pool)
-                draws = iter(pool)
-                return next(draws)
+
+        draw = each_once().__next__
     else:
-
-        def draw() -> str:
-            return rng.choice(paras)
-
+        draw = functools.partial(rng.choice, paras)
     total = 0
     with open(path, "w", encoding="utf-8") as f:
         for i in range(docs):
