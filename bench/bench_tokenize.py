@@ -3,7 +3,7 @@
 One command, same C4-format input, same cores, same run:
 
     .venv/bin/python bench/bench_tokenize.py [--docs N] [--workers 2] [--repeat 3] [--startup] \
-        [--distinct] [--neox /work/neox --neox-python PY]
+        [--distinct] [--neox PATH-TO-GPT-NEOX --neox-python PY]
 
 Prints tokens/s, MB/s (UTF-8 bytes of the text fields) and peak RSS (process tree) for each tool, the
 ratios against NeoX (when ``--neox`` is given) and against plain HF ``Tokenizer.encode_batch`` (always),
@@ -39,7 +39,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "include" / "cluster"
-DEFAULT_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json"
+DEFAULT_TOKENIZER = REPO / "include" / "tokenizers" / "20B_tokenizer.json"
 
 sys.path.insert(0, str(CLUSTER))
 import mmidx  # noqa: E402

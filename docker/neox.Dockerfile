@@ -5,7 +5,7 @@
 # The stack is the seed recipe's (aws-samples/awsome-distributed-training v1.1.0, 3.test_cases/15.gpt-neox):
 # NGC PyTorch 23.12 (which already ships NCCL 2.19.3), EFA installer 1.30.0, aws-ofi-nccl 1.8.1-aws,
 # flash-attn 2.5.5. Unlike the seed, GPT-NeoX and DeeperSpeed are pinned to the commits neoxflow was
-# checked against (a real run: shared/reference/neox-run), and the pieces that otherwise compile on the
+# checked against (a real run: tests/fixtures/neox-run), and the pieces that otherwise compile on the
 # cluster at start-up are built here, with the system g++ (a CXX wrapper made NeoX's dataset helper
 # segfault in build_sample_idx_int32).
 #

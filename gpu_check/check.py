@@ -45,7 +45,7 @@ from neoxflow.neox.logparse import clean_line, training_verdict  # noqa: E402
 from neoxflow.neox.progress import compute_progress, summary_line  # noqa: E402
 from neoxflow.neox.report import analyse_run  # noqa: E402
 
-#: A tiny Pythia-architecture model (the shape of shared/reference/neox-run/tiny-config.json) on the
+#: A tiny Pythia-architecture model (the shape of tests/fixtures/neox-run/tiny-config.json) on the
 #: 14M size file: pipeline engine on (pipe_parallel_size 1, as Pythia) so the end-of-training crash
 #: (exit 1 after the final checkpoint) is exercised; ZeRO-1 so optimizer shards per rank are checked.
 TINY_OVERRIDES: dict[str, Any] = {

@@ -45,7 +45,7 @@ from neoxflow.neox.logparse import LogFollower  # noqa: E402
 SHIM_DIR = REPO / "gpu_check" / "slurm_shim"
 PRODUCTION_PROFILE = REPO / "include" / "configs" / "profiles" / "aws.yaml"
 #: The C++ dataset helper NeoX compiles at start-up must be built by the system g++: the GPU image's
-#: default CXX wrapper produced a helper that segfaulted (shared/reference/neox-run/README.md).
+#: default CXX wrapper produced a helper that segfaulted (tests/fixtures/neox-run/README.md).
 SYSTEM_CXX = "g++"
 
 

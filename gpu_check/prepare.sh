@@ -23,7 +23,7 @@ DEEPERSPEED_COMMIT=${DEEPERSPEED_COMMIT:-65d9f99249f79ebd7c4577b6aeb0d3dff5a1cef
 STATE=${GPU_STATE:-$REPO/.state/gpu}
 PY_VERSION=${PY_VERSION:-3.12}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-TOKENIZER=${TOKENIZER:-$REPO/../shared/tokenizers/20B_tokenizer.json}
+TOKENIZER=${TOKENIZER:-$REPO/include/tokenizers/20B_tokenizer.json}
 WHEELS=(hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
   typing-extensions==4.16.0)
 

@@ -34,6 +34,8 @@ SLURMD_PORT0=${NEOXFLOW_SLURMD_PORT:-16820}
 DB_PORT=${NEOXFLOW_DB_PORT:-13306}
 CLUSTER_NAME=neoxflow
 HOST=$(hostname -s)
+# the real GPT-NeoX-20B tokenizer, kept in the repository (include/tokenizers/README.md)
+TOKENIZER_FILE=${NEOXFLOW_TOKENIZER_FILE:-$REPO/include/tokenizers/20B_tokenizer.json}
 
 ETC=$STATE/etc RUN=$STATE/run LOG=$STATE/log
 MOTO_SNAPSHOT=$STATE/moto-snapshot
@@ -45,6 +47,18 @@ log() { printf '[localcluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # --- processes we own ---------------------------------------------------------------------------------
+# --- cached state ---------------------------------------------------------------------------------------
+# A cached state (the C4 source, MariaDB's data folder, keys) is reused only when its readiness marker holds
+# the key it was built for. The marker is written last, after everything it vouches for, so a build cut
+# short (a missing input, a full disk, ^C) leaves no marker and is rebuilt on the next `up`, never reused.
+is_ready() {  # folder key
+  [[ -f $1/.neoxflow-ready && $(cat "$1/.neoxflow-ready") == "$2" ]]
+}
+
+mark_ready() {  # folder key
+  printf '%s' "$2" >"$1/.neoxflow-ready.tmp" && mv -f "$1/.neoxflow-ready.tmp" "$1/.neoxflow-ready"
+}
+
 pid_alive() {  # pidfile expected-substring
   local f=$1 want=$2 pid
   [[ -s $f ]] || return 1
@@ -162,7 +176,9 @@ EOF
 # --- daemons --------------------------------------------------------------------------------------------
 start_munge() {
   pid_alive "$RUN/munged.pid" munged && return
-  [[ -s $ETC/munge.key ]] || { dd if=/dev/urandom of="$ETC/munge.key" bs=1024 count=1 status=none; }
+  if [[ $(stat -c %s "$ETC/munge.key" 2>/dev/null) != 1024 ]]; then  # whole, or made anew
+    dd if=/dev/urandom of="$ETC/munge.key.tmp" bs=1024 count=1 status=none && mv -f "$ETC/munge.key.tmp" "$ETC/munge.key"
+  fi
   chmod 400 "$ETC/munge.key"
   /usr/sbin/munged --force --key-file="$ETC/munge.key" --socket="$RUN/munge.socket" \
     --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" --seed-file="$STATE/munge.seed"
@@ -171,9 +187,11 @@ start_munge() {
 
 start_mariadb() {
   pid_alive "$RUN/mariadb.pid" mariadbd && return
-  if [[ ! -d $STATE/mysql/mysql ]]; then
+  if ! is_ready "$STATE/mysql" installed; then
+    rm -rf "$STATE/mysql"
     mariadb-install-db --user=root --datadir="$STATE/mysql" --auth-root-authentication-method=normal \
       --skip-test-db >"$LOG/mariadb-install.log" 2>&1 || die "mariadb-install-db failed ($LOG/mariadb-install.log)"
+    mark_ready "$STATE/mysql" installed
   fi
   setsid /usr/sbin/mariadbd --no-defaults --user=root --datadir="$STATE/mysql" --socket="$RUN/mysql.sock" \
     --port="$DB_PORT" --bind-address=127.0.0.1 --pid-file="$RUN/mariadb.pid" --skip-name-resolve \
@@ -210,8 +228,13 @@ nodes_ready() {
 
 setup_ssh() {
   mkdir -p "$STATE/ssh" /run/sshd
-  [[ -s $STATE/ssh/host_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C neoxflow-localcluster-host -f "$STATE/ssh/host_ed25519"
-  [[ -s $STATE/ssh/client_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C neoxflow-airflow -f "$STATE/ssh/client_ed25519"
+  local key
+  for key in host_ed25519:neoxflow-localcluster-host client_ed25519:neoxflow-airflow; do
+    # a key pair counts only when both halves are there (ssh-keygen writes the private half first)
+    [[ -s $STATE/ssh/${key%%:*} && -s $STATE/ssh/${key%%:*}.pub ]] && continue
+    rm -f "$STATE/ssh/${key%%:*}" "$STATE/ssh/${key%%:*}.pub"
+    ssh-keygen -q -t ed25519 -N '' -C "${key#*:}" -f "$STATE/ssh/${key%%:*}"
+  done
   cp "$STATE/ssh/client_ed25519.pub" "$STATE/ssh/authorized_keys"
   chmod 600 "$STATE/ssh/authorized_keys" "$STATE/ssh/host_ed25519" "$STATE/ssh/client_ed25519"
   cat >"$STATE/ssh/sshd_config" <<EOF
@@ -272,14 +295,21 @@ restart_moto_after() {  # start moto with the snapshot taken by stop_moto, and t
 
 start_c4_source() {
   # C4-format shards (and the tokenizer JSON) served over HTTP: the stand-in for huggingface.co
-  local dir=$STATE/c4-source
-  if [[ ! -f $dir/.complete-$C4_SHARDS-$C4_DOCS ]]; then
-    rm -rf "$dir" && mkdir -p "$dir"
-    "$VENV/bin/python" "$REPO/include/cluster/c4_fixture.py" --out "$dir" --train "$C4_SHARDS" --validation 1 \
-      --docs "$C4_DOCS" --seed 1234 >"$LOG/c4_fixture.log" 2>&1 || die "c4 fixture generation failed"
-    local tok=${NEOXFLOW_TOKENIZER_FILE:-$REPO/../shared/tokenizers/20B_tokenizer.json}
-    [[ -s $tok ]] && cp "$tok" "$dir/20B_tokenizer.json"
-    touch "$dir/.complete-$C4_SHARDS-$C4_DOCS"
+  # Built in a side folder and swapped in whole: the served folder always holds every shard and the
+  # tokenizer of its key (what it was built from), or the build starts again.
+  local dir=$STATE/c4-source key
+  [[ -s $TOKENIZER_FILE ]] || die "tokenizer $TOKENIZER_FILE missing (it is part of the repository: is the clone whole?)"
+  key="shards=$C4_SHARDS docs=$C4_DOCS seed=1234 fixture=$(sha256sum <"$REPO/include/cluster/c4_fixture.py" | cut -c1-16)"
+  key+=" tokenizer=$(sha256sum <"$TOKENIZER_FILE" | cut -c1-16)"
+  if ! is_ready "$dir" "$key"; then
+    log "building the C4 source ($C4_SHARDS shards x $C4_DOCS documents)"
+    rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+    "$VENV/bin/python" "$REPO/include/cluster/c4_fixture.py" --out "$dir.partial" --train "$C4_SHARDS" \
+      --validation 1 --docs "$C4_DOCS" --seed 1234 >"$LOG/c4_fixture.log" 2>&1 || die "c4 fixture generation failed ($LOG/c4_fixture.log)"
+    cp "$TOKENIZER_FILE" "$dir.partial/20B_tokenizer.json"
+    mark_ready "$dir.partial" "$key"
+    stop_pid "$RUN/c4source.pid" http_source.py  # it may serve the folder being replaced
+    rm -rf "$dir" && mv "$dir.partial" "$dir"
   fi
   pid_alive "$RUN/c4source.pid" http_source.py && return
   setsid "$VENV/bin/python" "$REPO/include/cluster/http_source.py" --dir "$dir" --host 127.0.0.1 --port "$C4_PORT" \

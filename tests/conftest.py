@@ -16,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("NEOXFLOW_STATE", REPO / ".state" / "cluster"))
-SHARED = REPO.parent / "shared"
+#: The real GPT-NeoX-20B tokenizer, kept in the repository (include/tokenizers/README.md says where from).
+TOKENIZER = REPO / "include" / "tokenizers" / "20B_tokenizer.json"
 
 os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".state" / "airflow-test"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -2,7 +2,7 @@
 
 Why this exists: the cluster-side tools (tokenizer, merge, validate) and the stand-in trainer must
 read and write exactly the files NeoX's ``megatron/data/indexed_dataset.py`` reads, without importing
-NeoX (it drags torch and megatron in). Layout, little-endian (see shared/reference/neox.md):
+NeoX (it drags torch and megatron in). Layout, little-endian (see docs/reference/neox.md):
 
 ``.bin``  the token arrays of all items concatenated, no header.
 ``.idx``  magic ``b"MMIDIDX\\x00\\x00"`` | uint64 version=1 | uint8 dtype code | uint64 N items |

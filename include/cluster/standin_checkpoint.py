@@ -1,6 +1,6 @@
 """NeoX-layout checkpoints for the stand-in trainer, committed by an atomic ``latest``.
 
-Layout (what the watcher, sensor and export already expect from NeoX, see shared/reference/neox.md)::
+Layout (what the watcher, sensor and export already expect from NeoX, see docs/reference/neox.md)::
 
     save/global_stepN/mp_rank_00_model_states.pt   model, optimizer, lr_scheduler, rng, iteration, data
     save/global_stepN/configs/<config name>.json    the run's config, written after the model states

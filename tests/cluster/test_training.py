@@ -31,15 +31,13 @@ from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, r
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
 from neoxflow.neox.logparse import TrainStep, parse_text
 from tests.cluster.slurm_helpers import REPO, job_state, ti_states
+from tests.conftest import TOKENIZER
 
 pytestmark = [pytest.mark.cluster]
 
 CODE = REPO / "include" / "cluster"
 LISTING = str(CODE / "ckpt_listing.py")
 PY = str(REPO / ".venv" / "bin" / "python")
-TOKENIZER = Path(
-    os.environ.get("NEOXFLOW_TOKENIZER", REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json")
-)
 DAGS = REPO / "tests" / "dags" / "neoxflow_training_test_dags.py"
 OVERRIDES = {
     "train_iters": 20,
@@ -88,8 +86,6 @@ def the_ti(dagrun):
 @pytest.fixture(scope="module")
 def fsx_root(cluster_env) -> Path:
     """A private FSx root: tokenizer and a small tokenized dataset where the local profile expects them."""
-    if not TOKENIZER.is_file():
-        pytest.skip(f"20B tokenizer not found at {TOKENIZER}")
     import mmidx
     import tokenizers
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOKENIZER
+
 REPO = Path(__file__).resolve().parents[2]
-TOKENIZER = REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,6 @@ def test_default_input_draws_with_replacement(bench, monkeypatch, tmp_path):
     assert max(_paragraph_draws(tmp_path / "r.jsonl").values()) > 1
 
 
-@pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"real tokenizer absent: {TOKENIZER}")
 def test_bench_runs_and_outputs_are_byte_identical(bench, monkeypatch, tmp_path, capsys):
     words = "the quick brown fox jumps over lazy dogs while caf\u00e9 owners watch".split()
     monkeypatch.setattr(bench, "_paragraphs", lambda: [" ".join(words[i:] + words[:i]) for i in range(12)])

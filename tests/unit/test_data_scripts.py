@@ -48,10 +48,10 @@ from neoxflow.data.shards import (
     format_manifest,
     tokenizer_entry,
 )
+from tests.conftest import TOKENIZER
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "include" / "cluster"
-TOKENIZER = Path("/work/shared/tokenizers/20B_tokenizer.json")
 RESULT = "NEOXFLOW_RESULT "
 FAST = ["--backoff", "0.01", "--progress-interval", "0"]
 
@@ -432,8 +432,6 @@ def test_fetch_memory_is_bounded_by_the_part_size(s3, bucket, aws_env, work):
 
 def test_tokenizer_json_takes_the_same_path(s3, bucket, aws_env, work):
     """file:// (or a URL) -> S3 -> FSx, then s3:// -> another S3 key, with the same checksums."""
-    if not TOKENIZER.exists():
-        pytest.skip(f"{TOKENIZER} not present")
     entry = tokenizer_entry(TOKENIZER.as_uri(), s3_bucket=bucket, fsx_dir=str(work / "fsx" / "tokenizers"))
     manifest = work / "tok.manifest"
     manifest.write_text(format_manifest([entry]))

@@ -31,7 +31,7 @@ from neoxflow.neox.config import (
 )
 
 # Upstream EleutherAI configs/pythia/*.yml (layers, hidden, heads, lr, model parallel), as listed in
-# shared/reference/neox.md and the upstream files.
+# docs/reference/neox.md and the upstream files.
 UPSTREAM = {
     "14M": (6, 128, 4, 0.001, 1),
     "31M": (6, 256, 8, 0.001, 1),
@@ -505,7 +505,7 @@ def test_local_profile_paths_and_tiny_model(tmp_path: Path) -> None:
     default = load_profile("local", env={})
     assert default.fsx_root == str(C.REPO_ROOT / ".state/cluster/fsx")
     assert default.cluster.python == str(C.REPO_ROOT / ".venv/bin/python")
-    assert default.tokenizer_source == str(C.REPO_ROOT.parent / "shared/tokenizers/20B_tokenizer.json")
+    assert default.tokenizer_source == str(C.REPO_ROOT / "include/tokenizers/20B_tokenizer.json")
 
 
 def test_aws_profile_shape() -> None:

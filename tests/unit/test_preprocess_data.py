@@ -14,9 +14,7 @@ import numpy as np
 import preprocess_data as pp
 import pytest
 
-TOKENIZER = Path(__file__).resolve().parents[2].parent / "shared/tokenizers/20B_tokenizer.json"
-needs_tokenizer = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"real tokenizer absent: {TOKENIZER}")
-pytestmark = needs_tokenizer
+from tests.conftest import TOKENIZER
 
 ADVERSARIAL = [
     " ", "  ", "   ", " " * 24, " " * 25, " " * 49, "a" + " " * 30 + "b", "\t", "\t\t  \t", "a  b",

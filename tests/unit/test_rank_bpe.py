@@ -1,6 +1,6 @@
 """include/cluster/rank_bpe.py: tiktoken's BPE is used only where it is proven equal to the model's.
 
-Real parts: the GPT-NeoX-20B tokenizer (../shared/tokenizers), HF ``tokenizers`` BPE models, tiktoken."""
+Real parts: the GPT-NeoX-20B tokenizer (include/tokenizers), HF ``tokenizers`` BPE models, tiktoken."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import rank_bpe  # noqa: E402
 tiktoken = pytest.importorskip("tiktoken")
 from tokenizers import Tokenizer, models  # noqa: E402
 
-TOKENIZER = REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json"
+from tests.conftest import TOKENIZER  # noqa: E402
+
 B2U = pp._bytes_to_unicode()
 BYTE_LEVEL = {b: ord(c) for b, c in B2U.items()}
 

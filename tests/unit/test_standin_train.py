@@ -31,12 +31,11 @@ from standin_data import SampleStream, split_bounds
 from standin_model import GPTNeoX, ModelShape, cross_entropy
 from standin_optim import AdamW
 
+from tests.conftest import TOKENIZER
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "include" / "cluster" / "standin_train.py"
 FIXTURES = REPO / "tests" / "fixtures" / "neox-run"
-TOKENIZER = Path(
-    os.environ.get("NEOXFLOW_TOKENIZER", REPO.parent / "shared" / "tokenizers" / "20B_tokenizer.json")
-)
 VALID = re.compile(
     r"^ validation results at iteration (\d+) \| lm_loss value: (\S+) \| lm_loss_ppl value: \S+ \| $", re.M
 )
@@ -52,8 +51,6 @@ TIMES = ["in the morning", "after lunch", "every Sunday", "before dinner", "at n
 def dataset(tmp_path_factory) -> str:
     """400 short documents of plain English sentences, tokenized like NeoX's preprocess_data (+EOD)."""
     tokenizers = pytest.importorskip("tokenizers")
-    if not TOKENIZER.is_file():
-        pytest.skip(f"20B tokenizer not found at {TOKENIZER} (set NEOXFLOW_TOKENIZER)")
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     rng = np.random.default_rng(0)
     prefix = str(tmp_path_factory.mktemp("data") / "demo_text_document")
@@ -233,8 +230,6 @@ def test_flops_estimate_matches_neox():
 
 
 def test_padded_vocab_from_the_real_tokenizer():
-    if not TOKENIZER.is_file():
-        pytest.skip("20B tokenizer not available")
     assert sc.tokenizer_vocab_size(TOKENIZER) == 50277
     assert (
         sc.padded_vocab_size(

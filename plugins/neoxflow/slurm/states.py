@@ -1,4 +1,4 @@
-"""What a Slurm job state means for a pipeline (see shared/reference/slurm.md).
+"""What a Slurm job state means for a pipeline (see docs/reference/slurm.md).
 
 Slurm reports one word per job (squeue ``%T``, scontrol ``JobState=``, sacct ``State``). neoxflow sorts
 every word into one :class:`Outcome` so that operators, sensors and the resume policy decide on the same
