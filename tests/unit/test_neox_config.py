@@ -581,3 +581,34 @@ def test_run_name_must_be_a_safe_folder_name(aws) -> None:
     for bad in ("../other", "demo\n", "a b", ""):
         with pytest.raises(ValueError, match="run name"):
             aws.run_paths(bad)
+
+
+@pytest.mark.parametrize(
+    ("total", "cap", "nodes", "gpus", "micro", "gas"),
+    [
+        (96, 64, 1, 1, 48, 2),  # min(cap, per_rank) would give 64 x 1 = 64 samples, not 96
+        (96, 40, 1, 1, 32, 3),
+        (360, 16, 3, 1, 15, 8),  # dp 3 -> 120 per rank
+        (1000, 32, 5, 2, 25, 4),  # dp 10 -> 100 per rank
+        (77, 8, 1, 1, 7, 11),
+        (97, 16, 1, 1, 1, 97),  # a prime per-rank batch: micro 1 is the only exact split
+    ],
+)
+def test_derive_batch_splits_shapes_that_are_not_powers_of_two(total, cap, nodes, gpus, micro, gas) -> None:
+    cfg = {"train_batch_size": total, "train_micro_batch_size_per_gpu": cap}
+    out, errors = derive_batch(cfg, nodes, gpus)
+    assert errors == []
+    assert (out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"]) == (micro, gas)
+
+
+def test_derive_batch_is_the_largest_exact_split_under_the_cap() -> None:
+    """Against brute force, over every small shape: the global batch is kept exactly, micro never exceeds
+    the cap, and no larger micro batch would also split it exactly."""
+    for dp in (1, 2, 3, 5, 6):
+        for per_rank in range(1, 61):
+            for cap in range(1, 70, 3):
+                cfg = {"train_batch_size": per_rank * dp, "train_micro_batch_size_per_gpu": cap}
+                out, errors = derive_batch(cfg, dp, 1)
+                micro, gas = out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"]
+                assert errors == [] and micro * gas * dp == per_rank * dp and micro <= cap
+                assert micro == max(m for m in range(1, cap + 1) if per_rank % m == 0), (dp, per_rank, cap)
