@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.slurm_helpers import REPO, ti_states
+from tests.conftest import load_cluster_env
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -97,11 +98,39 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     assert report["checkpoints_in_s3"] == ["global_step20", "global_step40"]  # exported and verified
     assert report["training"]["final_loss"] < report["training"]["loss_curve"][0][1]  # it learned
     assert (fsx / "checkpoints" / name / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the run of record, on FSx and in S3
+    recorded = json.loads((fsx / "checkpoints" / name / "run-record.json").read_text())
+    assert recorded["request"]["train_iters"] == 40 and recorded["fixed"]["neox"]["train_iters"] == 40
+    s3 = demo_run.aws_client(load_cluster_env())
+    key = f"neoxflow/runs/{name}/run-record.json"
+    assert json.loads(s3.get_object(Bucket="neoxflow-local", Key=key)["Body"].read()) == recorded
     capfd.readouterr()
-    # the same run again: data validates (skipped), training already at train_iters (no-op)
-    again = ti_states(trigger(run_name=name, train_iters=40, checkpoint_interval=20))
+    # the same run again from the form's defaults, as the scheduled continuation plans it: the record fills
+    # the blanks (40 iterations, not the profile's 200); data validates (skipped), training is at
+    # train_iters (no-op)
+    rerun = trigger(run_name=name)
+    again = ti_states(rerun)
+    (plan_ti,) = [ti for ti in rerun.get_task_instances() if ti.task_id == "prepare.plan"]
+    plan = plan_ti.xcom_pull(task_ids="prepare.plan")
+    assert plan["config"]["train_iters"] == 40 and plan["record"]["fixed_hash"] == recorded["fixed_hash"]
     assert again["data.fetch"] == "skipped" and again["data.tokenize"] == "skipped"
     assert again["train.train_slice"] == "skipped"
+
+
+def test_a_plan_that_would_change_the_recorded_model_is_refused(fresh_run, capfd):
+    from neoxflow.pipeline import tasks
+
+    name, fsx = fresh_run
+    form = {"profile": "local", "run_name": name, "train_iters": 40, "checkpoint_interval": 20}
+    first = tasks.make_plan(form)
+    assert first["record"]["created"] is True
+    assert (fsx / "checkpoints" / name / "run-record.json").is_file()
+    run = trigger(run_name=name, train_iters=60, checkpoint_interval=20)
+    out = capfd.readouterr().out
+    states = ti_states(run)
+    assert states["prepare.plan"] == "failed" and states["prepare.lock"] == "upstream_failed"
+    assert "neox.train_iters: recorded 40, now 60" in out
+    assert not (fsx / "runs" / name / "jobs").exists()  # nothing was submitted
 
 
 def _when(predicate, action, timeout=240):

@@ -250,6 +250,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     cfg = run_config(request, profile, check_vocab_file=False)
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
+    selection = selection_for(request, profile)
     return {
         "request": {
             k: v
@@ -283,6 +284,13 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
             "gpus_per_node": cfg.gpus_per_node,
         },
         "data": data_plans(request, profile, lay),
+        # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
+        "dataset": {
+            "shards": selection.names(),
+            "train_indices": list(selection.train),
+            "url_template": selection.url_template,
+            "tokenizer_source": profile.tokenizer_source,
+        },
         "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
         "dry_run": request.dry_run,
     }

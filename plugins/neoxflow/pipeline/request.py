@@ -16,6 +16,8 @@ from neoxflow.data.shards import ShardSelection, ShardSelectionError
 PYTHIA_SIZES = ["14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"]
 PROFILES = ["local", "aws"]
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: What a blank field of the form means.
+BLANK = "Blank: the run of record's value when the run exists, else the profile's."
 TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}")
 
 
@@ -66,30 +68,40 @@ def form_params() -> dict[str, Any]:
             type=["null", "string"],
             enum=[None, *PYTHIA_SIZES],
             title="Pythia size",
-            description="Empty: the profile's default size.",
+            description="Blank: the run of record's size when the run exists, else the profile's default.",
         ),
         "run_name": Param(
             "pythia-demo",
             type="string",
             pattern=f"^{RUN_NAME.pattern}$",
             title="Run name",
-            description="Names the checkpoint folder: the same name continues the same run.",
+            description="Names the checkpoint folder and the run of record: the same name continues the "
+            "same run, as it was first planned (a change to what defines the model is refused).",
         ),
-        "nodes": Param(None, type=["null", "integer"], minimum=1, maximum=1024, title="Nodes"),
-        "gpus_per_node": Param(None, type=["null", "integer"], minimum=1, maximum=16, title="GPUs per node"),
+        "nodes": Param(
+            None, type=["null", "integer"], minimum=1, maximum=1024, title="Nodes", description=BLANK
+        ),
+        "gpus_per_node": Param(
+            None, type=["null", "integer"], minimum=1, maximum=16, title="GPUs per node", description=BLANK
+        ),
         "shards": Param(
-            "subset",
-            type="string",
+            None,
+            type=["null", "string"],
             title="C4 shards",
-            description="subset (first 4), a count (16), a list (0,5,7), a range (0-15) or all.",
+            description="subset (first 4), a count (16), a list (0,5,7), a range (0-15) or all. "
+            "Blank: the run of record's shards when the run exists, else subset.",
         ),
-        "train_iters": Param(None, type=["null", "integer"], minimum=1, title="Train iterations"),
-        "checkpoint_interval": Param(None, type=["null", "integer"], minimum=1, title="Checkpoint every N"),
+        "train_iters": Param(
+            None, type=["null", "integer"], minimum=1, title="Train iterations", description=BLANK
+        ),
+        "checkpoint_interval": Param(
+            None, type=["null", "integer"], minimum=1, title="Checkpoint every N", description=BLANK
+        ),
         "time_limit": Param(
             None,
             type=["null", "string"],
             title="Time limit per slice",
-            description="Slurm time limit of one training job, e.g. 04:00:00.",
+            description="Slurm time limit of one training job, e.g. 04:00:00. " + BLANK,
         ),
         "dry_run": Param(
             False,
@@ -135,7 +147,7 @@ def parse_request(conf: dict[str, Any]) -> RunRequest:
         problems["time_limit"] = f"must look like HH:MM:SS or D-HH:MM:SS, got {time_limit!r}"
     try:
         shards = ShardSelection.parse(
-            conf.get("shards", "subset"), url_template=conf.get("shard_url_template") or None
+            conf.get("shards") or "subset", url_template=conf.get("shard_url_template") or None
         )
     except ShardSelectionError as err:
         field, _, why = str(err).partition(": ")

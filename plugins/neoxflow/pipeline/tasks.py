@@ -13,7 +13,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.pipeline import lock
+from neoxflow.pipeline import lock, record
 from neoxflow.pipeline.plan import cluster_code_files, plan_run
 
 log = logging.getLogger(__name__)
@@ -23,15 +23,33 @@ q = shlex.quote
 
 
 def make_plan(params: dict[str, Any]) -> dict[str, Any]:
-    """Validate the trigger form and render everything; a dry run logs every script and config."""
+    """Validate the trigger form and render everything, starting from the run of record when the run has
+    one (pipeline/record.py); a dry run logs every script and config and writes nothing."""
     from neoxflow.pipeline.request import RequestError
 
+    form = dict(params)
     try:
-        plan = plan_run(dict(params))
+        recorded_at = record.record_path(checkpoint_dir_of(form))
+        recorded = read_record(recorded_at)
+        form = record.merge_form(form, recorded)
+        plan = plan_run(form)
+        planned = record.record_from_plan(plan, form)
+        if recorded is not None:
+            record.check_against(recorded, planned)
     except RequestError as err:
         raise AirflowFailException(f"invalid trigger form: {err}") from None
     except (ValueError, OSError) as err:
         raise AirflowFailException(str(err)) from None
+    created = False
+    if recorded is None and not plan["dry_run"]:
+        created = create_record(planned, recorded_at)
+    plan["record"] = {"path": recorded_at, "fixed_hash": planned.fixed_hash, "created": created}
+    log.info(
+        "Run of record %s (fixed part %s): %s",
+        plan["run_name"],
+        planned.fixed_hash,
+        "created now" if created else "continued" if recorded is not None else "none yet (dry run)",
+    )
     if plan["dry_run"]:
         log.info(
             "DRY RUN of %s - nothing will be submitted. Rendered NeoX config (%s):\n%s",
@@ -49,6 +67,47 @@ def make_plan(params: dict[str, Any]) -> dict[str, Any]:
 
 def _hook() -> SlurmSSHHook:
     return SlurmSSHHook(SSH_CONN_ID)
+
+
+def checkpoint_dir_of(form: dict[str, Any]) -> str:
+    """Where the run's checkpoints (and so its record) live: the form's run name in its profile."""
+    from neoxflow.neox.config import load_profile
+    from neoxflow.pipeline.request import parse_request
+
+    request = parse_request(form)
+    return load_profile(request.profile).run_paths(request.run_name).checkpoint_dir
+
+
+def read_record(path: str) -> record.RunRecord | None:
+    _, out, _ = _hook().run(record.read_command(path))
+    text = out.decode("utf-8", "replace")
+    if not text.strip():
+        return None
+    try:
+        return record.RunRecord.from_json(text)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def create_record(planned: record.RunRecord, path: str) -> bool:
+    """Write the record on FSx unless a racing first plan did (then hold this plan to that one). True
+    when this plan created it. ``ship_code`` copies it to S3 (where the bucket is made sure of)."""
+    import uuid
+
+    hook = _hook()
+    staged = f"{path}.new.{uuid.uuid4().hex[:8]}"
+    hook.upload(planned.to_json().encode(), staged)
+    _, out, _ = hook.run(record.create_command(staged, path))
+    if out.decode().strip() != "created":
+        winner = read_record(path)
+        if winner is None:
+            raise RuntimeError(f"{path}: the run record was neither created nor found")
+        try:
+            record.check_against(winner, planned)
+        except record.RecordMismatch as err:
+            raise AirflowFailException(str(err)) from None
+        return False
+    return True
 
 
 def acquire_lock(
@@ -81,7 +140,8 @@ def release_lock(plan: dict[str, Any] | None, owner: str | None) -> None:
 
 
 def ship_code(plan: dict[str, Any]) -> str:
-    """Copy include/cluster to <fsx>/code/<content hash>/ once; make sure the S3 bucket exists."""
+    """Copy include/cluster to <fsx>/code/<content hash>/ once; make sure the S3 bucket exists and holds
+    the run of record."""
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     hook = _hook()
@@ -101,6 +161,11 @@ def ship_code(plan: dict[str, Any]) -> str:
     if not s3.check_for_bucket(plan["s3"]["bucket"]):
         s3.create_bucket(bucket_name=plan["s3"]["bucket"])
         log.info("Created bucket %s", plan["s3"]["bucket"])
+    # the run of record's durable copy, beside the run's report (FSx scratch can be lost; S3 is not)
+    _, text, _ = hook.run(record.read_command(plan["record"]["path"]))
+    if text.strip():
+        key = posixpath.join(plan["s3"]["prefix"].strip("/"), "runs", plan["run_name"], record.RECORD_NAME)
+        s3.load_bytes(text, key=key, bucket_name=plan["s3"]["bucket"], replace=True)
     return code_dir
 
 
