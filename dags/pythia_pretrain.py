@@ -120,6 +120,7 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
             train = PretrainTrainOperator(
                 task_id="train_slice",
                 stall_window=STALL_WINDOW_S,
+                lock_task_id="prepare.lock",  # the watch renews this run's folder lease while its job lives
                 poll_interval=POLL,
                 retries=3,
                 retry_delay=RETRY_DELAY,

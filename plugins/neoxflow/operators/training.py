@@ -15,6 +15,9 @@ Outcomes:
 - a clean stop before the time limit (job COMPLETED, the log shows ``NEOXFLOW slice_end``) or another
   exit 0 short of train_iters -> success of the slice, ``more_to_do`` True;
 - stalled -> the job is cancelled and the task fails with the stall reason (:class:`TrainingStalled`);
+- the run's checkpoint-folder lease lost (``lock_lost``: the watch's renewal found another holder) ->
+  an alert (kind ``lock_lost``) and the watch goes on; the job is NOT cancelled (a human decides which
+  run owns the folder);
 - any other ending -> :class:`SlurmJobFailed` as the base class raises it, with the verdict's reason.
 """
 
@@ -33,6 +36,7 @@ from neoxflow.neox.progress import run_note_markdown
 from neoxflow.neox.report import build_summary
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
+from neoxflow.pipeline.lock import DEFAULT_LEASE_S
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
     expectation_from_dict,
@@ -91,6 +95,11 @@ class NeoXTrainOperator(SlurmOperator):
     :param stall_window: seconds without a new log line or checkpoint while RUNNING before failing.
     :param list_every: list the save folder every N polls (and on each commit line).
     :param seq_length: tokens per sample, for tokens/s.
+    :param lock_owner: the owner token of the run's checkpoint-folder lease (templated); the watch renews
+        the lease while the job lives. Or ``lock_task_id``: the task whose return value is that token
+        (the DAG's lock task). Neither: no renewal.
+    :param lock_dir: the lease's folder (templated); default ``<save_dir>.lock``, the plan's rule.
+    :param lock_lease_s: the lease each renewal grants; the same as the acquisition's.
     """
 
     template_fields: Sequence[str] = (
@@ -100,6 +109,8 @@ class NeoXTrainOperator(SlurmOperator):
         "listing_python",
         "neox_log_path",
         "run_name",
+        "lock_owner",
+        "lock_dir",
     )
     ui_color = "#f8e6d6"
 
@@ -117,6 +128,10 @@ class NeoXTrainOperator(SlurmOperator):
         stall_window: float | None = None,
         list_every: int = 6,
         seq_length: int | None = None,
+        lock_owner: str | None = None,
+        lock_task_id: str | None = None,
+        lock_dir: str | None = None,
+        lock_lease_s: int = DEFAULT_LEASE_S,
         **kwargs: Any,
     ):
         kwargs.setdefault("outlets", [AssetAlias(asset_alias)])
@@ -132,12 +147,46 @@ class NeoXTrainOperator(SlurmOperator):
         self.stall_window = stall_window
         self.list_every = list_every
         self.seq_length = seq_length
+        self.lock_owner = lock_owner
+        self.lock_task_id = lock_task_id
+        self.lock_dir = lock_dir
+        self.lock_lease_s = lock_lease_s
+        self._lock: dict[str, Any] = {}
 
     # -- watching --------------------------------------------------------------------------------------
     def _log_path(self, record: Mapping[str, Any]) -> str | None:
         if self.neox_log_path:
             return self.neox_log_path.replace("{job_id}", str(record["job_id"]))
         return record.get("log_path")
+
+    def _resolve_lock(self, context: Context) -> None:
+        """Which lease the watch renews (again after each deferral: self does not survive it)."""
+        owner = self.lock_owner
+        if not owner and self.lock_task_id:
+            owner = context["ti"].xcom_pull(task_ids=self.lock_task_id)
+            if not owner:
+                self.log.warning("No lock owner from %s: the lease is not renewed", self.lock_task_id)
+        if not owner:
+            self._lock = {}
+            return
+        self._lock = {
+            "lock_dir": self.lock_dir or f"{self.save_dir}.lock",
+            "lock_owner": str(owner),
+            "lock_lease_s": int(self.lock_lease_s),
+        }
+
+    def _lock_lost(self, context: Context, event: Mapping[str, Any]) -> None:
+        """Another run holds our folder's lease: say so loudly, keep the job (no scancel)."""
+        message = event.get("message") or f"lock lost to {event.get('holder')}"
+        self.log.error("Checkpoint folder lock lost: %s", message)
+        lost = {"holder": event.get("holder"), "until": event.get("until"), "message": message}
+        context["ti"].xcom_push(key="lock_lost", value=lost)
+        try:
+            from neoxflow.notifiers.factory import send_alert
+
+            send_alert("lock_lost", context, detail=message, job_id=event.get("job_id"))
+        except Exception as err:  # the alert is best effort; the watch must go on
+            self.log.warning("Could not send the lock_lost alert: %s", err)
 
     def _training_trigger(
         self,
@@ -162,6 +211,7 @@ class NeoXTrainOperator(SlurmOperator):
             seq_length=self.seq_length,
             watch=watch,
             carry={"record": dict(record), "checkpoints": list(checkpoints or [])},
+            **self._lock,
             poll_interval=self.poll_interval,
             unknown_timeout=self.unknown_timeout,
         )
@@ -226,6 +276,7 @@ class NeoXTrainOperator(SlurmOperator):
             record["baseline_checkpoint"] = self._newest_complete()
             self.log.info("Newest complete checkpoint before this slice: %s", record["baseline_checkpoint"])
         watch = WatchState(last_checkpoint=record["baseline_checkpoint"]).to_dict()
+        self._resolve_lock(context)
         trigger = self._training_trigger(record, watch=watch)
         if self.deferrable:
             self.defer(
@@ -240,9 +291,11 @@ class NeoXTrainOperator(SlurmOperator):
         checkpoints: list[dict[str, Any]] = []
         while True:
             event = asyncio.run(_first_event(trigger))
-            if event.get("event") != "checkpoint":
+            if event.get("event") not in ("checkpoint", "lock_lost"):
                 return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
+            if event.get("event") == "lock_lost":
+                self._lock_lost(context, event)
             trigger = self._training_trigger(
                 record, event.get("log_offset", 0), event.get("watch"), checkpoints
             )
@@ -276,9 +329,13 @@ class NeoXTrainOperator(SlurmOperator):
         record = dict(record or carry.get("record") or {})
         checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
-        if kind == "checkpoint":
+        if kind in ("checkpoint", "lock_lost"):  # the job goes on: watch it again from where this left off
+            self._resolve_lock(context)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
-            self.log.info("Checkpoint %s is complete: %s", event.get("tag"), event.get("path"))
+            if kind == "lock_lost":
+                self._lock_lost(context, event)
+            else:
+                self.log.info("Checkpoint %s is complete: %s", event.get("tag"), event.get("path"))
             self.defer(
                 trigger=self._training_trigger(
                     record, event.get("log_offset", 0), event.get("watch"), checkpoints

@@ -17,6 +17,15 @@ Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_offset``, 
 - ``stalled``: no new log line and no new checkpoint within ``stall_window`` while RUNNING (``reason``).
 - ``final`` / ``held`` / ``lost`` / ``error``: as :class:`SlurmJobTrigger`, plus the checkpoints a last
   listing found (``checkpoints``) and ``listing_error`` if that listing failed.
+- ``lock_lost``: renewing the run's checkpoint-folder lease found it held by someone else (``holder``,
+  ``until``, ``message``); the job is still running and is NOT cancelled (cancelling could kill the
+  rightful run's job if ours is the stray one; a human decides). The operator alerts and re-defers; the
+  watch then stops renewing (``watch.lock_lost``).
+
+The lease (neoxflow.pipeline.lock) is renewed while the job lives (pending or running): at the first
+poll of a watch and then every third of the lease, so a run outliving the 6 h lease (24 h slices) keeps
+its folder, and a run whose watch is gone (triggerer down for more than the lease, DAG deleted) lets the
+folder go once the lease runs out. A failed renewal command is retried a minute later.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from neoxflow.neox.logparse import (
 )
 from neoxflow.neox.progress import Progress, compute_progress, stall_reason, summary_line
 from neoxflow.neox.report import downsample
+from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
@@ -56,13 +66,25 @@ from neoxflow.triggers.checkpoint import (
 )
 from neoxflow.triggers.slurm_job import TAIL_LINES, SlurmJobTrigger
 
-__all__ = ["SLICE_END_MARKER", "NeoXTrainingTrigger", "WatchState"]
+__all__ = ["SLICE_END_MARKER", "NeoXTrainingTrigger", "WatchState", "lock_renewal_due"]
 
 #: Printed by the batch templates after a clean stop before the time limit (train*.sbatch).
 SLICE_END_MARKER = "NEOXFLOW slice_end"
 RECENT_STEPS = 10  # log intervals kept for the throughput medians (progress.compute_progress window)
 MAX_LOSS_POINTS = 500  # loss-curve points carried between deferrals (down-sampled beyond that)
 MAX_ERRORS = 5
+LOCK_RETRY_S = 60.0  # a renewal that could not run (SSH error) is tried again this much later
+
+
+def lock_renewal_due(watch: WatchState, now: float, lease_s: float) -> bool:
+    """True when the lease should be renewed now: never renewed by this watch, or a third of the lease
+    has passed since the last renewal (two thirds are still left, so two failed tries fit before expiry),
+    and a failed try is at least LOCK_RETRY_S old."""
+    if watch.lock_lost:
+        return False
+    if watch.lock_retry_at is not None and now < watch.lock_retry_at:
+        return False
+    return watch.lock_renewed_at is None or now - watch.lock_renewed_at >= lease_s / 3
 
 
 @dataclass
@@ -85,6 +107,10 @@ class WatchState:
     last_checkpoint: int | None = None
     last_progress_at: float | None = None
     lines: int = 0
+    lock_renewed_at: float | None = None  # epoch s of this run's last lease renewal by the watch
+    lock_until: int | None = None  # the lease's expiry that renewal set
+    lock_retry_at: float | None = None  # after a failed renewal command: not before this
+    lock_lost: str | None = None  # the lock command's answer once someone else holds the lease
 
     def absorb(self, events: Iterable[Event]) -> bool:
         """Fold parsed events in; True when a training step was among them (worth a progress line)."""
@@ -151,6 +177,10 @@ class WatchState:
             "last_checkpoint": self.last_checkpoint,
             "last_progress_at": self.last_progress_at,
             "lines": self.lines,
+            "lock_renewed_at": self.lock_renewed_at,
+            "lock_until": self.lock_until,
+            "lock_retry_at": self.lock_retry_at,
+            "lock_lost": self.lock_lost,
         }
 
     @classmethod
@@ -169,7 +199,17 @@ class WatchState:
             last_checkpoint=data.get("last_checkpoint"),
             last_progress_at=data.get("last_progress_at"),
             lines=int(data.get("lines", 0)),
+            lock_renewed_at=data.get("lock_renewed_at"),
+            lock_until=data.get("lock_until"),
+            lock_retry_at=data.get("lock_retry_at"),
+            lock_lost=data.get("lock_lost"),
         )
+
+
+def _utc(epoch: int | None) -> str:
+    if epoch is None:
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 class NeoXTrainingTrigger(SlurmJobTrigger):
@@ -185,6 +225,10 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
     :param train_iters: the run's target (progress percentage and ETA).
     :param seq_length: tokens per sample (tokens/s in the progress line).
     :param watch: the `WatchState` dict carried from the previous deferral.
+    :param lock_dir: the run's checkpoint-folder lock (``<save>.lock``); with ``lock_owner`` the watch
+        renews that lease while the job lives. None: no renewal.
+    :param lock_owner: the owner token the lock task acquired with.
+    :param lock_lease_s: the lease each renewal grants (the acquisition's lease).
     :param carry: the operator's own small state (job record, checkpoints so far), returned untouched in
         every event: ``dag.test()`` in Airflow 3.3.2 resumes with ``{"event": ...}`` only, dropping the
         ``kwargs`` given to ``defer()``, so the operator must not rely on them.
@@ -208,6 +252,9 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         seq_length: int | None = None,
         watch: Mapping[str, Any] | None = None,
         carry: Mapping[str, Any] | None = None,
+        lock_dir: str | None = None,
+        lock_owner: str | None = None,
+        lock_lease_s: int = DEFAULT_LEASE_S,
         poll_interval: float = 10.0,
         unknown_timeout: float = 900.0,
         unreachable_timeout: float = 3600.0,
@@ -244,6 +291,13 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.seq_length = seq_length
         self.watch = dict(watch) if watch is not None else None
         self.carry = dict(carry) if carry is not None else None
+        if lock_owner and lock_dir:
+            renew_command(lock_dir, lock_owner, lock_lease_s)  # refuse unsafe values now, not in the loop
+            if lock_lease_s <= 0:
+                raise ValueError(f"lock_lease_s must be positive, got {lock_lease_s}")
+        self.lock_dir = lock_dir
+        self.lock_owner = lock_owner
+        self.lock_lease_s = lock_lease_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         classpath, kwargs = super().serialize()
@@ -258,6 +312,9 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             seq_length=self.seq_length,
             watch=self.watch,
             carry=self.carry,
+            lock_dir=self.lock_dir,
+            lock_owner=self.lock_owner,
+            lock_lease_s=self.lock_lease_s,
         )
         return classpath, kwargs
 
@@ -276,6 +333,46 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         )
         found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), floor)
         return [checkpoint_to_dict(c) for c in found]
+
+    async def _renew_lock(self, hook, watch: WatchState, now: float) -> dict[str, Any] | None:
+        """Renew the run's lease if due; the ``lock_lost`` event's fields when someone else holds it.
+
+        Never cancels anything: a lost lease is reported, the job keeps running.
+        """
+        if not (self.lock_dir and self.lock_owner) or not lock_renewal_due(watch, now, self.lock_lease_s):
+            return None
+        try:
+            status, out, _ = await hook.run(renew_command(self.lock_dir, self.lock_owner, self.lock_lease_s))
+            answer = parse_renew(status, out.decode("utf-8", "replace"))
+        except Exception as err:  # a failed renewal is not a verdict: the lease has time left, try later
+            watch.lock_retry_at = now + LOCK_RETRY_S
+            self.log.warning(
+                "Renewing lock %s failed (%s: %s); trying again in %.0fs",
+                self.lock_dir,
+                type(err).__name__,
+                err,
+                LOCK_RETRY_S,
+            )
+            return None
+        watch.lock_retry_at = None
+        if answer.state == "renewed":
+            watch.lock_renewed_at, watch.lock_until = now, answer.until
+            self.log.info(
+                "Renewed lock %s for %s until %s (job %s lives)",
+                self.lock_dir,
+                self.lock_owner,
+                _utc(answer.until),
+                self.job_id,
+            )
+            return None
+        watch.lock_lost = answer.text
+        message = (
+            f"lock {self.lock_dir} is no longer ours ({self.lock_owner}): held by {answer.holder} until "
+            f"{_utc(answer.until)}; job {self.job_id} keeps running and was NOT cancelled - check that "
+            "two runs are not training into one checkpoint folder"
+        )
+        self.log.error("%s", message)
+        return {"holder": answer.holder, "until": answer.until, "message": message}
 
     def _lines(self, data: bytes, tail: deque[str], watch: WatchState) -> bytes:
         """Log complete lines, remember the slice-end marker; return the unfinished last line."""
@@ -411,6 +508,17 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                         return
                 else:
                     unknown_since = None
+
+                if status.outcome is Outcome.ACTIVE:  # the job lives: keep its folder's lease
+                    lost = await self._renew_lock(hook, watch, now)
+                    if lost is not None:
+                        watch.last_progress_at = last_progress
+                        yield TriggerEvent(
+                            self._payload(
+                                "lock_lost", watch, follower.offset, status=status.to_dict(), **lost
+                            )
+                        )
+                        return
 
                 running = status.state == "RUNNING"
                 if not running and status.outcome is Outcome.ACTIVE:
