@@ -277,7 +277,13 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
     arts.mkdir(parents=True, exist_ok=True)
     for k, leg in enumerate(scenario.legs):
         print(f"== {scenario.name} / {leg.name}: train_iters {leg.train_iters}", flush=True)
-        run = build_run_config(scenario.size, profile, run_name, overrides={"train_iters": leg.train_iters})
+        run = build_run_config(
+            scenario.size,
+            profile,
+            run_name,
+            overrides={"train_iters": leg.train_iters},
+            dataset_id=emulate.DATASET_ID,
+        )
         leg_summary: dict[str, Any] = {"leg": leg.name, "train_iters": leg.train_iters}
         summary["legs"].append(leg_summary)
         if not run.ok:

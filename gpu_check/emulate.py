@@ -43,6 +43,8 @@ from neoxflow.neox.config import Profile, parse_profile  # noqa: E402
 from neoxflow.neox.logparse import LogFollower  # noqa: E402
 
 SHIM_DIR = REPO / "gpu_check" / "slurm_shim"
+#: The folder (dataset id) the staged data goes into, as the data DAG names a dataset by its content.
+DATASET_ID = "gpu-check"
 PRODUCTION_PROFILE = REPO / "include" / "configs" / "profiles" / "aws.yaml"
 #: The C++ dataset helper NeoX compiles at start-up must be built by the system g++: the GPU image's
 #: default CXX wrapper produced a helper that segfaulted (tests/fixtures/neox-run/README.md).
@@ -84,7 +86,7 @@ def gpu_profile(
 
 def stage_fsx(profile: Profile, *, data_prefix: str, tokenizer: str) -> None:
     """Lay out the 'FSx' tree as the data DAG would leave it: dataset, tokenizer, shipped cluster code."""
-    target = Path(profile.data_path)
+    target = Path(profile.data_path(DATASET_ID))
     target.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".bin", ".idx"):
         shutil.copyfile(data_prefix + suffix, str(target) + suffix)

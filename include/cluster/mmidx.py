@@ -8,7 +8,7 @@ NeoX (it drags torch and megatron in). Layout, little-endian (see docs/reference
 ``.idx``  magic ``b"MMIDIDX\\x00\\x00"`` | uint64 version=1 | uint8 dtype code | uint64 N items |
           uint64 D = len(doc_idx) | int32[N] sizes | int64[N] pointers (byte offsets) | int64[D] doc_idx.
 
-Writers never leave a file under its final name unless it is complete: data goes to ``*.tmp`` files
+Writers never leave a file under its final name unless it is complete: data goes to ``*.tmp.<unique>`` files
 that are renamed into place (``.bin`` first, ``.idx`` last, so a present ``.idx`` implies a complete
 pair) only when :meth:`DatasetWriter.close` succeeds.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,10 +121,16 @@ def _index_chunks(sizes: np.ndarray, doc_idx: np.ndarray, dtype):
     yield np.asarray(doc_idx, dtype="<i8").tobytes(order="C")
 
 
+def temporary_name(final: Path) -> Path:
+    """A name beside ``final`` that no other writer uses: two jobs writing the same dataset at once (on one
+    node or two: the pid alone is not unique across nodes) never write into each other's file."""
+    return final.with_name(f"{final.name}.tmp.{uuid.uuid4().hex[:12]}")
+
+
 def write_index(idx_path: str | os.PathLike, sizes, doc_idx, dtype) -> None:
-    """Write an ``.idx`` atomically (``<idx>.tmp`` then rename); pointers are derived from sizes."""
+    """Write an ``.idx`` atomically (a unique temporary name, then rename); pointers come from sizes."""
     idx_path = Path(idx_path)
-    tmp = idx_path.with_name(idx_path.name + ".tmp")
+    tmp = temporary_name(idx_path)
     try:
         with open(tmp, "wb") as f:
             for chunk in _index_chunks(np.asarray(sizes), np.asarray(doc_idx), dtype):
@@ -236,8 +243,8 @@ class DatasetWriter:
         dtype_code(self.dtype)  # validate early
         self.bin_path = data_path(self.prefix)
         self.idx_path = index_path(self.prefix)
-        self._bin_tmp = self.bin_path.with_name(self.bin_path.name + ".tmp")
-        self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
+        self._bin_tmp = temporary_name(self.bin_path)
+        self._idx_tmp = temporary_name(self.idx_path)
         self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._sizes = np.empty(1024, dtype=np.int32)
         self._n = 0

@@ -30,6 +30,12 @@ def load_dag(dag_id: str):
     return next(d for d in vars(module).values() if getattr(d, "dag_id", None) == dag_id)
 
 
+def plan_of(run) -> dict:
+    """The plan the run's prepare.plan task returned (what the UI shows)."""
+    (plan_ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "prepare.plan"]
+    return plan_ti.xcom_pull(task_ids="prepare.plan")
+
+
 def trigger(**conf):
     return load_dag("pythia_pretrain").test(logical_date=datetime.now().astimezone(), run_conf=conf)
 
@@ -89,10 +95,12 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     ckpts = sorted(p.name for p in (fsx / "checkpoints" / name).glob("global_step*"))
     assert ckpts == ["global_step20", "global_step40"]
     assert (fsx / "checkpoints" / name / "latest").read_text().strip() == "global_step40"
-    data = json.loads((fsx / "data/c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text())
+    data_path = plan_of(run)["layout"]["data_path"]  # <fsx>/data/c4_openwebtext/<dataset id>/...
+    assert data_path.startswith(str(fsx / "data/c4_openwebtext/"))
+    data = json.loads(Path(data_path + ".summary.json").read_text())
     assert data["ok"] and data["documents"] > 0
     report = json.loads((fsx / "checkpoints" / name / "report" / "summary.json").read_text())
-    merged = data["datasets"][str(fsx / "data/c4_openwebtext/c4_openwebtext_text_document")]
+    merged = data["datasets"][data_path]
     assert report["data"] == {"documents": merged["documents"], "tokens": merged["tokens"]}
     assert report["checkpoints"] == ["global_step20", "global_step40"]
     assert report["checkpoints_in_s3"] == ["global_step20", "global_step40"]  # exported and verified
@@ -110,8 +118,7 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     # train_iters (no-op)
     rerun = trigger(run_name=name)
     again = ti_states(rerun)
-    (plan_ti,) = [ti for ti in rerun.get_task_instances() if ti.task_id == "prepare.plan"]
-    plan = plan_ti.xcom_pull(task_ids="prepare.plan")
+    plan = plan_of(rerun)
     assert plan["config"]["train_iters"] == 40 and plan["record"]["fixed_hash"] == recorded["fixed_hash"]
     assert again["data.fetch"] == "skipped" and again["data.tokenize"] == "skipped"
     assert again["train.train_slice"] == "skipped"
@@ -317,9 +324,9 @@ def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run
                 stage_logs
             )
             assert (raw / f"{shard}.sha256").is_file()
-        summary = json.loads(
-            (fsx / data_dir / "c4_openwebtext/c4_openwebtext_text_document.summary.json").read_text()
-        )
+        data_path = plan_of(run)["layout"]["data_path"]
+        assert data_path.startswith(str(fsx / data_dir / "c4_openwebtext/"))
+        summary = json.loads(Path(data_path + ".summary.json").read_text())
         assert summary["ok"] and summary["documents"] > 0
     finally:
         shutil.rmtree(fsx / data_dir, ignore_errors=True)

@@ -48,6 +48,7 @@ OVERRIDES = {
     "max_position_embeddings": 32,
 }
 
+DATASET_ID = "training-test"  # the folder of the small dataset the fixture writes
 HANG_SITECUSTOMIZE = '''
 """Test hook: make the stand-in's save of one tag hang between its model file and configs/."""
 import os
@@ -96,8 +97,8 @@ def fsx_root(cluster_env) -> Path:
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     rng = np.random.default_rng(0)
     words = "the old farmer walked to the river every morning and a young girl painted the red house".split()
-    Path(profile.data_path).parent.mkdir(parents=True)
-    with mmidx.DatasetWriter(profile.data_path, np.uint16) as writer:
+    Path(profile.data_path(DATASET_ID)).parent.mkdir(parents=True)
+    with mmidx.DatasetWriter(profile.data_path(DATASET_ID), np.uint16) as writer:
         for _ in range(600):
             text = " ".join(rng.choice(words, size=int(rng.integers(20, 60))))
             writer.add_document(tok.encode(text).ids + [0])
@@ -125,7 +126,7 @@ class Run:
 def make_run(root: Path, name: str, env: dict | None = None) -> Run:
     """The rendered 2-node batch script of a 20-iteration run (checkpoint every 5) and its folders."""
     profile = C.load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
-    run = C.build_run_config("14M", profile, name, overrides=OVERRIDES)
+    run = C.build_run_config("14M", profile, name, overrides=OVERRIDES, dataset_id=DATASET_ID)
     assert run.ok, run.errors
     Path(run.config_path).parent.mkdir(parents=True, exist_ok=True)
     Path(run.config_path).write_text(run.rendered)

@@ -226,7 +226,9 @@ def test_local_script_has_no_gpus_or_container(tmp_path: Path) -> None:
 
 def test_spec_from_profile_and_run_config(tmp_path: Path) -> None:
     aws = C.load_profile("aws", env={})
-    run = C.build_run_config("1.4B", aws, "r1", nodes=16, gpus_per_node=8, check_vocab_file=False)
+    run = C.build_run_config(
+        "1.4B", aws, "r1", nodes=16, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
+    )
     spec, template = launch_spec_for_run(
         aws, run, job_name="neoxflow-train-r1", code_dir="/fsx/neoxflow/code/abc"
     )
@@ -239,7 +241,7 @@ def test_spec_from_profile_and_run_config(tmp_path: Path) -> None:
     assert f"--config {run.config_path} &" in script and "--neox-dir /workspace/gpt-neox" in script
 
     local = C.load_profile("local", env={"NEOXFLOW_FSX": str(tmp_path / "fsx")})
-    run = C.build_run_config("14M", local, "demo", check_vocab_file=False)
+    run = C.build_run_config("14M", local, "demo", check_vocab_file=False, dataset_id="t")
     spec, template = launch_spec_for_run(local, run, job_name="neoxflow-train-demo", time_limit="00:10:00")
     assert template == LOCAL_TEMPLATE and spec.launcher == f"{tmp_path}/fsx/code/standin_train.py"
     script = render_batch_script(spec, template)
@@ -553,7 +555,9 @@ def _check_real_neoxargs(monkeypatch, tmp_path: Path, stubs) -> None:
     for nodes in (1, 2, 16):
         monkeypatch.setenv("WORLD_SIZE", str(nodes * 8))
         for size in C.PYTHIA_SIZES:
-            run = C.build_run_config(size, aws, "r", nodes=nodes, gpus_per_node=8, check_vocab_file=False)
+            run = C.build_run_config(
+                size, aws, "r", nodes=nodes, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
+            )
             path = tmp_path / f"{size}-{nodes}.json"
             path.write_text(C.render_config({**run.config, "log_dir": None}))
             argv, _ = neox_launch.train_arguments(arguments.NeoXArgs, str(path), nodes * 8)

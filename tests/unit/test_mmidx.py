@@ -153,3 +153,20 @@ def test_reader_rejects_short_bin(good):
 def test_missing_files_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.idx"):
         mmidx.DatasetReader(tmp_path / "nope")
+
+
+def test_two_writers_of_one_dataset_never_share_a_temporary_file(tmp_path):
+    """Two jobs building the same dataset at once (two runs with one selection) each write their own
+    temporary files; the last rename wins and the result is whole."""
+    docs = [[1, 2, 3], [4, 5]]
+    a = mmidx.DatasetWriter(tmp_path / "d", np.uint16)
+    b = mmidx.DatasetWriter(tmp_path / "d", np.uint16)
+    assert a._bin_tmp != b._bin_tmp and a._idx_tmp != b._idx_tmp
+    for writer in (a, b):
+        for doc in docs:
+            writer.add_document(doc)
+    a.close()
+    b.close()
+    reader = mmidx.DatasetReader(tmp_path / "d")
+    assert [list(reader[i]) for i in range(2)] == docs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "d.idx"]

@@ -135,7 +135,9 @@ def test_load_size_config_rejects_unknown_size() -> None:
 @pytest.mark.parametrize("nodes", [1, 2, 16])
 @pytest.mark.parametrize("size", PYTHIA_SIZES)
 def test_every_size_validates_at_1_2_16_nodes_of_8_gpus(size: str, nodes: int, aws, vocab: str) -> None:
-    run = build_run_config(size, aws, f"pythia-{size}", nodes=nodes, gpus_per_node=8, check_vocab_file=False)
+    run = build_run_config(
+        size, aws, f"pythia-{size}", nodes=nodes, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
+    )
     assert run.errors == []
     cfg = run.config
     pipe, model = max(cfg["pipe_parallel_size"], 1), max(cfg["model_parallel_size"], 1)
@@ -152,7 +154,8 @@ def test_every_size_validates_at_1_2_16_nodes_of_8_gpus(size: str, nodes: int, a
 
 def test_all_sizes_of_one_profile_get_distinct_checkpoint_folders(aws) -> None:
     runs = {
-        size: build_run_config(size, aws, f"pythia-{size}", check_vocab_file=False) for size in PYTHIA_SIZES
+        size: build_run_config(size, aws, f"pythia-{size}", check_vocab_file=False, dataset_id="t")
+        for size in PYTHIA_SIZES
     }
     assert find_shared_save_paths({s: r.config for s, r in runs.items()}) == []
     assert len({r.config["save"] for r in runs.values()}) == len(PYTHIA_SIZES)
@@ -326,7 +329,12 @@ def test_shared_checkpoint_path_across_configs() -> None:
 
 def test_run_overrides_cannot_point_save_elsewhere(aws) -> None:
     run = build_run_config(
-        "70M", aws, "r1", overrides={"save": "/fsx/checkpoints/shared"}, check_vocab_file=False
+        "70M",
+        aws,
+        "r1",
+        overrides={"save": "/fsx/checkpoints/shared"},
+        check_vocab_file=False,
+        dataset_id="t",
     )
     assert keys_of(run.errors) == ["save"]
     assert run.config["save"] == "/fsx/checkpoints/r1"
@@ -375,10 +383,17 @@ def test_override_replaces_hyphenated_base_key_instead_of_duplicating() -> None:
 
 
 def test_lr_decay_iters_follows_train_iters_unless_set(aws) -> None:
-    run = build_run_config("160M", aws, "r", overrides={"train_iters": 5000}, check_vocab_file=False)
+    run = build_run_config(
+        "160M", aws, "r", overrides={"train_iters": 5000}, check_vocab_file=False, dataset_id="t"
+    )
     assert run.config["lr_decay_iters"] == 5000
     run = build_run_config(
-        "160M", aws, "r", overrides={"train_iters": 5000, "lr_decay_iters": 9000}, check_vocab_file=False
+        "160M",
+        aws,
+        "r",
+        overrides={"train_iters": 5000, "lr_decay_iters": 9000},
+        check_vocab_file=False,
+        dataset_id="t",
     )
     assert run.config["lr_decay_iters"] == 9000
 
@@ -446,7 +461,7 @@ def test_every_rendered_run_config_passes_the_yaml_check(aws) -> None:
     local = load_profile("local", env={})
     for profile in (aws, local):
         for size in PYTHIA_SIZES:
-            run = build_run_config(size, profile, "r", check_vocab_file=False)
+            run = build_run_config(size, profile, "r", check_vocab_file=False, dataset_id="t")
             assert C.yaml_json_disagreement(run.rendered) is None
             assert json.loads(run.rendered) == yaml.safe_load(run.rendered)
 
@@ -472,9 +487,11 @@ def test_config_hash_versions_content() -> None:
 
 
 def test_run_config_path_is_versioned_by_hash(aws) -> None:
-    run = build_run_config("70M", aws, "r1", check_vocab_file=False)
+    run = build_run_config("70M", aws, "r1", check_vocab_file=False, dataset_id="t")
     assert run.config_path == f"/fsx/neoxflow/runs/r1/configs/neox-{run.config_hash[:16]}.json"
-    other = build_run_config("70M", aws, "r1", overrides={"train_iters": 10}, check_vocab_file=False)
+    other = build_run_config(
+        "70M", aws, "r1", overrides={"train_iters": 10}, check_vocab_file=False, dataset_id="t"
+    )
     assert other.config_path != run.config_path
 
 
@@ -490,8 +507,8 @@ def test_local_profile_paths_and_tiny_model(tmp_path: Path) -> None:
         "train_local.sbatch",
     )
     assert local.fsx_root == str(tmp_path / "fsx") and local.cluster.python == "/opt/venv/bin/python"
-    assert local.data_path == f"{tmp_path}/fsx/data/c4_openwebtext/c4_openwebtext_text_document"
-    run = build_run_config(local.default_size, local, "demo", check_vocab_file=False)
+    assert local.data_path("d1") == f"{tmp_path}/fsx/data/c4_openwebtext/d1/c4_openwebtext_text_document"
+    run = build_run_config(local.default_size, local, "demo", check_vocab_file=False, dataset_id="t")
     assert run.errors == []
     assert (run.config["num_layers"], run.config["hidden_size"], run.config["distributed_backend"]) == (
         2,

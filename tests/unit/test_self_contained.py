@@ -63,7 +63,7 @@ def climbs_out(rel: str, text: str) -> list[str]:
 
 def test_the_checks_catch_what_they_are_for():
     assert machine_paths("TOKENIZER = REPO." + "parent / 'shared'") == ["REPO." + "parent"]
-    assert machine_paths("cp ../" + "shared/tokenizers/x .") == ["../" + "shared"]
+    assert machine_paths("cp ../" + "shared/" + "tokenizers/x .") == ["../" + "shared"]
     assert machine_paths("see shared/" + "reference/neox.md") == ["shared/" + "reference"]
     assert machine_paths("log in /" + "work/demo-check/main/.state") == ["/" + "work/"]
     assert machine_paths("fsx: /fsx/checkpoints and /tmp/x and $HOME/.cache") == []
@@ -78,7 +78,9 @@ def test_no_tracked_file_names_a_development_machine_path():
 
 
 def test_no_tracked_file_climbs_out_of_the_repository():
-    found = {rel: hits for rel, text in tracked_text().items() if (hits := climbs_out(rel, text))}
+    texts = tracked_text()
+    texts.pop("include/tokenizers/20B_tokenizer.json")  # a vocabulary: "../../" is a token there, not a path
+    found = {rel: hits for rel, text in texts.items() if (hits := climbs_out(rel, text))}
     assert found == {}, f"relative paths that leave the repository: {found}"
 
 

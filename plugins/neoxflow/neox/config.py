@@ -759,6 +759,7 @@ class Profile:
     code_dir: str
     dataset: str
     tokenizer_source: str
+    tokenizer_sha256: str | None  # what the tokenizer file must be: part of a dataset's identity
     tokenizer_path: str
     s3_bucket: str
     s3_prefix: str
@@ -766,10 +767,12 @@ class Profile:
     neox_overrides: dict[str, Any]
     raw: dict[str, Any]
 
-    @property
-    def data_path(self) -> str:
-        """NeoX ``data_path``: the dataset prefix (without ``.bin``/``.idx``)."""
-        return f"{self.data_dir}/{self.dataset}"
+    def data_path(self, dataset_id: str) -> str:
+        """NeoX ``data_path`` of one dataset (the prefix, without ``.bin``/``.idx``):
+        ``<data_dir>/<dataset folder>/<dataset_id>/<dataset name>``. A dataset is named by what it is built
+        from, so it is never rebuilt in place, and NeoX's index-map caches beside it never go stale."""
+        folder, _, name = self.dataset.rpartition("/")
+        return "/".join(p for p in (self.data_dir, folder, dataset_id, name) if p)
 
     def run_paths(self, run_name: str) -> RunPaths:
         if not _NAME.fullmatch(run_name or ""):
@@ -925,6 +928,9 @@ class _ProfileReader:
         def positive(v: int) -> str | None:
             return None if v >= 1 else "must be a positive integer"
 
+        def sha256_hex(v: str) -> str | None:
+            return None if re.fullmatch(r"[0-9a-f]{64}", v) else "must be 64 lowercase hex digits (a sha256)"
+
         def relative(v: str) -> str | None:
             parts = v.split("/")
             return (
@@ -981,6 +987,7 @@ class _ProfileReader:
             master_port=self.get(("cluster", "master_port"), int, default=None, check=positive),
         )
         dataset = self.get(("data", "dataset"), str, check=relative)
+        tokenizer_sha256 = self.get(("tokenizer", "sha256"), str, default=None, check=sha256_hex)
         bucket = self.get(("s3", "bucket"), str)
         prefix = self.get(("s3", "prefix"), str, default="neoxflow")
         visible = self.get(("fsx", "visible_to_airflow"), bool, default=False)
@@ -1008,6 +1015,7 @@ class _ProfileReader:
             code_dir=f"{root}/{sub['code_dir']}",
             dataset=dataset,
             tokenizer_source=tokenizer_source,
+            tokenizer_sha256=tokenizer_sha256,
             tokenizer_path=f"{root}/{tokenizer_path}",
             s3_bucket=bucket,
             s3_prefix=prefix,
@@ -1055,6 +1063,7 @@ def build_run_config(
     overrides: Mapping[str, Any] | None = None,
     check_vocab_file: bool | None = None,
     config_dir: str | os.PathLike[str] | None = None,
+    dataset_id: str,
 ) -> RunConfig:
     """Merge size file, profile and run overrides, fit the batch to the shape, render, validate, hash.
 
@@ -1062,7 +1071,7 @@ def build_run_config(
     ``profile.fsx_visible_to_airflow``. ``lr_decay_iters`` follows an overridden ``train_iters`` when it
     equalled ``train_iters`` in the size file and no override sets it (Pythia decays over the whole run).
     Never raises for config problems: they are in ``errors`` (the rendered text is still returned so a
-    dry run can show it).
+    dry run can show it). ``dataset_id`` names the dataset's folder (``Profile.data_path``).
     """
     nodes = profile.cluster.nodes if nodes is None else nodes
     gpus_per_node = profile.cluster.gpus_per_node if gpus_per_node is None else gpus_per_node
@@ -1079,7 +1088,11 @@ def build_run_config(
     base = load_size_config(size, config_dir)
     cfg = merge_config(
         base,
-        {"data_path": profile.data_path, "vocab_file": profile.tokenizer_path, "log_dir": paths.neox_log_dir},
+        {
+            "data_path": profile.data_path(dataset_id),
+            "vocab_file": profile.tokenizer_path,
+            "log_dir": paths.neox_log_dir,
+        },
     )
     cfg = merge_config(cfg, profile.neox_overrides)
     cfg = merge_config(cfg, run_overrides)

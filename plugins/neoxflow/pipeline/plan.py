@@ -5,8 +5,9 @@ XCom and the Slurm operators submit. A dry run shows exactly these plans. Paths 
 
     <fsx>/code/<hash>/                 include/cluster, shipped once per content hash
     <fsx>/data/c4/raw/<shard>          staged C4 shards (S3 copy is the durable one)
-    <fsx>/data/c4/tokens/<stem>_text_document.{bin,idx}
-    <data_path>.{bin,idx}              the merged dataset NeoX trains on
+    <fsx>/data/c4/tokens/<tokens_id>/<stem>_text_document.{bin,idx}   per tokenizer and options
+    <fsx>/data/<dataset folder>/<dataset_id>/<name>.{bin,idx}         data_path: the merged dataset NeoX
+                                       trains on, named by what it is built from (never rebuilt in place)
     <fsx>/checkpoints/<run>/           NeoX save == load
     <fsx>/runs/<run>/{configs,logs,jobs}/
 """
@@ -14,6 +15,7 @@ XCom and the Slurm operators submit. A dry run shows exactly these plans. Paths 
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -36,6 +38,36 @@ from neoxflow.slurm.validate import check_remote_path
 
 CLUSTER_CODE = Path(__file__).resolve().parents[3] / "include" / "cluster"
 q = shlex.quote
+#: How tokenize_array.sbatch runs preprocess_data.py on every shard: part of each dataset's identity.
+PREPROCESS = {
+    "tokenizer_type": "HFTokenizer",
+    "jsonl_keys": ["text"],
+    "append_eod": True,
+    "dataset_impl": "mmap",
+}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def dataset_identity(selection: ShardSelection, profile: Profile) -> dict[str, Any]:
+    """What a dataset is built from, and the ids that name its folders.
+
+    A dataset is never rebuilt in place: NeoX caches index maps (``<data_path>_*_indexmap_*.npy``) beside
+    it and reuses them whenever they exist, so a dataset rebuilt under the same name is read through stale
+    maps (wrong samples, no error). Naming the folder by shards, source, tokenizer and options makes one
+    folder one content; runs with the same selection share it. ``tokens_id`` names the per-shard outputs,
+    which depend only on the tokenizer and the options.
+    """
+    tokenizer = (
+        {"sha256": profile.tokenizer_sha256}
+        if profile.tokenizer_sha256
+        else {"source": profile.tokenizer_source}
+    )
+    tokens = {"tokenizer": tokenizer, "preprocess": PREPROCESS}
+    built_from = {"shards": selection.names(), "url_template": selection.url_template, **tokens}
+    return {"id": _digest(built_from), "tokens_id": _digest(tokens), **built_from}
 
 
 def cluster_code_files() -> dict[str, bytes]:
@@ -69,15 +101,15 @@ class RunLayout:
         return dict(self.__dict__)
 
 
-def layout(profile: Profile, run_name: str, code_digest: str) -> RunLayout:
+def layout(profile: Profile, run_name: str, code_digest: str, dataset: dict[str, Any]) -> RunLayout:
     paths = profile.run_paths(run_name)
     data_root = posixpath.join(profile.data_dir, "c4")
     values = RunLayout(
         fsx_root=profile.fsx_root,
         code_dir=posixpath.join(profile.code_dir, code_digest),
         raw_dir=posixpath.join(data_root, "raw"),
-        tokens_dir=posixpath.join(data_root, "tokens"),
-        data_path=profile.data_path,
+        tokens_dir=posixpath.join(data_root, "tokens", dataset["tokens_id"]),
+        data_path=profile.data_path(dataset["id"]),
         tokenizer_fsx=profile.tokenizer_path,
         checkpoint_dir=paths.checkpoint_dir,
         run_dir=paths.run_dir,
@@ -108,6 +140,7 @@ def run_config(
         gpus_per_node=request.gpus_per_node,
         overrides=request.neox_overrides(),
         check_vocab_file=check_vocab_file,
+        dataset_id=dataset_identity(selection_for(request, profile), profile)["id"],
     )
 
 
@@ -212,18 +245,32 @@ def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: 
     """
     python = profile.cluster.python
     summary = lay.data_path + ".summary.json"
+    validate = f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} " + " ".join(
+        q(p) for p in shard_prefixes
+    )
     lines = [
         "#!/bin/bash",
         "#SBATCH --ntasks=1",
         "#SBATCH --cpus-per-task=1",
         "set -euo pipefail",
+        # the dataset's folder is named by its content: once its summary exists (written last) it is done,
+        # whoever built it (another run with the same selection may have, meanwhile)
+        f"if [ -s {q(summary)} ] && {validate} >/dev/null; then cat {q(summary)}; exit 0; fi",
+    ]
+    if profile.tokenizer_sha256:  # the tokenizer the dataset's id names, or no dataset
+        wrong = q(f"tokenizer {lay.tokenizer_fsx} is not the file the profile names (tokenizer.sha256)")
+        lines.append(
+            f"echo {q(profile.tokenizer_sha256 + '  ' + lay.tokenizer_fsx)} | sha256sum --check --quiet - "
+            f"|| {{ echo {wrong} >&2; exit 3; }}"
+        )
+    lines += [
         f"mkdir -p {q(posixpath.dirname(lay.data_path))}",
         f"{q(python)} {q(lay.code_dir + '/merge_datasets.py')} --output-prefix {q(lay.data_path)} "
         + " ".join(q(p) for p in shard_prefixes),
-        f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} "
-        + " ".join(q(p) for p in shard_prefixes)
-        + f" > {q(summary)}.tmp",
-        f"mv {q(summary)}.tmp {q(summary)}",
+        # a unique temporary name: two runs merging the same dataset at once never share a file
+        f"tmp=$(mktemp {q(summary)}.tmp.XXXXXX)",
+        f'{validate} > "$tmp"',
+        f'mv "$tmp" {q(summary)}',
         f"cat {q(summary)}",
     ]
     job_name = f"nxf-merge-{run_name}"[:128]
@@ -246,11 +293,12 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     profile = load_profile(request.profile)
     code = cluster_code_files()
     digest = code_hash(code)
-    lay = layout(profile, request.run_name, digest)
+    selection = selection_for(request, profile)
+    dataset = dataset_identity(selection, profile)
+    lay = layout(profile, request.run_name, digest, dataset)
     cfg = run_config(request, profile, check_vocab_file=False)
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
-    selection = selection_for(request, profile)
     return {
         "request": {
             k: v
@@ -285,12 +333,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
         },
         "data": data_plans(request, profile, lay),
         # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
-        "dataset": {
-            "shards": selection.names(),
-            "train_indices": list(selection.train),
-            "url_template": selection.url_template,
-            "tokenizer_source": profile.tokenizer_source,
-        },
+        "dataset": {**dataset, "train_indices": list(selection.train)},
         "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
         "dry_run": request.dry_run,
     }

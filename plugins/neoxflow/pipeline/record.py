@@ -6,9 +6,10 @@ under another LR schedule gives a model nobody asked for, silently. So the first
 record beside its checkpoints (``<checkpoint_dir>/run-record.json`` on FSx, a copy in S3), in two parts:
 
 - ``fixed``: what defines the model that comes out: the rendered NeoX config less the keys that only
-  decide *how* a slice runs (below), plus the model size, the dataset (shard names, source, tokenizer
-  source). Hashed; a later plan whose fixed part differs is refused, naming each field with the recorded
-  and the new value, before anything is submitted.
+  decide *how* a slice runs (below), plus the model size and the dataset (its id, and the shard names,
+  source, tokenizer and preprocessing options it is built from). Hashed; a later plan whose fixed
+  part differs is refused, naming each field with the recorded and the new value, before anything is
+  submitted.
 - ``request``: the form values the run was planned with. A later plan (the scheduled continuation plans
   from the form's defaults) takes every field its form left blank from here, so it continues the run as
   itself; per-slice fields (nodes, GPUs per node, time limit, checkpoint interval) may be changed.
@@ -150,16 +151,13 @@ def compact_indices(indices: list[int] | tuple[int, ...]) -> str:
     return ",".join(parts)
 
 
-def fixed_part(
-    *, model_size: str, neox_config: Mapping[str, Any], shard_names: list[str], url_template: str,
-    tokenizer_source: str,
-) -> dict[str, Any]:
-    """What defines the trained model: every config key not known to be per-slice, and the dataset."""
+def fixed_part(*, model_size: str, neox_config: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict:
+    """What defines the trained model: every config key not known to be per-slice, and the dataset (its
+    id, and what it is built from: shards, source, tokenizer, preprocessing options)."""
     return {
         "model_size": model_size,
         "neox": {k: v for k, v in sorted(neox_config.items()) if k not in PER_SLICE_KEYS},
-        "dataset": {"shards": list(shard_names), "url_template": url_template},
-        "tokenizer_source": tokenizer_source,
+        "dataset": {k: v for k, v in sorted(dataset.items()) if k not in ("tokens_id", "train_indices")},
     }
 
 
@@ -231,11 +229,5 @@ def record_from_plan(plan: Mapping[str, Any], form: Mapping[str, Any]) -> RunRec
         "gpus_per_node": cfg["gpus_per_node"],
         "time_limit": form.get("time_limit") or None,
     }
-    fixed = fixed_part(
-        model_size=cfg["size"],
-        neox_config=neox,
-        shard_names=dataset["shards"],
-        url_template=dataset["url_template"],
-        tokenizer_source=dataset["tokenizer_source"],
-    )
+    fixed = fixed_part(model_size=cfg["size"], neox_config=neox, dataset=dataset)
     return RunRecord(plan["run_name"], fixed, request)

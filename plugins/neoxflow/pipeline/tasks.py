@@ -111,32 +111,57 @@ def create_record(planned: record.RunRecord, path: str) -> bool:
 
 
 def acquire_lock(
-    plan: dict[str, Any], dag_id: str, run_id: str, scheduled: bool, lease_s: int = 6 * 3600
+    plan: dict[str, Any], dag_id: str, run_id: str, scheduled: bool, lease_s: int = lock.DEFAULT_LEASE_S
 ) -> str:
+    """Take the run's checkpoint-folder lease (see neoxflow.pipeline.lock); the training watch renews it.
+
+    Returns the owner token (XCom) that the train task renews with and release_lock frees with.
+    """
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     owner = lock.owner_token(dag_id, run_id)
-    status, out, _ = _hook().run(
-        lock.acquire_command(plan["layout"]["lock_dir"], owner, lease_s), check=False
-    )
+    lock_dir = plan["layout"]["lock_dir"]
+    status, out, _ = _hook().run(lock.acquire_command(lock_dir, owner, lease_s), check=False)
     answer = lock.parse_acquire(status, out.decode())
+    if answer.state == "taken-over":
+        log.warning(
+            "Checkpoint folder lock %s: taken over from %s, whose lease ran out at %s",
+            lock_dir,
+            answer.holder,
+            _when(answer.until),
+        )
     if answer.acquired:
-        log.info("Checkpoint folder lock: %s", answer.text)
+        log.info("Checkpoint folder lock %s: %s (owner %s, lease %ss)", lock_dir, answer.text, owner, lease_s)
         return owner
+    log.info("Checkpoint folder lock %s: held by %s until %s", lock_dir, answer.holder, _when(answer.until))
     message = (
-        f"run {plan['run_name']!r} is being trained by {answer.holder} (lock {plan['layout']['lock_dir']}); "
-        "two runs never train into one checkpoint folder"
+        f"run {plan['run_name']!r} is being trained by {answer.holder} (lock {lock_dir}, lease until "
+        f"{_when(answer.until)}); two runs never train into one checkpoint folder"
     )
     if scheduled:
         raise AirflowSkipException(message)
     raise AirflowFailException(message)
 
 
+def _when(epoch: int | None) -> str:
+    import datetime as dt
+
+    if epoch is None:
+        return "?"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
+
+
 def release_lock(plan: dict[str, Any] | None, owner: str | None) -> None:
+    """Free the lease if this run still holds it (a lease taken over after expiry is someone else's)."""
     if not plan or not owner or plan.get("dry_run"):
         return
-    _, out, _ = _hook().run(lock.release_command(plan["layout"]["lock_dir"], owner), check=False)
-    log.info("Checkpoint folder lock: %s", out.decode().strip())
+    lock_dir = plan["layout"]["lock_dir"]
+    status, out, _ = _hook().run(lock.release_command(lock_dir, owner), check=False)
+    answer = lock.parse_release(status, out.decode())
+    if answer.state == "not-ours":
+        log.warning("Checkpoint folder lock %s: not released, %s holds it now", lock_dir, answer.holder)
+    else:
+        log.info("Checkpoint folder lock %s: %s", lock_dir, answer.text)
 
 
 def ship_code(plan: dict[str, Any]) -> str:
@@ -170,33 +195,38 @@ def ship_code(plan: dict[str, Any]) -> str:
 
 
 def dataset_needs_work(plan: dict[str, Any]) -> bool:
-    """short_circuit: False (skip fetch/stage/tokenize/merge) when the merged dataset exists and validates."""
+    """short_circuit: False (skip fetch/stage/tokenize/merge) when the run's dataset is built.
+
+    A dataset's folder is named by what it is built from (``plan.dataset_identity``) and its summary is
+    written last, so a summary means it is done, and no summary means no run ever trained on it (training
+    reads the summary first): that one is built. A dataset that has its summary but no longer validates,
+    or was built from other shards than its name says, is never rebuilt in place (NeoX's index maps beside
+    it would go stale): that needs a person.
+    """
     if plan["dry_run"]:
         return False
     lay = plan["layout"]
+    hook = _hook()
     summary = lay["data_path"] + ".summary.json"
-    cmd = (
-        f"test -f {q(summary)} && {q(plan_python(plan))} {q(lay['code_dir'] + '/validate_dataset.py')} "
-        f"{q(lay['data_path'])}"
-    )
-    status, out, err = _hook().run(cmd, check=False)
-    if status == 0:
-        other = selection_mismatch(json.loads(_hook().read_file(summary)), plan)
-        if other:
-            log.info(
-                "Dataset %s validates but %s: rebuilding it from the selected shards", lay["data_path"], other
-            )
-            return True
-        log.info(
-            "Dataset %s exists and validates (%s): data stages skipped",
-            lay["data_path"],
-            out.decode().strip()[:300],
+    status, _, _ = hook.run(f"test -s {q(summary)}", check=False)
+    if status != 0:
+        log.info("Dataset %s needs building (dataset id %s)", lay["data_path"], plan["dataset"]["id"])
+        return True
+    cmd = f"{q(plan_python(plan))} {q(lay['code_dir'] + '/validate_dataset.py')} {q(lay['data_path'])}"
+    status, out, err = hook.run(cmd, check=False)
+    other = selection_mismatch(json.loads(hook.read_file(summary)), plan) if status == 0 else None
+    if status != 0 or other:
+        why = other or (err or out).decode().strip()[:300]
+        raise AirflowFailException(
+            f"dataset {lay['data_path']} was built but {why}. Datasets are never rebuilt in place; "
+            "move its folder aside after checking no run trains on it, then trigger again."
         )
-        return False
     log.info(
-        "Dataset %s needs building (%s)", lay["data_path"], (err or out).decode().strip()[:200] or "absent"
+        "Dataset %s exists and validates (%s): data stages skipped",
+        lay["data_path"],
+        out.decode().strip()[:300],
     )
-    return True
+    return False
 
 
 def selection_mismatch(summary: dict[str, Any], plan: dict[str, Any]) -> str | None:
