@@ -53,6 +53,7 @@ def fresh_run(cluster_env, airflow_db, monkeypatch):
     if target.is_file():
         target.unlink()
     shutil.rmtree(target, ignore_errors=True)
+    (fsx / "checkpoints" / f"{name}.record.json").unlink(missing_ok=True)
 
 
 def test_dry_run_renders_and_submits_nothing(fresh_run):
@@ -107,7 +108,7 @@ def test_full_run_then_rerun_skips_done_stages(fresh_run, capfd):
     assert report["training"]["final_loss"] < report["training"]["loss_curve"][0][1]  # it learned
     assert (fsx / "checkpoints" / name / "report" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     # the run of record, on FSx and in S3
-    recorded = json.loads((fsx / "checkpoints" / name / "run-record.json").read_text())
+    recorded = json.loads((fsx / "checkpoints" / f"{name}.record.json").read_text())
     assert recorded["request"]["train_iters"] == 40 and recorded["fixed"]["neox"]["train_iters"] == 40
     s3 = demo_run.aws_client(load_cluster_env())
     key = f"neoxflow/runs/{name}/run-record.json"
@@ -131,7 +132,7 @@ def test_a_plan_that_would_change_the_recorded_model_is_refused(fresh_run, capfd
     form = {"profile": "local", "run_name": name, "train_iters": 40, "checkpoint_interval": 20}
     first = tasks.make_plan(form)
     assert first["record"]["created"] is True
-    assert (fsx / "checkpoints" / name / "run-record.json").is_file()
+    assert (fsx / "checkpoints" / f"{name}.record.json").is_file()
     run = trigger(run_name=name, train_iters=60, checkpoint_interval=20)
     out = capfd.readouterr().out
     states = ti_states(run)

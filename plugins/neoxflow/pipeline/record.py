@@ -3,7 +3,8 @@
 A Pythia run lives through dozens of DAG runs (time-limit slices, retries, continuations, people
 re-triggering it). Each of them must train *the same model*: resuming a checkpoint on another dataset or
 under another LR schedule gives a model nobody asked for, silently. So the first plan of a run writes a
-record beside its checkpoints (``<checkpoint_dir>/run-record.json`` on FSx, a copy in S3), in two parts:
+record beside its checkpoint folder (``<checkpoint_dir>.record.json`` on FSx, next to the run's
+``.lock``, outside the folder NeoX owns; a copy in S3), in two parts:
 
 - ``fixed``: what defines the model that comes out: the rendered NeoX config less the keys that only
   decide *how* a slice runs (below), plus the model size and the dataset (its id, and the shard names,
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +33,8 @@ from typing import Any
 
 from neoxflow.slurm.validate import check_remote_path
 
-RECORD_NAME = "run-record.json"
+RECORD_NAME = "run-record.json"  # its name in S3, under <prefix>/runs/<run>/
+RECORD_SUFFIX = ".record.json"  # on FSx: <checkpoints>/<run>.record.json
 VERSION = 1
 #: Form fields kept in the record; a blank field of a later form takes the recorded value.
 REQUEST_FIELDS = (
@@ -194,7 +195,7 @@ def merge_form(form: Mapping[str, Any], recorded: RunRecord | None) -> dict[str,
 
 # --- where it lives, and the commands that read and create it ---------------------------------------------
 def record_path(checkpoint_dir: str) -> str:
-    return posixpath.join(check_remote_path(checkpoint_dir, "checkpoint_dir"), RECORD_NAME)
+    return check_remote_path(checkpoint_dir, "checkpoint_dir").rstrip("/") + RECORD_SUFFIX
 
 
 def read_command(path: str) -> str:
