@@ -1,11 +1,9 @@
 """pythia_pretrain: C4 -> S3 -> FSx -> NeoX tokens -> GPT-NeoX training on Slurm -> S3, from a form.
 
-Two DAGs share one shape:
-- ``pythia_pretrain``: triggered by a person with the form (typed Params, validated before anything
-  touches the cluster).
-- ``pythia_pretrain_continue``: scheduled; carries the default run on through Slurm time limits and
-  failures. Each run is idempotent: data stages skip when the dataset validates, training is a no-op
-  while a job of the run is active, and nothing happens once train_iters is reached.
+Triggered by a person with the form (typed Params, validated before anything touches the cluster), or by
+``pythia_pretrain_continue`` for a run of record whose DAG run ended early. Each run is idempotent: it
+plans from the run of record, data stages skip when the dataset is built, training is a no-op while a
+job of the run is active, and nothing happens once train_iters is reached.
 
 Cheap to parse: no network and no file reads at import; all work happens in tasks.
 """
@@ -19,7 +17,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, TaskGroup, task
 
 from neoxflow.notifiers.deadline import run_deadline
-from neoxflow.notifiers.factory import alert_notifiers
+from neoxflow.notifiers.factory import alert_notifiers, configured_channels
 from neoxflow.operators.fsx import FsxImportOperator
 from neoxflow.operators.pipeline import PlannedSlurmOperator, PretrainTrainOperator
 from neoxflow.pipeline import tasks
@@ -28,26 +26,21 @@ from neoxflow.pipeline.request import form_params
 DOC = __doc__
 POLL = float(os.environ.get("NEOXFLOW_POLL_INTERVAL", "10"))
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("NEOXFLOW_RETRY_DELAY_S", "60")))
-# Alert channels: SNS always (topic from NEOXFLOW_ALERT_SNS_TOPIC_ARN or the Variable
-# neoxflow_alert_sns_topic_arn); Slack and e-mail when their connections are named here.
-CHANNELS = {
-    "slack_conn_id": os.environ.get("NEOXFLOW_ALERT_SLACK_CONN") or None,
-    "smtp_conn_id": os.environ.get("NEOXFLOW_ALERT_SMTP_CONN") or None,
-    "smtp_to": os.environ.get("NEOXFLOW_ALERT_EMAIL_TO") or None,
-}
+CHANNELS = configured_channels()
 RUN_DEADLINE_H = float(os.environ.get("NEOXFLOW_RUN_DEADLINE_HOURS", "0"))
 # No new log line and no new checkpoint for this long while the job RUNS: a stall (alert, cancel, resume).
 STALL_WINDOW_S = float(os.environ.get("NEOXFLOW_STALL_WINDOW_S", "3600"))
 
+# DAG runs at once: each run of record is trained by at most one of them (its checkpoint folder's lease)
+MAX_ACTIVE_RUNS = int(os.environ.get("NEOXFLOW_MAX_ACTIVE_RUNS", "4"))
 
-def build(dag_id: str, schedule: str | None, description: str) -> DAG:
+
+def build(dag_id: str, description: str) -> DAG:
     with DAG(
         dag_id,
-        schedule=schedule,
-        # the scheduled continuation starts paused: a person turns it on for the run it should carry
-        is_paused_upon_creation=schedule is not None,
+        schedule=None,
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=MAX_ACTIVE_RUNS,
         params=form_params(),
         description=description,
         doc_md=DOC,
@@ -63,8 +56,8 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
         with TaskGroup("prepare"):
 
             @task(retries=0)
-            def plan(params=None):
-                return tasks.make_plan(params)
+            def plan(params=None, run_id=None):
+                return tasks.make_plan(params, run_id or "")
 
             @task
             def lock(plan, dag_run=None):
@@ -129,6 +122,12 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
             resume = resume_point(the_plan)
             summary >> resume >> train
 
+            @task(trigger_rule="all_done")
+            def mark_attention(plan, ti=None):
+                return tasks.mark_attention(plan, ti)
+
+            train >> mark_attention(the_plan)
+
         with TaskGroup("export"):
 
             @task(trigger_rule="none_failed")
@@ -158,9 +157,4 @@ def build(dag_id: str, schedule: str | None, description: str) -> DAG:
     return dag
 
 
-pythia_pretrain = build("pythia_pretrain", None, "Pretrain a Pythia model on Slurm, from the trigger form")
-pythia_pretrain_continue = build(
-    "pythia_pretrain_continue",
-    os.environ.get("NEOXFLOW_CONTINUE_SCHEDULE", "@hourly"),
-    "Continue the default run until train_iters: a no-op while its job runs or once it is done",
-)
+pythia_pretrain = build("pythia_pretrain", "Pretrain a Pythia model on Slurm, from the trigger form")

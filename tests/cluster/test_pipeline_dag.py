@@ -331,3 +331,50 @@ def test_fsx_association_mode_imports_then_the_stage_job_only_verifies(fresh_run
         assert summary["ok"] and summary["documents"] > 0
     finally:
         shutil.rmtree(fsx / data_dir, ignore_errors=True)
+
+
+def test_the_continuation_carries_unfinished_idle_runs_and_alerts_a_failed_one_once(fresh_run):
+    """The survey over real runs of record on the cluster's FSx: one idle, one finished, one whose folder
+    a DAG run holds, one waiting for a person after an application failure."""
+    from neoxflow.hooks.slurm import SlurmSSHHook
+    from neoxflow.pipeline import lock, tasks
+
+    name, fsx = fresh_run
+    runs = {kind: f"{name}-{kind}" for kind in ("idle", "done", "held", "failed")}
+    ckpts = fsx / "checkpoints"
+    hook = SlurmSSHHook("neoxflow_cluster")
+    try:
+        for run in runs.values():
+            form = {"profile": "local", "run_name": run, "train_iters": 40, "checkpoint_interval": 20}
+            assert tasks.make_plan(form)["record"]["created"]
+        (ckpts / runs["done"]).mkdir()
+        (ckpts / runs["done"] / "latest").write_text("global_step40")
+        held = str(ckpts / f"{runs['held']}.lock")
+        _, said, _ = hook.run(lock.acquire_command(held, "pythia_pretrain:other_run", 600))
+        assert said.strip() == b"acquired"
+        marker = ckpts / f"{runs['failed']}.attention.json"
+        marker.write_text(json.dumps({"reason": "job 9 failed in the application", "job_id": "9"}))
+
+        mine = [t for t in tasks.survey_runs("local") if t["conf"]["run_name"].startswith(name)]
+        assert mine == [
+            {
+                "trigger_run_id": f"continue__{runs['idle']}__at0",
+                "conf": {"profile": "local", "run_name": runs["idle"]},
+            }
+        ]
+        alerts = [a for a in _read_alerts(runs["failed"]) if runs["failed"] in a]
+        assert alerts and "waits for a person" in alerts[0]
+        assert json.loads(marker.read_text())["alerted"] is True
+        tasks.survey_runs("local")  # the next tick: still left alone, and no second alert
+        assert [a for a in _read_alerts(runs["failed"], timeout=5) if runs["failed"] in a] == []
+        # the continuation's own DAG run stops at the plan; a person's trigger clears the mark
+        with pytest.raises(Exception, match="waits for a person"):
+            tasks.make_plan({"profile": "local", "run_name": runs["failed"]}, "continue__x__at0")
+        tasks.make_plan({"profile": "local", "run_name": runs["failed"]}, "manual__2026")
+        assert not marker.exists()
+    finally:
+        for run in runs.values():
+            shutil.rmtree(ckpts / run, ignore_errors=True)
+            shutil.rmtree(ckpts / f"{run}.lock", ignore_errors=True)
+            for suffix in (".record.json", ".attention.json"):
+                (ckpts / f"{run}{suffix}").unlink(missing_ok=True)

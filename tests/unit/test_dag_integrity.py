@@ -18,11 +18,14 @@ def test_dags_import_without_errors_and_follow_the_rules(airflow_db):
     bag = _dagbag()
     assert not bag.import_errors, bag.import_errors
     assert {"pythia_pretrain", "pythia_pretrain_continue"} <= set(bag.dag_ids)
-    for dag_id in ("pythia_pretrain", "pythia_pretrain_continue"):
-        dag = bag.get_dag(dag_id)
+    pretrain, survey = bag.get_dag("pythia_pretrain"), bag.get_dag("pythia_pretrain_continue")
+    # several runs of record train at once; two DAG runs never train one run (its folder's lease, tested on
+    # the cluster); one survey at a time, so a run is never continued twice at once
+    assert pretrain.max_active_runs > 1 and survey.max_active_runs == 1
+    assert set(pretrain.params) >= {"profile", "model_size", "run_name", "shards", "dry_run", "nodes"}
+    assert set(survey.params) == {"profile"} and survey.schedule is not None
+    for dag in (pretrain, survey):
         assert "neoxflow" in dag.tags
-        assert dag.max_active_runs == 1  # two runs never train into one checkpoint folder
-        assert set(dag.params) >= {"profile", "model_size", "run_name", "shards", "dry_run", "nodes"}
         for task in dag.tasks:
             assert task.retries is not None
             assert task.on_failure_callback, f"{task.task_id} has no alert on failure"

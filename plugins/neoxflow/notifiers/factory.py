@@ -14,6 +14,20 @@ from neoxflow.notifiers.smtp import NeoxflowSmtpNotifier
 from neoxflow.notifiers.sns import NeoxflowSnsNotifier
 
 
+def configured_channels() -> dict[str, Any]:
+    """The alert channels a deployment configures through the environment, for every DAG and alert:
+    SNS always (topic from ``NEOXFLOW_ALERT_SNS_TOPIC_ARN`` or the Variable ``neoxflow_alert_sns_topic_arn``);
+    Slack and e-mail when their connections are named (``NEOXFLOW_ALERT_SLACK_CONN``,
+    ``NEOXFLOW_ALERT_SMTP_CONN`` + ``NEOXFLOW_ALERT_EMAIL_TO``)."""
+    import os
+
+    return {
+        "slack_conn_id": os.environ.get("NEOXFLOW_ALERT_SLACK_CONN") or None,
+        "smtp_conn_id": os.environ.get("NEOXFLOW_ALERT_SMTP_CONN") or None,
+        "smtp_to": os.environ.get("NEOXFLOW_ALERT_EMAIL_TO") or None,
+    }
+
+
 def alert_notifiers(
     kind: str,
     *,

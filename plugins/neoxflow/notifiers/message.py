@@ -40,6 +40,8 @@ KINDS: dict[str, str] = {
     "retry": "task failed, will retry",
     "stall": "stalled: no progress",
     "give_up": "auto-resume gave up",
+    "needs_person": "waits for a person: the continuation leaves it alone",
+    "lock_lost": "another run holds the checkpoint folder's lease",
     "deadline": "deadline missed",
     "app_failure": "application failure: needs a human, no automatic resubmit",
     "infra_failure": "infrastructure failure: safe to resume from the latest checkpoint",

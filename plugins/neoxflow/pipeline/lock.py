@@ -63,6 +63,8 @@ __all__ = [
     "parse_renew",
     "release_command",
     "renew_command",
+    "state_command",
+    "live_holder",
 ]
 
 #: The lease an acquisition or renewal grants. Longer than a poll gap, shorter than a crashed run should
@@ -201,6 +203,27 @@ def release_command(lock_dir: str, owner: str) -> str:
         "done; "
         'echo "not ours: $holder"; exit 0'
     )
+
+
+def state_command(lock_dir: str) -> str:
+    """Read the current record without changing anything: prints ``<holder> <until>`` (``- 0`` when there
+    is no lock folder; holder ``-`` when released). For surveys (the continuation), never for decisions
+    that need the lock itself: take it with :func:`acquire_command`."""
+    return _prelude(lock_dir, "survey", 0) + (
+        "current; rc=$?; "
+        '[ "$rc" = 1 ] && { echo "- 0"; exit 0; }; '
+        '[ "$rc" = 0 ] || { echo "error unreadable lock record in $d"; exit 5; }; '
+        'echo "$holder $till"'
+    )
+
+
+def live_holder(stdout: str, now: float) -> str | None:
+    """The holder of an unexpired lease from :func:`state_command`'s answer, or None (free, expired)."""
+    words = stdout.split()
+    if len(words) != 2 or words[0] in (FREE, UNKNOWN):
+        return None
+    until = _int(words[1])
+    return words[0] if until is not None and until >= now else None
 
 
 @dataclass(frozen=True)
