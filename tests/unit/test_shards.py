@@ -188,3 +188,37 @@ def test_tokenize_manifest_points_at_staged_files():
     assert format_manifest(tasks).splitlines()[0].split("\t")[2] == "/fsx/tokens/c4-train.00000-of-01024"
     assert shard_stem("x.jsonl.zst") == "x"
     assert shard_stem("plain") == "plain"
+
+
+@pytest.mark.parametrize("hostile", ["0-9999999999", "0-20000000", "5-1023,0-99999999999999999999"])
+def test_a_huge_range_is_refused_before_it_is_expanded(hostile):
+    """The bounds are checked before ``range`` is expanded: before, "0-9999999999" raised MemoryError."""
+    with pytest.raises(ShardSelectionError, match="outside 0..1023"):
+        ShardSelection.parse(hostile)
+
+
+def test_overlapping_ranges_stop_expanding_at_the_first_duplicate():
+    with pytest.raises(ShardSelectionError, match="appears twice"):
+        ShardSelection.parse(",".join(["0-1023"] * 600))
+
+
+def test_an_overlong_selection_is_refused_by_its_length():
+    from neoxflow.data.shards import MAX_SELECTION_CHARS
+
+    with pytest.raises(ShardSelectionError, match="characters"):
+        ShardSelection.parse("0," * MAX_SELECTION_CHARS)
+
+
+def test_the_form_pattern_takes_what_the_parser_takes_and_refuses_more_digits():
+    import re
+
+    from neoxflow.pipeline.request import SHARDS_PATTERN, form_params
+
+    assert form_params()["shards"].schema["pattern"] == SHARDS_PATTERN
+    pattern = re.compile(SHARDS_PATTERN)
+    for good in ("", "subset", "all", "16", "0,5,7", "0-15", "1000-1023,3"):
+        assert pattern.match(good), good
+        if good:
+            ShardSelection.parse(good)
+    for bad in ("0-99999", "x", "0;rm -rf /", " 1", "1,", "-5"):
+        assert not pattern.match(bad), bad

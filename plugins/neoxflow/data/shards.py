@@ -81,6 +81,8 @@ def _parse_indices(value: object, *, field: str, total: int, default_count: int)
         return _check_explicit(items, field=field, total=total, whole=value)
     if not isinstance(value, str):
         raise ShardSelectionError(f"{field}: expected a string, count or list, got {type(value).__name__}")
+    if len(value) > MAX_SELECTION_CHARS:
+        raise ShardSelectionError(f"{field}: {len(value)} characters, more than {MAX_SELECTION_CHARS}")
     text = value.strip().lower()
     if text in ("", "none", "false", "no"):
         return ()
@@ -100,10 +102,20 @@ def _parse_indices(value: object, *, field: str, total: int, default_count: int)
                 raise ShardSelectionError(
                     f"{field}: range {part.strip()!r} in {value!r} ends before it starts"
                 )
+            if hi >= total:  # checked before the range is expanded: "0-9999999999" costs nothing
+                raise ShardSelectionError(
+                    f"{field}: range {part.strip()!r} in {value!r} is outside 0..{total - 1}"
+                )
             items.extend(range(lo, hi + 1))
+            if len(items) > total:  # overlapping ranges: a duplicate, refused below without expanding more
+                break
         else:
             items.append(_parse_int(part, field, value))
     return _check_explicit(items, field=field, total=total, whole=value)
+
+
+#: The longest selection text accepted (the form's ``maxLength`` too): 1024 shards written one by one.
+MAX_SELECTION_CHARS = 5 * 1024
 
 
 def _first_n(count: int, *, field: str, total: int) -> tuple[int, ...]:

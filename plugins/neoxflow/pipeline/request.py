@@ -11,11 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from neoxflow.data.shards import ShardSelection, ShardSelectionError
+from neoxflow.data.shards import MAX_SELECTION_CHARS, ShardSelection, ShardSelectionError
 
 PYTHIA_SIZES = ["14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"]
 PROFILES = ["local", "aws"]
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: The form's shape of a shard selection (data/shards.py checks the values): subset, all, a count, or a
+#: list of indices and ranges of up to 4 digits each.
+SHARDS_PATTERN = r"^(|subset|all|[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*)$"
 #: What a blank field of the form means.
 BLANK = "Blank: the run of record's value when the run exists, else the profile's."
 TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}")
@@ -87,6 +90,8 @@ def form_params() -> dict[str, Any]:
         "shards": Param(
             None,
             type=["null", "string"],
+            pattern=SHARDS_PATTERN,
+            maxLength=MAX_SELECTION_CHARS,
             title="C4 shards",
             description="subset (first 4), a count (16), a list (0,5,7), a range (0-15) or all. "
             "Blank: the run of record's shards when the run exists, else subset.",
