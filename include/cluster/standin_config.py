@@ -37,6 +37,8 @@ DEFAULTS = {
     "warmup": 0.01,
     "checkpoint_factor": None,
     "extra_save_iters": None,
+    "checkpoint_scale": "linear",
+    "exit_interval": None,
     "log_interval": 100,
     "save": None,
     "load": None,
@@ -166,6 +168,13 @@ def check_config(cfg: dict, where: str = "config") -> None:
             raise ConfigError(f"{where}: {key} must be a non-negative integer, got {cfg[key]!r}")
     if cfg.get("checkpoint_factor") is not None:
         _need(cfg, "checkpoint_factor", int, where, positive=True)
+    if cfg["checkpoint_scale"] != "linear":
+        raise ConfigError(
+            f"{where}: checkpoint_scale {cfg['checkpoint_scale']!r} is not supported by the stand-in "
+            "(use 'linear')"
+        )
+    if cfg.get("exit_interval") is not None:
+        _need(cfg, "exit_interval", int, where, positive=True)
     extra = cfg.get("extra_save_iters") or []
     if not isinstance(extra, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in extra):
         raise ConfigError(f"{where}: extra_save_iters must be a list of integers, got {extra!r}")

@@ -2,12 +2,18 @@
 
 Like NeoX's GPT2Dataset, a sample is ``seq_length + 1`` consecutive tokens of a stream made by
 concatenating the training documents in a shuffled order, consecutive samples overlapping by one token,
-and samples are visited in a shuffled order. Unlike NeoX, the order does not depend on ``train_iters``:
-the stream is an endless series of epochs, epoch ``e`` using its own seeded permutation of the documents,
-and samples are shuffled within fixed blocks of about one epoch (at most MAX_BLOCK samples). Global
-sample ``g`` is therefore the same whatever the run length, which is what makes "train N, resume, train
-to 2N" equal to "train 2N" even when the resumed run raises ``train_iters`` (NeoX rebuilds its index map
-then). Only document sizes are held in memory; tokens are read from the memory-mapped ``.bin`` on demand.
+and samples are visited in a shuffled order. Like NeoX, the index is sized by the run: ``num_samples`` is
+``train_iters x train_batch_size`` (megatron/data/data_utils.py, build_train_valid_test_data_loaders) and
+both shuffles are seeded by it, so another ``train_iters`` gives another data order, as NeoX's index maps
+(named ``..._{num_samples}ns_{seq_length}sl_{seed}s_...``) do. That is on purpose: a pipeline that changed
+``train_iters`` between slices would silently train on another data order on GPUs, and the stand-in must
+make the golden "sliced run == uninterrupted run" comparison fail the same way. Within one
+``num_samples`` the order is fixed, so resuming at any iteration continues exactly.
+
+How (memory stays small whatever the run length): the stream is a series of epochs, epoch ``e`` using its
+own seeded permutation of the documents, and samples are shuffled within blocks of about one epoch (at
+most MAX_BLOCK samples). Only document sizes are held in memory; tokens are read from the memory-mapped
+``.bin`` on demand.
 """
 
 from __future__ import annotations
@@ -44,11 +50,22 @@ class SampleStream:
     PARTS = ("train", "validation", "test")
 
     def __init__(
-        self, prefixes: list[str], seq_length: int, seed: int, split: str = "969,30,1", part: int = 0
+        self,
+        prefixes: list[str],
+        seq_length: int,
+        seed: int,
+        split: str = "969,30,1",
+        part: int = 0,
+        *,
+        num_samples: int,
     ) -> None:
         if seq_length < 1:
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.seq_length = seq_length
+        self.num_samples = int(num_samples)
+        self.prefixes = list(prefixes)
         self.seed = int(seed)
         self.readers = [self._open(p) for p in prefixes]
         self.part = part
@@ -68,9 +85,14 @@ class SampleStream:
                 f"fewer than one sample of seq_length + 1 = {seq_length + 1}"
             )
         # shuffle within blocks of about one epoch, capped so the permutation stays small (8 MiB)
-        self.block = max(1, min(self.tokens_per_epoch // seq_length, MAX_BLOCK))
+        self.block = max(1, min(self.tokens_per_epoch // seq_length, MAX_BLOCK, self.num_samples))
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def index_name(self) -> str:
+        """The name NeoX gives this index's maps (gpt2_dataset.py, _build_index_mappings), for the log."""
+        name = ("train", "valid", "test")[self.part]
+        return f"{self.prefixes[0]}_{name}_indexmap_{self.num_samples}ns_{self.seq_length}sl_{self.seed}s"
 
     @staticmethod
     def _open(prefix: str) -> mmidx.DatasetReader:
@@ -83,7 +105,9 @@ class SampleStream:
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """(document order, cumulative token offsets) of epoch ``e``; a few are cached."""
         if e not in self._epochs:
-            order = np.random.default_rng([self.seed, 0, e]).permutation(len(self.doc_sizes))
+            order = np.random.default_rng([self.seed, 0, e, self.num_samples]).permutation(
+                len(self.doc_sizes)
+            )
             cum = np.zeros(len(order) + 1, dtype=np.int64)
             np.cumsum(self.doc_sizes[order], out=cum[1:])
             self._epochs[e] = (order, cum)
@@ -93,7 +117,9 @@ class SampleStream:
 
     def _block_perm(self, b: int) -> np.ndarray:
         if b not in self._blocks:
-            self._blocks[b] = np.random.default_rng([self.seed, 1, b]).permutation(self.block)
+            self._blocks[b] = np.random.default_rng([self.seed, 1, b, self.num_samples]).permutation(
+                self.block
+            )
             if len(self._blocks) > 4:
                 self._blocks.popitem(last=False)
         return self._blocks[b]
@@ -115,7 +141,13 @@ class SampleStream:
         return out
 
     def sample(self, g: int) -> np.ndarray:
-        """Global sample ``g`` (the g-th one consumed by training): seq_length + 1 tokens."""
+        """Global sample ``g`` (the g-th one consumed by training): seq_length + 1 tokens.
+
+        ``g`` must lie in the index (``0 <= g < num_samples``): a run never reads past
+        ``train_iters x train_batch_size``, so a read beyond it is a bug in the caller.
+        """
+        if not 0 <= int(g) < self.num_samples:
+            raise IndexError(f"sample {g} is outside the index of {self.num_samples} samples")
         b, r = divmod(int(g), self.block)
         s = b * self.block + int(self._block_perm(b)[r])
         return self.stream_tokens(s * self.seq_length, self.seq_length + 1)

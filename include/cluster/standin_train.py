@@ -13,10 +13,21 @@ Contract with the rest of the pipeline:
   SLURM_LOCALID and the first host of SLURM_JOB_NODELIST; one process when neither is set;
 - resume from ``load/latest`` restores iteration, model, optimizer, LR schedule and data position, so a
   resumed run logs exactly the losses an uninterrupted run logs;
-- SIGUSR1 or SIGTERM (Slurm's ``--signal`` before the time limit, or scancel): every rank finishes the
-  current iteration, rank 0 saves a checkpoint at it, and the job exits 0;
-- exit 0 after the final checkpoint at ``train_iters``; a config or data problem exits 2 naming the key
-  or file; a ``latest`` that names an incomplete checkpoint exits 1 (never a silent restart from 0).
+- GPT-NeoX's semantics wherever slicing a run depends on them (GPT-NeoX ea7aefd8, megatron/training.py
+  ``train``/``pretrain``, megatron/data/data_utils.py), so that tests passing here do not hide work that
+  real NeoX would lose:
+  - ``exit_interval``: checked at every iteration, after that iteration's save and evaluation; when
+    ``iteration % exit_interval == 0`` every rank passes a barrier and the job exits 0 WITHOUT the
+    post-training code (no end-of-training save): stopping at an iteration that is not a save iteration
+    loses the work since the last save, exactly as on GPUs;
+  - no signal handler: SIGUSR1/SIGTERM kill the ranks (default action) and nothing is saved. The batch
+    script's USR1 trap is the safety net, as in production;
+  - the sample index is sized by ``train_iters x train_batch_size`` (standin_data), so another
+    ``train_iters`` means another data order;
+  - ``lr_decay_iters`` (default ``train_iters``) drives the LR schedule;
+- exit 0 after the final checkpoint at ``train_iters`` or at ``exit_interval``; a config or data problem
+  exits 2 naming the key or file; a ``latest`` that names an incomplete checkpoint exits 1 (never a
+  silent restart from 0).
 
 Environment knobs: STANDIN_NUM_THREADS (torch threads per rank, default 1: ranks share few cores),
 STANDIN_DIST_TIMEOUT (seconds a rank waits for the others in a collective, default 600).
@@ -151,25 +162,24 @@ def should_save(iteration: int, cfg: dict) -> bool:
     return bool(factor and iteration % factor == 0) or iteration in (cfg.get("extra_save_iters") or [])
 
 
-class StopRequest:
-    """Remembers SIGUSR1/SIGTERM instead of dying, so the loop can checkpoint and exit 0."""
+def exits_at(iteration: int, cfg: dict) -> bool:
+    """NeoX's exit_interval test (megatron/training.py, train): a modulus, not a count of iterations.
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.signum = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
+    A run resumed at R with exit_interval E stops at the first multiple of E above R, not after E more
+    iterations; ``exit_interval = S`` therefore stops any run resumed below S exactly at S.
+    """
+    interval = cfg.get("exit_interval")
+    return bool(interval) and iteration % interval == 0
 
 
-STOP = StopRequest()
+def keep_default_signal_actions() -> None:
+    """SIGUSR1/SIGTERM keep (or get back) their default action: the process dies and saves nothing.
+
+    Why: GPT-NeoX installs no handler for them, so a stand-in that saved on the signal would make a
+    slice end look loss-free on the local cluster while real NeoX loses everything since the last save.
+    """
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def clip_gradients(grads: list, max_norm: float) -> float:
@@ -229,12 +239,26 @@ class Trainer:
         self.batch = sc.train_batch_size(cfg, env.world_size)
         self.micro, self.gas = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
         self.vocab = sc.padded_vocab_size(cfg)
-        self.stream = SampleStream(sc.data_paths(cfg), cfg["seq_length"], cfg["seed"], cfg["split"])
+        # NeoX sizes its indexes by the run (megatron/data/data_utils.py): train_iters x train_batch_size
+        # training samples, (train_iters // eval_interval + 1) x eval_iters x train_batch_size validation ones
+        self.stream = SampleStream(
+            sc.data_paths(cfg),
+            cfg["seq_length"],
+            cfg["seed"],
+            cfg["split"],
+            num_samples=cfg["train_iters"] * self.batch,
+        )
         self.valid, self.valid_note = None, None
         if cfg.get("eval_interval") and cfg.get("eval_iters"):
+            valid_samples = (cfg["train_iters"] // cfg["eval_interval"] + 1) * cfg["eval_iters"] * self.batch
             try:
                 self.valid = SampleStream(
-                    sc.data_paths(cfg), cfg["seq_length"], cfg["seed"], cfg["split"], part=1
+                    sc.data_paths(cfg),
+                    cfg["seq_length"],
+                    cfg["seed"],
+                    cfg["split"],
+                    part=1,
+                    num_samples=valid_samples,
                 )
             except ValueError as exc:
                 self.valid_note = f"standin_train: no evaluation: {exc}"
@@ -353,10 +377,10 @@ class Trainer:
                 log=lambda m: self.info("standin_checkpoint.py:save_checkpoint", m),
             )
 
-    def step(self) -> tuple[float, bool, bool]:
+    def step(self) -> tuple[float, bool]:
         """One iteration (all micro-batches, gradient all-reduce, optimizer step).
 
-        Returns (loss averaged over ranks, stop requested on any rank, iteration was nan-skipped).
+        Returns (loss averaged over ranks, iteration was nan-skipped).
         """
         from standin_model import cross_entropy
 
@@ -375,17 +399,17 @@ class Trainer:
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
             (loss / self.gas).backward()
             total += float(loss.detach())
-        loss_value, stop = total / self.gas, STOP.requested
+        loss_value = total / self.gas
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.env.world_size > 1:
-            flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_value, float(stop)])])
+            flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([loss_value])])
             torch.distributed.all_reduce(flat)
             flat /= self.env.world_size
             offset = 0
             for p, g in zip(self.params, grads, strict=True):
                 p.grad = flat[offset : offset + g.numel()].view_as(g)
                 offset += g.numel()
-            loss_value, stop = float(flat[-2]), bool(flat[-1] > 0)
+            loss_value = float(flat[-1])
         nan = not math.isfinite(loss_value)
         if not nan:
             clip = self.cfg.get("gradient_clipping")
@@ -395,7 +419,7 @@ class Trainer:
         self.scheduler.num_iters += 1
         self.iteration += 1
         self.consumed += self.batch
-        return loss_value, stop, nan
+        return loss_value, nan
 
     def evaluate(self) -> None:
         """NeoX's periodic validation: eval_iters micro-batches per rank, loss averaged over the job.
@@ -431,6 +455,7 @@ class Trainer:
             f"{self.env.master_port}, train_batch_size {self.batch}, padded vocab {self.vocab}, "
             f"torch threads {self.torch.get_num_threads()}"
         )
+        self.log(f" > standin sample index {self.stream.index_name()} ({self.stream.num_samples} samples)")
         self.resume()
         if self.valid_note:
             self.log(self.valid_note)
@@ -439,7 +464,7 @@ class Trainer:
         losses, nans, last_log, since = [], 0, time.perf_counter(), 0
         saved_at = self.iteration if cfg.get("load") and self.iteration else None
         while self.iteration < cfg["train_iters"]:
-            loss, stop, nan = self.step()
+            loss, nan = self.step()
             since += 1
             if nan:
                 nans += 1
@@ -462,18 +487,22 @@ class Trainer:
                     )
                 )
                 losses, nans, last_log, since = [], 0, now, 0
-            if self.valid is not None and self.iteration % cfg["eval_interval"] == 0:
-                self.evaluate()
-            if stop:
-                self.log(
-                    f"standin_train: stop signal received, saving at iteration {self.iteration} and exiting"
-                )
-                break
+            # NeoX's order (megatron/training.py, train): log, save, evaluate, then the exit_interval test
             if should_save(self.iteration, cfg):
                 self.save()
                 saved_at = self.iteration
+            if self.valid is not None and self.iteration % cfg["eval_interval"] == 0:
+                self.evaluate()
+            if exits_at(self.iteration, cfg):
+                if self.env.world_size > 1:
+                    self.torch.distributed.barrier()
+                self.log(
+                    f"rank: {self.env.rank} | time: {datetime.now():%Y-%m-%d %H:%M:%S} | "
+                    f"exiting the program at iteration {self.iteration}"
+                )
+                return 0  # like NeoX's sys.exit(): no post-training save
         if saved_at != self.iteration:
-            self.save()
+            self.save()  # NeoX's post-training save (pretrain): the end of training is always saved
         return 0
 
 
@@ -481,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="merged NeoX config (strict JSON)")
     args = parser.parse_args(argv)
-    STOP.install()
+    keep_default_signal_actions()
     keep_freed_memory()
     import standin_config as sc
 
