@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: help venv lint test test-unit test-cluster cluster-up cluster-up-accounting cluster-down cluster-status \
-        demo demo-down bench
+        demo demo-down bench lock
 
 help:
 	@echo "make demo             run the pipeline on the embedded local cluster in real Airflow"
@@ -50,3 +50,8 @@ demo-down:
 bench: cluster-up
 	$(PY) bench/bench_slurm_watch.py
 	$(PY) bench/bench_tokenize.py
+
+# Recompile requirements.lock (and requirements-uv.lock) from requirements.txt; the uv command is in
+# scripts/bootstrap.sh. Run it after editing requirements.txt; the next `make` then rebuilds .venv.
+lock:
+	@scripts/bootstrap.sh lock
