@@ -6,6 +6,7 @@ folder, raced by concurrent first plans.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,3 +127,18 @@ def test_paths_reaching_the_shell_are_checked():
         record.read_command("/fsx/x; rm -rf /")
     with pytest.raises(UnsafeValueError):
         record.create_command("/fsx/a", "/fsx/$(reboot)")
+
+
+@pytest.mark.parametrize(
+    ("time_limit", "fragment"),
+    [
+        ("0:00:00", "time_limit: '0:00:00' is not a Slurm time limit"),
+        ("0-00:00:00", "is not a Slurm time limit"),
+        ("00:00:30", "stop_before_limit_s: 60 s is not shorter than the time limit (30 s)"),
+    ],
+)
+def test_the_plan_renders_the_training_script_and_refuses_a_bad_slice(time_limit, fragment):
+    """Before any data stage: the launch's own checks run at plan time, naming the field."""
+    assert "#SBATCH" in plan_run({"profile": "local", "run_name": "r", **SMALL})["train"]["script"]
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        plan_run({"profile": "local", "run_name": "r", **SMALL, "time_limit": time_limit})

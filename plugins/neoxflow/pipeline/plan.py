@@ -285,6 +285,18 @@ def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: 
     }
 
 
+def train_plan(request: RunRequest, profile: Profile, cfg: RunConfig, lay: RunLayout) -> dict[str, Any]:
+    """The first slice's batch script, rendered now: a time limit, image, mount or path the launch would
+    refuse fails the plan (naming the field) before any data stage runs, and a dry run shows it."""
+    from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
+
+    job_name = f"nxf-train-{request.run_name}"[:128]
+    spec, template = launch_spec_for_run(
+        profile, cfg, job_name=job_name, code_dir=lay.code_dir, time_limit=request.time_limit
+    )
+    return {"job_name": job_name, "template": template, "script": render_batch_script(spec, template)}
+
+
 def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     """Everything a run will do, from the trigger form: validated, rendered, JSON-serialisable."""
     from neoxflow.pipeline.request import parse_request
@@ -299,6 +311,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     cfg = run_config(request, profile, check_vocab_file=False)
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
+    train = train_plan(request, profile, cfg, lay)
     return {
         "request": {
             k: v
@@ -331,6 +344,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
             "nodes": cfg.nodes,
             "gpus_per_node": cfg.gpus_per_node,
         },
+        "train": train,
         "data": data_plans(request, profile, lay),
         # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
         "dataset": {**dataset, "train_indices": list(selection.train)},

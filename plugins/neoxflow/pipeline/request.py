@@ -105,6 +105,7 @@ def form_params() -> dict[str, Any]:
         "time_limit": Param(
             None,
             type=["null", "string"],
+            pattern=f"^({TIME_LIMIT.pattern})?$",
             title="Time limit per slice",
             description="Slurm time limit of one training job, e.g. 04:00:00. " + BLANK,
         ),

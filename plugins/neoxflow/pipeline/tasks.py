@@ -64,6 +64,12 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
             plan["config"]["path"],
             plan["config"]["rendered"],
         )
+        log.info(
+            "--- train: %s (%s)\n%s",
+            plan["train"]["job_name"],
+            plan["train"]["template"],
+            plan["train"]["script"],
+        )
         for step, job in plan["data"].items():
             if isinstance(job, dict) and "script" in job:
                 log.info("--- %s: %s/%s\n%s", step, job["remote_dir"], job["job_name"], job["script"])
@@ -379,20 +385,54 @@ def expectation(plan: dict[str, Any]):
     return Expectation.from_neox_config(cfg, plan["config"]["nodes"] * plan["config"]["gpus_per_node"])
 
 
-def prepare_resume(plan: dict[str, Any]) -> dict[str, Any]:
+def prepare_resume(
+    plan: dict[str, Any], leave_timeout_s: float = 900.0, poll_s: float = 10.0
+) -> dict[str, Any]:
     """Before a slice: no-op if this run's training job is active or the run is finished; otherwise point
-    ``latest`` at the newest COMPLETE checkpoint (NeoX writes ``latest`` before the other ranks finish)."""
+    ``latest`` at the newest COMPLETE checkpoint (NeoX writes ``latest`` before the other ranks finish).
+
+    A job that is COMPLETING, or whose owner file carries a cancel mark (a person stopped or cleared its
+    task), is not active: it is leaving and will not train any more. Skipping for it would let a cleared
+    run end "success" without training, and deciding while it still writes could read a half-written
+    checkpoint. So wait (at most ``leave_timeout_s``, then fail so the retry asks again) until it has
+    left the queue, then decide.
+    """
+    import time
+
     from neoxflow.neox.checkpoints import resume_plan
+    from neoxflow.slurm import ownership
+    from neoxflow.slurm.states import normalise_state
 
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     hook = _hook()
     job_name = f"nxf-train-{plan['run_name']}"[:128]
-    active = hook.active_jobs_named(job_name)
-    if active:
-        raise AirflowSkipException(
-            f"training job {active[0]} of run {plan['run_name']} is active: nothing to do"
-        )
+    deadline = time.monotonic() + leave_timeout_s
+    while True:
+        rows = [row for row in hook.jobs_named(job_name) if not row.outcome.final]
+        leaving, active = [], []
+        for row in rows:
+            job_id = row.job_id.split("_", 1)[0]
+            cancelled = False
+            if normalise_state(row.state) != "COMPLETING":  # a cancel the job has not acted on yet?
+                path = ownership.owner_path(posixpath.join(plan["layout"]["jobs_dir"], job_name), job_id)
+                _, out, _ = hook.run(ownership.read_owner_command(path), check=False)
+                owner = ownership.parse_owner(out.decode("utf-8", "replace"))
+                cancelled = owner is not None and owner.cancel_requested
+            (leaving if cancelled or normalise_state(row.state) == "COMPLETING" else active).append(job_id)
+        if active:
+            raise AirflowSkipException(
+                f"training job {active[0]} of run {plan['run_name']} is active: nothing to do"
+            )
+        if not leaving:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"training job {leaving[0]} of run {plan['run_name']} is still COMPLETING after "
+                f"{leave_timeout_s:.0f}s: not deciding the resume point while it may still write"
+            )
+        log.info("Training job %s is COMPLETING (leaving): waiting before deciding", leaving[0])
+        time.sleep(poll_s)
     listing = checkpoint_listing(plan)
     decision = resume_plan(listing, expectation(plan))
     target = int(plan["config"]["train_iters"])
