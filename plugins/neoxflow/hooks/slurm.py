@@ -19,7 +19,7 @@ from airflow.providers.ssh.hooks.ssh import SSHHook, SSHHookAsync
 
 from neoxflow.slurm import commands
 from neoxflow.slurm.commands import ProbeRequest, split_probe_output
-from neoxflow.slurm.parse import JobStatus, parse_sbatch_parsable, parse_squeue
+from neoxflow.slurm.parse import JobStatus, TaskState, parse_sacct, parse_sbatch_parsable, parse_squeue
 from neoxflow.slurm.status import status_from_probe
 from neoxflow.slurm.validate import check_remote_path
 
@@ -112,6 +112,11 @@ class SlurmSSHHook:
         _, out, _ = self.run(commands.sbatch_command(script_path, **sbatch_kwargs))
         return parse_sbatch_parsable(out.decode("utf-8", "replace"))
 
+    def jobs_named(self, job_name: str) -> list[TaskState]:
+        """This user's jobs squeue still lists under exactly this name, with their states."""
+        _, out, _ = self.run(commands.squeue_by_name(job_name))
+        return parse_squeue(out.decode("utf-8", "replace"))
+
     def active_jobs_named(self, job_name: str) -> list[str]:
         """Ids of this user's queued/running jobs with exactly this name."""
         _, out, _ = self.run(commands.squeue_by_name(job_name))
@@ -131,6 +136,14 @@ class SlurmSSHHook:
 
     def cancel(self, job_id: str) -> None:
         self.run(commands.scancel_command(job_id))
+
+    def accounting_states(self, job_id: str, start_day: str) -> dict[str, str]:
+        """sacct's state word per job/array task (``CANCELLED by 0``...); {} when accounting is off or
+        does not answer (then it simply adds nothing to a decision)."""
+        status, out, _ = self.run(commands.sacct_job(job_id, start_day), check=False)
+        if status != 0:
+            return {}
+        return {row.job_id: row.state for row in parse_sacct(out.decode("utf-8", "replace"))}
 
     def tail(self, path: str, lines: int = 40) -> str:
         _, out, _ = self.run(commands.tail_lines_command(path, lines), check=False)

@@ -180,6 +180,30 @@ class PretrainTrainOperator(NeoXTrainOperator):
         )
         return super().execute(context)
 
+    def _done_without_a_job(self, context: Context) -> Any:
+        """Nothing live to follow and a job is about to be submitted: point ``latest`` at the newest
+        complete checkpoint first. A job cancelled mid-save (a person stopped or cleared the task, a
+        stall) can leave ``latest`` naming a checkpoint the other ranks never finished; only
+        ``prepare_resume`` fixed it before, and a cleared ``train_slice`` does not run that again."""
+        done = super()._done_without_a_job(context)
+        if done is None:
+            self._point_latest_at_newest_complete()
+        return done
+
+    def _point_latest_at_newest_complete(self) -> None:
+        from neoxflow.neox.checkpoints import resume_plan
+        from neoxflow.triggers.checkpoint import expectation_from_dict, listing_command, parse_listing
+
+        status, out, err = self.hook.run(
+            listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
+        )
+        decision = resume_plan(parse_listing(status, out, err), expectation_from_dict(self.expectation))
+        self.log.info("Resume point before submitting: %s", decision.reason)
+        if decision.action == "write":
+            self.hook.upload(decision.content.encode(), posixpath.join(self.save_dir, "latest"))
+        elif decision.action == "remove":
+            self.hook.run(f"rm -f {shlex.quote(posixpath.join(self.save_dir, 'latest'))}")
+
     def execute_complete(
         self,
         context: Context,

@@ -4,7 +4,11 @@ Lifecycle of one task instance:
 
 1. re-attach: the job recorded in ``task_state_store`` by an earlier try, or a live job under the task's
    deterministic name (squeue), is followed instead of submitting a second copy. A recorded job that
-   already COMPLETED is adopted as the result.
+   already COMPLETED is adopted as the result. A job that was cancelled (CANCELLED, or still COMPLETING
+   with the owner file's cancel mark: a person stopped or cleared the earlier try) is never adopted:
+   the try waits, deferred, until it has left the queue and then submits afresh (rules in
+   :func:`neoxflow.slurm.ownership.adoption`). Adopting claims the job for this try (the owner file
+   beside the job), so that only this try's trigger may cancel it.
 2. submit: the rendered script is uploaded by SFTP (content-addressed file) and ``sbatch --parsable`` runs
    with validated, quoted options; the job id goes to ``task_state_store`` and XCom at once.
 3. watch: deferred to :class:`SlurmJobTrigger` (default) or polled in the worker.
@@ -14,6 +18,7 @@ Lifecycle of one task instance:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import posixpath
 import time
@@ -26,14 +31,16 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.slurm import commands, naming
+from neoxflow.slurm import commands, naming, ownership
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.ownership import Adoption
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.status import array_task_ids
 from neoxflow.slurm.validate import check_env, check_remote_path, check_sbatch_option
 from neoxflow.triggers.slurm_job import SlurmJobTrigger
 
 STATE_KEY = "slurm_job"
+GONE_UNKNOWN_S = 120.0  # a cancelled job no source knows for this long has left the queue
 
 
 class SlurmJobFailed(AirflowException):
@@ -179,6 +186,10 @@ class SlurmOperator(BaseOperator):
         if record and record.get("adopted_success"):
             self.log.info("Job %s of an earlier try already COMPLETED: adopting its result", record["job_id"])
             return record
+        if record and record.get("leaving"):
+            return self._wait_until_gone(context, record)
+        if record is not None and not self._claim(context, record):
+            return self._wait_until_gone(context, {**record, "leaving": True})
         if record is None:
             done = self._done_without_a_job(context)
             if done is not None:
@@ -213,12 +224,102 @@ class SlurmOperator(BaseOperator):
                 "log_path": None if self.array else output.replace("%j", job_id),
                 "job_dir": job_dir,
             }
-            if store is not None:
-                store.set(STATE_KEY, record)
             self.log.info("Submitted Slurm job %s as %s (script %s)", job_id, name, script_path)
+            if not self._claim(context, record):  # a brand-new job carries no cancel mark
+                raise AirflowException(f"job {job_id} was just submitted but could not be claimed")
+        if store is not None:
+            store.set(STATE_KEY, record)
         context["ti"].xcom_push(key="job_id", value=record["job_id"])
         self._job_id = record["job_id"]
         return self._watch(context, record)
+
+    # -- ownership -------------------------------------------------------------------------------------
+    def _owner_token(self, context: Context) -> str:
+        return ownership.owner_token_of(context)
+
+    def _owner_path(self, record: Mapping[str, Any]) -> str:
+        job_dir = record.get("job_dir") or posixpath.join(
+            check_remote_path(self.remote_dir), record.get("job_name") or "job"
+        )
+        return ownership.owner_path(job_dir, str(record["job_id"]).split("_", 1)[0])
+
+    def _claim(self, context: Context, record: dict[str, Any]) -> bool:
+        """Make this try the job's owner (its trigger alone may then cancel it). False when a cancel was
+        requested for the job: it is leaving and must not be adopted."""
+        token = self._owner_token(context)
+        path = self._owner_path(record)
+        job_id = str(record["job_id"]).split("_", 1)[0]
+        status, out, _ = self.hook.run(
+            ownership.claim_command(path, job_id, token, int(time.time())), check=False
+        )
+        answer = ownership.parse_claim(status, out.decode("utf-8", "replace"))
+        if not answer.claimed:
+            self.log.warning(
+                "Job %s had a cancel requested by %s: not adopting it", record["job_id"], answer.cancel_by
+            )
+            return False
+        record["owner"], record["owner_path"] = token, path
+        self.log.info("Job %s is owned by this try (%s, %s)", record["job_id"], token, path)
+        return True
+
+    def _cancel_owned(self, context: Context, record: Mapping[str, Any]) -> str:
+        """Cancel the job from the worker (a stall) with the same owner check and cancel mark as the
+        trigger's ``on_kill``, so the retry waits for the job to leave instead of adopting it."""
+        if not record.get("owner") or not record.get("owner_path"):
+            self.hook.cancel(str(record["job_id"]))
+            return "cancelled"
+        command = ownership.cancel_if_owner_command(
+            record["owner_path"], str(record["job_id"]).split("_", 1)[0], record["owner"], int(time.time())
+        )
+        status, out, err = self.hook.run(command, check=False)
+        answer = ownership.parse_cancel(
+            status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        )
+        if answer.state == "error":
+            raise AirflowException(f"scancel {record['job_id']} failed: {answer.text}")
+        if answer.state != "cancelled":
+            self.log.warning("Job %s not cancelled: %s", record["job_id"], answer.text)
+        return answer.state
+
+    def _adoption(self, record: Mapping[str, Any]) -> tuple[Adoption, Any]:
+        """How a new try should treat this job: its status, owner file and (when it answers) sacct."""
+        status, _ = self.hook.probe(self._probe_request(record), self._expected(record))
+        if status.final or status.outcome is Outcome.UNKNOWN:
+            return ownership.adoption(status), status
+        _, out, _ = self.hook.run(ownership.read_owner_command(self._owner_path(record)), check=False)
+        owner = ownership.parse_owner(out.decode("utf-8", "replace"))
+        accounting = self.hook.accounting_states(str(record["job_id"]), record["start_day"])
+        return ownership.adoption(status, owner, accounting), status
+
+    def _wait_until_gone(self, context: Context, record: dict[str, Any]) -> Any:
+        """The job was cancelled but is still leaving (COMPLETING): wait, without a worker slot, until it
+        has left the queue, then run ``execute`` again (it then submits afresh). Never adopt it: its end
+        is CANCELLED, which would fail the run the person only meant to clear."""
+        self.log.info(
+            "Job %s was cancelled and is still leaving the queue: waiting for it before submitting",
+            record["job_id"],
+        )
+        trigger = SlurmJobTrigger(
+            ssh_conn_id=self.ssh_conn_id,
+            job_id=record["job_id"],
+            start_day=record["start_day"],
+            expected_tasks=self._expected(record),
+            poll_interval=self.poll_interval,
+            unknown_timeout=min(self.unknown_timeout, GONE_UNKNOWN_S),  # answered "no such job": gone
+            cancel_on_kill=False,  # not ours any more: nothing of this try to cancel
+        )
+        if self.deferrable:
+            self.defer(trigger=trigger, method_name="execute_after_gone", kwargs={})
+        event = asyncio.run(_first_event(trigger))
+        return self.execute_after_gone(context, event)
+
+    def execute_after_gone(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """The cancelled job has left (final, or no longer known): start this try over."""
+        event = event or {}
+        if event.get("event") == "error":
+            raise AirflowException(f"waiting for a cancelled job to leave: {event.get('message')}")
+        self.log.info("Cancelled job %s has left the queue (%s)", event.get("job_id"), event.get("event"))
+        return self.execute(context)
 
     def _done_without_a_job(self, context: Context) -> Any:
         """Called when nothing is live to follow, before submitting: a subclass that can tell the work is
@@ -226,34 +327,37 @@ class SlurmOperator(BaseOperator):
         return None
 
     def _reattach(self, store: Any, name: str) -> dict[str, Any] | None:
-        """The job an earlier try of this task instance submitted, if it is still worth following."""
+        """The job an earlier try of this task instance submitted (or one live under the task's name), if
+        it is still worth following; ``leaving`` set when it was cancelled and must only be waited for."""
         record = store.get(STATE_KEY) if store is not None else None
         if record:
-            status, _ = self.hook.probe(self._probe_request(record), self._expected(record))
-            if not status.final and status.outcome is not Outcome.UNKNOWN:
+            decision, status = self._adoption(record)
+            if decision is Adoption.ADOPT:
                 self.log.info(
                     "Re-attaching to job %s of an earlier try (%s)", record["job_id"], status.summary()
                 )
-                return record
-            if status.outcome is Outcome.SUCCESS:
+                return dict(record)
+            if decision is Adoption.ADOPT_SUCCESS:
                 return {**record, "adopted_success": True, "status": status.to_dict()}
+            if decision is Adoption.WAIT_UNTIL_GONE:
+                return {**record, "leaving": True}
             self.log.info(
-                "Job %s of an earlier try ended (%s): submitting anew", record["job_id"], status.summary()
+                "Job %s of an earlier try is not to be followed (%s, %s)",
+                record["job_id"],
+                decision.value,
+                status.summary(),
             )
         live = self.hook.active_jobs_named(name)
-        if live:
-            if len(live) > 1:
-                self.log.warning("Several live jobs named %s: %s; following the first", name, live)
-            self.log.info(
-                "Found live job %s named %s: re-attaching instead of submitting again", live[0], name
-            )
-            job_id = live[0]
-            return {
+        if len(live) > 1:
+            self.log.warning("Several live jobs named %s: %s", name, live)
+        leaving = None
+        for job_id in live:
+            found = {
                 "job_id": job_id,
                 "job_name": name,
                 "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "array": self.array,
-                "job_dir": None,
+                "job_dir": posixpath.join(check_remote_path(self.remote_dir), name),
                 "log_path": None
                 if self.array
                 else (
@@ -261,7 +365,18 @@ class SlurmOperator(BaseOperator):
                     or posixpath.join(check_remote_path(self.remote_dir), name, "slurm-%j.out")
                 ).replace("%j", job_id),
             }
-        return None
+            decision, status = self._adoption(found)
+            if decision is Adoption.ADOPT:
+                self.log.info(
+                    "Found live job %s named %s: re-attaching instead of submitting again (%s)",
+                    job_id,
+                    name,
+                    status.summary(),
+                )
+                return found
+            if decision is Adoption.WAIT_UNTIL_GONE:
+                leaving = {**found, "leaving": True}
+        return leaving
 
     def _expected(self, record: Mapping[str, Any]) -> list[str] | None:
         return array_task_ids(record["job_id"], record.get("array"))
@@ -271,7 +386,9 @@ class SlurmOperator(BaseOperator):
             record["job_id"], record["start_day"], log_path=record.get("log_path"), log_offset=offset
         )
 
-    def _trigger(self, record: Mapping[str, Any], offset: int = 0) -> SlurmJobTrigger:
+    def _trigger(
+        self, record: Mapping[str, Any], offset: int = 0, silent_alerted: bool = False
+    ) -> SlurmJobTrigger:
         return SlurmJobTrigger(
             ssh_conn_id=self.ssh_conn_id,
             job_id=record["job_id"],
@@ -281,7 +398,21 @@ class SlurmOperator(BaseOperator):
             log_offset=offset,
             poll_interval=self.poll_interval,
             unknown_timeout=self.unknown_timeout,
+            owner_token=record.get("owner"),
+            owner_path=record.get("owner_path"),
+            silent_alerted=silent_alerted,
         )
+
+    def _controller_silent(self, context: Context, event: Mapping[str, Any]) -> None:
+        """The controller has not answered for a long while: tell a human once; the watch goes on."""
+        message = event.get("message") or "the Slurm controller does not answer"
+        self.log.error("%s", message)
+        try:
+            from neoxflow.notifiers.factory import send_alert
+
+            send_alert("controller_silent", context, detail=message, job_id=event.get("job_id"))
+        except Exception as err:  # best effort: the watch must go on
+            self.log.warning("Could not send the controller_silent alert: %s", err)
 
     def _watch(self, context: Context, record: dict[str, Any]) -> Any:
         if self.deferrable:
@@ -312,7 +443,7 @@ class SlurmOperator(BaseOperator):
                     "tail": tail,
                 }
                 return self.execute_complete(context, event, record=record)
-            if status.outcome is Outcome.UNKNOWN:
+            if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
                 unknown_since = unknown_since or time.monotonic()
                 if time.monotonic() - unknown_since > self.unknown_timeout:
                     event = {
@@ -329,6 +460,13 @@ class SlurmOperator(BaseOperator):
     def execute_complete(
         self, context: Context, event: dict[str, Any], record: dict[str, Any] | None = None
     ) -> Any:
+        if event.get("event") == "controller_silent":  # not a verdict: alert once, keep watching
+            self._controller_silent(context, event)
+            self.defer(
+                trigger=self._trigger(record or {}, event.get("log_offset", 0), silent_alerted=True),
+                method_name="execute_complete",
+                kwargs={"record": record},
+            )
         record = {
             **(record or {}),
             "status": event.get("status"),
@@ -354,3 +492,9 @@ class SlurmOperator(BaseOperator):
         if self._job_id:
             self.log.info("Task killed: cancelling Slurm job %s", self._job_id)
             self.hook.cancel(self._job_id)
+
+
+async def _first_event(trigger: SlurmJobTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return event.payload
+    raise RuntimeError("the Slurm job trigger ended without an event")

@@ -49,6 +49,11 @@ from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
 __all__ = ["NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
 
 DEFAULT_ALIAS = "neoxflow-checkpoints"
+#: events after which the job still runs and the watch re-defers
+WATCH_GOES_ON = ("checkpoint", "lock_lost", "controller_silent")
+#: task_state_store key: the newest checkpoint iteration whose Asset event was emitted (or, before the
+#: first emission, the newest complete one before this task's first job): the floor of new checkpoints
+ASSET_WATERMARK_KEY = "asset_watermark"
 
 
 class TrainingStalled(SlurmJobFailed):
@@ -214,10 +219,13 @@ class NeoXTrainOperator(SlurmOperator):
             **self._lock,
             poll_interval=self.poll_interval,
             unknown_timeout=self.unknown_timeout,
+            owner_token=record.get("owner"),
+            owner_path=record.get("owner_path"),
+            silent_alerted=bool(record.get("silent_alerted")),
         )
 
-    def _newest_complete(self) -> int | None:
-        """The newest complete checkpoint in the save folder now (None if none or the listing failed)."""
+    def _complete_checkpoints(self) -> list[dict[str, Any]]:
+        """The complete checkpoints in the save folder now, oldest first ([] if the listing failed)."""
         try:
             status, out, err = self.hook.run(
                 listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
@@ -227,19 +235,67 @@ class NeoXTrainOperator(SlurmOperator):
             )
         except Exception as err:  # only the baseline: the watch still judges every checkpoint
             self.log.warning("Could not list %s before watching: %s", self.save_dir, err)
-            return None
-        return found[-1].iteration if found else None
+            return []
+        return [
+            {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}
+            for c in found
+        ]
+
+    def _newest_complete(self) -> int | None:
+        """The newest complete checkpoint in the save folder now (None if none or the listing failed)."""
+        found = self._complete_checkpoints()
+        return found[-1]["iteration"] if found else None
+
+    def _asset_floor(self, context: Context) -> int | None:
+        """The newest checkpoint that needs no Asset event: the store's watermark when an earlier try (or
+        this try before a re-attach) set one, so that checkpoints completed since then still get their
+        event; else the newest complete one now (the one a resumed slice loads is not new) - stored as
+        the watermark at once, so a later try starts from the same floor."""
+        store = context.get("task_state_store")
+        mark = store.get(ASSET_WATERMARK_KEY) if store is not None else None
+        if isinstance(mark, Mapping) and "iteration" in mark:
+            return mark["iteration"]
+        newest = self._newest_complete()
+        if store is not None:
+            store.set(ASSET_WATERMARK_KEY, {"iteration": newest})
+        return newest
+
+    def _emit_assets(self, context: Context, run: str, checkpoints, job_id: Any) -> None:
+        """One Asset event per checkpoint; then raise the watermark past them."""
+        events = context["outlet_events"][AssetAlias(self.asset_alias)]
+        for ckpt in checkpoints:
+            events.add(
+                checkpoint_asset(run, ckpt),
+                extra={
+                    "iteration": int(ckpt["iteration"]),
+                    "path": ckpt["path"],
+                    "size_bytes": int(ckpt.get("size_bytes", 0)),
+                    "job_id": str(job_id),
+                },
+            )
+        store = context.get("task_state_store")
+        if checkpoints and store is not None:
+            store.set(ASSET_WATERMARK_KEY, {"iteration": max(int(c["iteration"]) for c in checkpoints)})
 
     def _done_without_a_job(self, context: Context) -> Any:
         """No job of this task is live: if the run already has a complete checkpoint at train_iters, the
         slice is done and nothing is submitted. A try that starts over after an earlier one's job finished
         (the task rescheduled or its worker killed while the job ran; without accounting the ended job's
         state is unknown) would otherwise start a second training job of a finished run."""
-        newest = self._newest_complete()
+        found = self._complete_checkpoints()
+        newest = found[-1]["iteration"] if found else None
         if newest is None or newest < self.train_iters:
             return None
         store = context.get("task_state_store")
         earlier = (store.get(STATE_KEY) if store is not None else None) or {}
+        mark = store.get(ASSET_WATERMARK_KEY) if store is not None else None
+        if isinstance(mark, Mapping) and "iteration" in mark:
+            # an earlier try of this task watched a job that completed checkpoints but never reached its
+            # own result (re-attach, clear, lost worker): their Asset events are still owed
+            floor = mark["iteration"]
+            owed = [c for c in found if floor is None or c["iteration"] > floor]
+            run = self.run_name or earlier.get("job_name") or "run"
+            self._emit_assets(context, run, owed, earlier.get("job_id"))
         reason = (
             f"checkpoint global_step{newest} is complete and train_iters is {self.train_iters}: "
             "training already finished, no job submitted"
@@ -272,9 +328,8 @@ class NeoXTrainOperator(SlurmOperator):
     def _watch(self, context: Context, record: dict[str, Any]) -> Any:
         expectation_from_dict(self.expectation)  # fail before the watch on a bad expectation
         if "baseline_checkpoint" not in record:
-            # checkpoints already there (the one a resumed slice loads) are not new: no Asset event for them
-            record["baseline_checkpoint"] = self._newest_complete()
-            self.log.info("Newest complete checkpoint before this slice: %s", record["baseline_checkpoint"])
+            record["baseline_checkpoint"] = self._asset_floor(context)
+            self.log.info("Checkpoints after %s are new to this task", record["baseline_checkpoint"])
         watch = WatchState(last_checkpoint=record["baseline_checkpoint"]).to_dict()
         self._resolve_lock(context)
         trigger = self._training_trigger(record, watch=watch)
@@ -291,11 +346,14 @@ class NeoXTrainOperator(SlurmOperator):
         checkpoints: list[dict[str, Any]] = []
         while True:
             event = asyncio.run(_first_event(trigger))
-            if event.get("event") not in ("checkpoint", "lock_lost"):
+            if event.get("event") not in WATCH_GOES_ON:
                 return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
             if event.get("event") == "lock_lost":
                 self._lock_lost(context, event)
+            elif event.get("event") == "controller_silent":
+                record["silent_alerted"] = True
+                self._controller_silent(context, event)
             trigger = self._training_trigger(
                 record, event.get("log_offset", 0), event.get("watch"), checkpoints
             )
@@ -329,11 +387,14 @@ class NeoXTrainOperator(SlurmOperator):
         record = dict(record or carry.get("record") or {})
         checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
-        if kind in ("checkpoint", "lock_lost"):  # the job goes on: watch it again from where this left off
+        if kind in WATCH_GOES_ON:  # the job goes on: watch it again from where this left off
             self._resolve_lock(context)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
             if kind == "lock_lost":
                 self._lock_lost(context, event)
+            elif kind == "controller_silent":
+                record["silent_alerted"] = True
+                self._controller_silent(context, event)
             else:
                 self.log.info("Checkpoint %s is complete: %s", event.get("tag"), event.get("path"))
             self.defer(
@@ -357,7 +418,7 @@ class NeoXTrainOperator(SlurmOperator):
             context["ti"].xcom_push(key=STATE_KEY, value=record)
             self.log.error("%s: cancelling Slurm job %s", reason, record.get("job_id"))
             try:
-                self.hook.cancel(str(record["job_id"]))
+                self._cancel_owned(context, record)
             except Exception as err:  # the failure below matters more than a failed scancel
                 self.log.warning("scancel %s failed: %s", record.get("job_id"), err)
             raise TrainingStalled(f"{reason} (job {record.get('job_id')} cancelled)", record)
@@ -430,17 +491,7 @@ class NeoXTrainOperator(SlurmOperator):
 
     def _result(self, context: Context, record, checkpoints, watch: WatchState, *, more_to_do, reason):
         run = self.run_name or record.get("job_name") or "run"
-        events = context["outlet_events"][AssetAlias(self.asset_alias)]
-        for ckpt in checkpoints:
-            events.add(
-                checkpoint_asset(run, ckpt),
-                extra={
-                    "iteration": int(ckpt["iteration"]),
-                    "path": ckpt["path"],
-                    "size_bytes": int(ckpt.get("size_bytes", 0)),
-                    "job_id": str(record.get("job_id")),
-                },
-            )
+        self._emit_assets(context, run, checkpoints, record.get("job_id"))
         newest = checkpoints[-1] if checkpoints else None
         return {
             "more_to_do": more_to_do,

@@ -162,6 +162,14 @@ class JobStatus:
     outcome: Outcome
     tasks: tuple[TaskState, ...] = field(default_factory=tuple)
     note: str = ""
+    #: the sources whose command failed (not "no such job": no answer at all, e.g. controller down)
+    unanswered: tuple[str, ...] = ()
+
+    @property
+    def controller_silent(self) -> bool:
+        """UNKNOWN because the controller did not answer (squeue AND scontrol failed), not because it
+        answered that it does not know the job: an outage says nothing about the job itself."""
+        return self.outcome is Outcome.UNKNOWN and {"squeue", "scontrol"} <= set(self.unanswered)
 
     @property
     def final(self) -> bool:

@@ -10,7 +10,12 @@ from neoxflow.slurm.states import Outcome
 def status_from_probe(job_id: str, answer: ProbeAnswer, expected_tasks: list[str] | None = None) -> JobStatus:
     if answer.squeue is None and answer.scontrol is None and answer.sacct is None:
         detail = "; ".join(f"{k}: {v}" for k, v in answer.errors.items()) or "no answer"
-        return JobStatus(job_id, Outcome.UNKNOWN, note=f"cluster did not answer ({detail})")
+        return JobStatus(
+            job_id,
+            Outcome.UNKNOWN,
+            note=f"cluster did not answer ({detail})",
+            unanswered=("squeue", "scontrol", "sacct"),
+        )
     status = merge_sources(
         job_id,
         parse_squeue(answer.squeue or ""),
@@ -20,7 +25,13 @@ def status_from_probe(job_id: str, answer: ProbeAnswer, expected_tasks: list[str
     )
     if status.outcome is Outcome.UNKNOWN and answer.errors:
         failed = ", ".join(sorted(answer.errors))
-        return JobStatus(status.job_id, status.outcome, status.tasks, note=f"{status.note}; {failed} failed")
+        return JobStatus(
+            status.job_id,
+            status.outcome,
+            status.tasks,
+            note=f"{status.note}; {failed} failed",
+            unanswered=tuple(sorted(answer.errors)),
+        )
     return status
 
 

@@ -4,6 +4,13 @@ One asyncssh connection per trigger, reused for every poll; each poll is ONE rem
 squeue, scontrol and sacct and reads the next chunk of the job's output by byte offset (streamed into the
 task log). A failed poll is not a verdict: connection errors reconnect with jittered backoff, and an
 answer nobody can give ("unknown") is asked again until ``unknown_timeout``.
+
+A controller outage (squeue and scontrol both fail) is not an answer either: the trigger keeps waiting,
+however long, and once it has lasted ``unknown_timeout`` it yields one ``controller_silent`` event so
+that the operator alerts a human and re-defers (``silent_alerted``); only an observed final state
+decides the job. "lost" stays for a controller that answers but knows the job nowhere for that long.
+
+``on_kill`` cancels only a job this task instance's try still owns (see :mod:`neoxflow.slurm.ownership`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from neoxflow.hooks.slurm import AsyncSlurmSSHHook, _is_host_key_error
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
+from neoxflow.slurm.parse import JobStatus
 from neoxflow.slurm.states import Outcome
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -37,6 +46,10 @@ class SlurmJobTrigger(BaseTrigger):
     :param expected_tasks: array task ids we submitted (``["12_0", "12_1"]``), None for a plain job.
     :param log_path: the job's output file to stream into the task log, read from ``log_offset`` on.
     :param cancel_on_kill: scancel when a user kills the task (never on a triggerer restart).
+    :param owner_token: this try's owner token; with ``owner_path`` (the job's owner file) ``on_kill``
+        cancels only while the file still names this try. Both None (a trigger serialised by an older
+        release): cancel as before.
+    :param silent_alerted: the ``controller_silent`` event was already sent for this job (no second one).
     """
 
     def __init__(
@@ -53,8 +66,14 @@ class SlurmJobTrigger(BaseTrigger):
         unreachable_timeout: float = 3600.0,
         cancel_on_kill: bool = True,
         use_sacct: bool = True,
+        owner_token: str | None = None,
+        owner_path: str | None = None,
+        silent_alerted: bool = False,
     ):
         super().__init__()
+        self.owner_token = owner_token
+        self.owner_path = owner_path
+        self.silent_alerted = silent_alerted
         self.ssh_conn_id = ssh_conn_id
         self.job_id = job_id
         self.start_day = start_day
@@ -82,8 +101,32 @@ class SlurmJobTrigger(BaseTrigger):
                 "unreachable_timeout": self.unreachable_timeout,
                 "cancel_on_kill": self.cancel_on_kill,
                 "use_sacct": self.use_sacct,
+                "owner_token": self.owner_token,
+                "owner_path": self.owner_path,
+                "silent_alerted": self.silent_alerted,
             },
         )
+
+    def _silence(self, status: JobStatus, silent_since: float | None) -> tuple[float | None, str | None]:
+        """Track a controller outage; the ``controller_silent`` message once it has lasted
+        ``unknown_timeout`` (and was not reported yet), else None. Never a verdict on the job."""
+        if not status.controller_silent:
+            return None, None
+        silent_since = silent_since or time.monotonic()
+        waited = time.monotonic() - silent_since
+        self.log.warning(
+            "Slurm controller did not answer about job %s for %.0fs (%s); still waiting",
+            self.job_id,
+            waited,
+            status.note,
+        )
+        if waited > self.unknown_timeout and not self.silent_alerted:
+            self.silent_alerted = True
+            return silent_since, (
+                f"the Slurm controller has not answered for {waited:.0f}s ({status.note}); job {self.job_id} "
+                "is still being watched and was NOT failed or cancelled"
+            )
+        return silent_since, None
 
     def _hook(self) -> AsyncSlurmSSHHook:
         return AsyncSlurmSSHHook(self.ssh_conn_id)
@@ -94,6 +137,7 @@ class SlurmJobTrigger(BaseTrigger):
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         partial = b""
         unknown_since: float | None = None
+        silent_since: float | None = None
         unreachable_since: float | None = None
         failures = 0
         polls = 0
@@ -161,7 +205,15 @@ class SlurmJobTrigger(BaseTrigger):
                         self._event("held", status=status.to_dict(), log_offset=offset, tail=list(tail))
                     )
                     return
-                if status.outcome is Outcome.UNKNOWN:
+                silent_since, silent = self._silence(status, silent_since)
+                if silent:
+                    yield TriggerEvent(
+                        self._event(
+                            "controller_silent", status=status.to_dict(), log_offset=offset, message=silent
+                        )
+                    )
+                    return
+                if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
                     unknown_since = unknown_since or time.monotonic()
                     waited = time.monotonic() - unknown_since
                     self.log.info(
@@ -198,15 +250,78 @@ class SlurmJobTrigger(BaseTrigger):
         return {"event": kind, "job_id": self.job_id, **payload}
 
     async def on_kill(self) -> None:
-        """A user killed the deferred task (mark failed/success, clear): cancel the Slurm job.
+        """A user acted on the deferred task (mark failed, mark success or clear; Airflow 3.3.2 does not
+        say which): cancel the Slurm job, but only if this try still owns it.
 
-        Not called on a triggerer restart, so a restart never cancels a healthy job.
+        The ownership check and the scancel are one locked remote command, so a newer try that adopted
+        the job (a stale trigger, a late triggerer) never has it cancelled under it. Not called on a
+        triggerer restart, so a restart never cancels a healthy job. A cleared task's new try sees the
+        cancel mark and waits for the job to leave before it submits again.
         """
         if not self.cancel_on_kill:
             return
         hook = self._hook()
         try:
-            self.log.info("Task killed by a user: cancelling Slurm job %s", self.job_id)
-            await hook.cancel(self.job_id)
+            if not (self.owner_token and self.owner_path):
+                self.log.info("Task killed by a user: cancelling Slurm job %s", self.job_id)
+                await hook.cancel(self.job_id)
+                return
+            now = int(time.time())
+            command = cancel_if_owner_command(self.owner_path, self.job_id, self.owner_token, now)
+            status, out, err = await hook.run_with_retry(command, attempts=3, log=self.log)
+            answer = parse_cancel(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+            if answer.state == "cancelled":
+                self.log.warning(
+                    "Task stopped by a user (marked failed/success or cleared): cancelled Slurm job %s, "
+                    "owned by this try (%s)",
+                    self.job_id,
+                    self.owner_token,
+                )
+                await self._alert_cancelled()
+            elif answer.state == "not-owner":
+                self.log.warning(
+                    "Task stopped by a user, but Slurm job %s now belongs to %s, not to this try (%s): "
+                    "NOT cancelled",
+                    self.job_id,
+                    answer.owner,
+                    self.owner_token,
+                )
+            elif answer.state == "no-owner":
+                self.log.error(
+                    "Task stopped by a user, but job %s has no owner file %s: NOT cancelled (no proof this "
+                    "try owns it); cancel it by hand if it should stop",
+                    self.job_id,
+                    self.owner_path,
+                )
+            else:
+                self.log.error("Cancelling job %s failed: %s", self.job_id, answer.text)
         finally:
             await hook.close()
+
+    async def _alert_cancelled(self) -> None:
+        """Tell a human that the job was cancelled: Airflow 3.3.2 runs no failure callback when a person
+        marks a deferred task failed, so without this the run would fail silently. Best effort, bounded
+        (``on_kill`` has 30 s in all); a cleared task's new try resumes, which the alert says."""
+        ti = getattr(self, "task_instance", None)
+        facts = {
+            "job_id": self.job_id,
+            "detail": (
+                f"Slurm job {self.job_id} was cancelled because a person marked the deferred task failed "
+                "or successful, or cleared it; a cleared task resumes from the latest complete checkpoint"
+            ),
+        }
+        for key in ("dag_id", "run_id", "task_id", "map_index", "try_number"):
+            if getattr(ti, key, None) is not None:
+                facts[key] = getattr(ti, key)
+
+        def send() -> None:
+            from neoxflow.notifiers.factory import send_alert
+
+            send_alert("cancelled", None, **facts)
+
+        try:
+            from asgiref.sync import sync_to_async
+
+            await asyncio.wait_for(sync_to_async(send, thread_sensitive=False)(), timeout=15)
+        except Exception as err:  # the cancel is done; a failed alert must not hide it
+            self.log.warning("Could not send the cancel alert: %s: %s", type(err).__name__, err)

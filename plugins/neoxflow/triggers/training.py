@@ -17,6 +17,8 @@ Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_offset``, 
 - ``stalled``: no new log line and no new checkpoint within ``stall_window`` while RUNNING (``reason``).
 - ``final`` / ``held`` / ``lost`` / ``error``: as :class:`SlurmJobTrigger`, plus the checkpoints a last
   listing found (``checkpoints``) and ``listing_error`` if that listing failed.
+- ``controller_silent``: squeue and scontrol have not answered for ``unknown_timeout`` (once per watch,
+  ``silent_alerted``); an outage is not a verdict, the operator alerts and re-defers.
 - ``lock_lost``: renewing the run's checkpoint-folder lease found it held by someone else (``holder``,
   ``until``, ``message``); the job is still running and is NOT cancelled (cancelling could kill the
   rightful run's job if ours is the stray one; a human decides). The operator alerts and re-defers; the
@@ -261,6 +263,9 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         cancel_on_kill: bool = True,
         use_sacct: bool = True,
         expected_tasks: list[str] | None = None,
+        owner_token: str | None = None,
+        owner_path: str | None = None,
+        silent_alerted: bool = False,
     ):
         super().__init__(
             ssh_conn_id=ssh_conn_id,
@@ -274,6 +279,9 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             unreachable_timeout=unreachable_timeout,
             cancel_on_kill=cancel_on_kill,
             use_sacct=use_sacct,
+            owner_token=owner_token,
+            owner_path=owner_path,
+            silent_alerted=silent_alerted,
         )
         if save_dir and not listing_script:
             raise ValueError("listing_script (remote path of ckpt_listing.py) is required with save_dir")
@@ -405,6 +413,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         partial = b""
         last_progress = watch.last_progress_at or time.time()
         unknown_since: float | None = None
+        silent_since: float | None = None
         unreachable_since: float | None = None
         failures = polls = since_listing = 0
         try:
@@ -490,7 +499,20 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                         )
                     )
                     return
-                if status.outcome is Outcome.UNKNOWN:
+                silent_since, silent = self._silence(status, silent_since)
+                if silent:
+                    watch.last_progress_at = last_progress
+                    yield TriggerEvent(
+                        self._payload(
+                            "controller_silent",
+                            watch,
+                            follower.offset,
+                            status=status.to_dict(),
+                            message=silent,
+                        )
+                    )
+                    return
+                if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
                     unknown_since = unknown_since or time.monotonic()
                     waited = time.monotonic() - unknown_since
                     if waited > self.unknown_timeout:
