@@ -1,49 +1,228 @@
 #!/usr/bin/env bash
-# Real Airflow services for the demo and the end-to-end tests: scheduler, dag-processor, triggerer and
-# api-server as separate processes (LocalExecutor on SQLite), the way a deployment runs them, not
-# `airflow standalone` and not dag.test().
+# Real Airflow services for the demo and the end-to-end tests: scheduler(s), dag-processor, triggerer(s)
+# and api-server as separate processes (LocalExecutor) on a PostgreSQL metadata database, the way a
+# deployment runs them, not `airflow standalone` and not dag.test().
 #
-# All state lives under one folder ($NEOXFLOW_AIRFLOW_HOME, default <repo>/.state/airflow): airflow.db,
-# logs/, run/<component>.pid, the shared JWT secret and api.env (the URL and admin login consumers read).
-# Every component is started here with setsid and a pid file; `down` ends exactly those process groups
-# (after checking the pid still runs the airflow component we started), never anything else.
+# All Airflow state lives under one folder ($NEOXFLOW_AIRFLOW_HOME, default <repo>/.state/airflow): logs/,
+# run/<component>.pid, the shared JWT secret, the database password (db.password, mode 600) and api.env
+# (the URL and admin login consumers read). Every component is started here with setsid and a pid file;
+# `down` ends exactly those process groups (after checking the pid still runs the airflow component we
+# started), never anything else.
+#
+# PostgreSQL: a private server per Airflow home, started and stopped by this script (never Debian's
+# system cluster or its service). initdb refuses to run as root and the server's user must reach its data
+# directory (a clone under a mode-700 home is not reachable by another user), so when run as root the
+# server runs as the `postgres` user (created by Debian's postgresql package) on a data directory it owns
+# outside the repo: /var/lib/neoxflow/postgres/<12 hex digits of sha256 of the Airflow home's path>; run as
+# another user, the server runs as that user in <Airflow home>/postgres. It listens on 127.0.0.1 only, on
+# a free port near the api-server's (API port + 400), with its unix socket inside the data directory; the
+# role `airflow` gets a random password (scram-sha-256), kept in <Airflow home>/db.password. An Airflow
+# home without db.password (a new or wiped one) gets a new, empty database: a data directory left over
+# for it is removed first. `down` leaves the data; overrides: NEOXFLOW_PG_DATA, NEOXFLOW_PG_USER,
+# NEOXFLOW_PG_BIN (the folder with initdb and pg_ctl).
 #
 #   scripts/airflow_services.sh up                 idempotent; waits until healthy and the DAGs are parsed
-#   scripts/airflow_services.sh down
+#   scripts/airflow_services.sh down               Airflow components first, then PostgreSQL
 #   scripts/airflow_services.sh status             exit 0 only when every component runs and reports healthy
 #   scripts/airflow_services.sh restart COMPONENT [seconds-down]   fault injection for tests
+#   scripts/airflow_services.sh kill COMPONENT     fault injection: SIGKILL its process group (a crash)
 #   scripts/airflow_services.sh env                print the environment the components run with
 #
 # Connections and cluster settings come from the local cluster (<repo>/.state/cluster/env.sh, written by
 # scripts/localcluster.sh up). Environment knobs: NEOXFLOW_API_PORT (default 18793; a busy port that is
-# not ours moves to a free one), NEOXFLOW_AIRFLOW_PARALLELISM (4), NEOXFLOW_UNPAUSE (DAG ids to unpause
-# once parsed, default pythia_pretrain; DAGs are paused at creation so the scheduled
-# pythia_pretrain_continue never starts a run by itself here).
+# not ours moves to a free one), NEOXFLOW_AIRFLOW_PARALLELISM (4), NEOXFLOW_SCHEDULERS and
+# NEOXFLOW_TRIGGERERS (1 each; N > 1 adds components scheduler-2..N and triggerer-2..N, which Airflow
+# runs side by side on PostgreSQL), NEOXFLOW_UNPAUSE (DAG ids to unpause once parsed, default
+# pythia_pretrain; DAGs are paused at creation so the scheduled pythia_pretrain_continue never starts a
+# run by itself here).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HOME_DIR=${NEOXFLOW_AIRFLOW_HOME:-$REPO/.state/airflow}
+HOME_DIR=$(realpath -m "${NEOXFLOW_AIRFLOW_HOME:-$REPO/.state/airflow}")
 VENV=${NEOXFLOW_VENV:-$REPO/.venv}
 CLUSTER_ENV=${NEOXFLOW_STATE:-$REPO/.state/cluster}/env.sh
 RUN=$HOME_DIR/run
 LOG=$HOME_DIR/logs/services
-COMPONENTS=(api-server scheduler dag-processor triggerer)
 UNPAUSE=${NEOXFLOW_UNPAUSE:-pythia_pretrain}
 HEALTH_TIMEOUT=${NEOXFLOW_SERVICES_TIMEOUT:-180}
 
 log() { printf '[airflow-services] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+instances() {  # base count: base, base-2, ..., base-count
+  local i
+  echo "$1"
+  for ((i = 2; i <= $2; i++)); do echo "$1-$i"; done
+}
+[[ ${NEOXFLOW_SCHEDULERS:-1} =~ ^[1-9]$ ]] || die "NEOXFLOW_SCHEDULERS must be 1..9"
+[[ ${NEOXFLOW_TRIGGERERS:-1} =~ ^[1-9]$ ]] || die "NEOXFLOW_TRIGGERERS must be 1..9"
+mapfile -t COMPONENTS < <(echo api-server; instances scheduler "${NEOXFLOW_SCHEDULERS:-1}"
+  echo dag-processor; instances triggerer "${NEOXFLOW_TRIGGERERS:-1}")
+
+command_of() {  # component -> the airflow command it runs (scheduler-2 runs `airflow scheduler`)
+  [[ $1 =~ ^(.*)-([0-9]+)$ ]] && { echo "${BASH_REMATCH[1]}"; return; }
+  echo "$1"
+}
+instance_of() {  # component -> 1 for scheduler, 2 for scheduler-2
+  [[ $1 =~ -([0-9]+)$ ]] && { echo "${BASH_REMATCH[1]}"; return; }
+  echo 1
+}
+
+# --- PostgreSQL: where it lives, who runs it ------------------------------------------------------------
+pg_bin_dir() {
+  local d
+  if [[ -n ${NEOXFLOW_PG_BIN:-} ]]; then echo "$NEOXFLOW_PG_BIN"; return; fi
+  # Debian installs each major version in /usr/lib/postgresql/<major>/bin (not on PATH): take the newest
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [[ -z $d ]] && command -v pg_config >/dev/null && d=$(pg_config --bindir)
+  echo "$d"
+}
+PG_BIN=$(pg_bin_dir)
+if ((EUID == 0)); then
+  PG_USER=${NEOXFLOW_PG_USER:-postgres}
+  PG_DATA=${NEOXFLOW_PG_DATA:-/var/lib/neoxflow/postgres/$(printf '%s' "$HOME_DIR" | sha256sum | cut -c1-12)}
+else
+  PG_USER=$(id -un)
+  PG_DATA=${NEOXFLOW_PG_DATA:-$HOME_DIR/postgres}
+fi
+PG_DATA=$(realpath -m "$PG_DATA")
+PG_PASSWORD_FILE=$HOME_DIR/db.password
+
+as_pg() {  # command...: run as the server's user, from / (the caller's cwd may be unreachable for it)
+  if ((EUID == 0)); then (cd / && runuser -u "$PG_USER" -- "$@"); else (cd / && "$@"); fi
+}
+
+pg_running() {
+  [[ -s $PG_DATA/postmaster.pid ]] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_port() {  # the port of the running server: line 4 of postmaster.pid
+  pg_running || return 1
+  sed -n 4p "$PG_DATA/postmaster.pid" | tr -dc '0-9'
+}
+
+pg_stop() {
+  pg_running || return 0
+  local out
+  log "stopping postgres ($PG_DATA)"
+  out=$(as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop 2>&1) ||
+    die "pg_ctl stop failed: $out (server log: $PG_DATA/server.log)"
+}
+
+pg_reset() {  # a data dir whose Airflow home has no password any more: nobody can use it, start afresh
+  case $PG_DATA in
+    / | /var | /var/lib | /var/lib/neoxflow | /var/lib/neoxflow/postgres | "$HOME_DIR")
+      die "refusing to remove $PG_DATA" ;;
+  esac
+  if [[ ! -e $PG_DATA/PG_VERSION ]] && [[ -n $(ls -A "$PG_DATA" 2>/dev/null) ]]; then
+    die "$PG_DATA is not empty and not a PostgreSQL data directory: remove it or set NEOXFLOW_PG_DATA"
+  fi
+  pg_stop
+  log "no $PG_PASSWORD_FILE: removing the old database in $PG_DATA"
+  rm -rf "$PG_DATA"
+}
+
+pg_init() {
+  [[ -x $PG_BIN/initdb && -x $PG_BIN/pg_ctl ]] ||
+    die "no PostgreSQL server in ${PG_BIN:-/usr/lib/postgresql/*/bin}: apt-get install postgresql"
+  if ((EUID == 0)); then
+    id -u "$PG_USER" >/dev/null 2>&1 || die "user $PG_USER missing (Debian's postgresql package creates it)"
+    install -d -m 755 "$(dirname "$PG_DATA")"
+    install -d -m 700 -o "$PG_USER" -g "$(id -gn "$PG_USER")" "$PG_DATA"
+  else
+    install -d -m 700 "$PG_DATA"
+  fi
+  as_pg test -w "$PG_DATA" -a -x "$PG_DATA" ||
+    die "$PG_USER cannot write $PG_DATA (a folder above it is closed to it?): set NEOXFLOW_PG_DATA"
+  log "creating a PostgreSQL cluster in $PG_DATA (owner $PG_USER)"
+  # peer for the socket (the server's own user administers it), passwords for TCP
+  as_pg "$PG_BIN/initdb" -D "$PG_DATA" --auth-local=peer --auth-host=scram-sha-256 \
+    --encoding=UTF8 --locale=C >>"$LOG/postgres.log" 2>&1 || die "initdb failed ($LOG/postgres.log)"
+  echo "$HOME_DIR" >"$PG_DATA/neoxflow_home"  # whose it is (pg_prune; for a person looking at it)
+  # small settings for a 2-core machine: connections for 2 schedulers + 2 triggerers + dag-processor +
+  # api-server (each with a SQLAlchemy pool of up to 15) and the airflow CLI; the socket stays in the data
+  # directory so a system server's /var/run/postgresql is never touched; fsync stays on
+  cat >>"$PG_DATA/postgresql.conf" <<EOF
+
+# --- neoxflow (scripts/airflow_services.sh); the port is given on the command line
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PG_DATA'
+max_connections = 200
+shared_buffers = 128MB
+work_mem = 4MB
+password_encryption = scram-sha-256
+log_min_messages = warning
+EOF
+}
+
+pg_prune() {  # data dirs next to ours whose Airflow home is gone (clones since deleted: CI) and whose
+  # server is stopped: nobody can use them again (their password went with the home)
+  local d home
+  [[ $EUID -eq 0 && -z ${NEOXFLOW_PG_DATA:-} ]] || return 0  # only in the default place: it holds only ours
+  for d in "$(dirname "$PG_DATA")"/*/; do
+    d=${d%/}
+    [[ $d != "$PG_DATA" && -s $d/neoxflow_home && -s $d/PG_VERSION && ! -e $d/postmaster.pid ]] || continue
+    home=$(cat "$d/neoxflow_home")
+    [[ -d $home ]] && continue
+    log "removing $d: a database of $home, which is gone"
+    rm -rf "$d"
+  done
+}
+
+pg_choose_port() {
+  local want=$((PORT + 400)) p
+  for p in $want $(seq $((want + 1)) $((want + 200))); do port_free "$p" && { echo "$p"; return; }; done
+  die "no free port for postgres in $want..$((want + 200))"
+}
+
+pg_up() {
+  mkdir -p "$LOG"
+  if [[ ! -s $PG_PASSWORD_FILE && -e $PG_DATA ]]; then pg_reset; fi
+  local fresh=0 port
+  if [[ ! -s $PG_DATA/PG_VERSION ]]; then pg_init; fresh=1; fi
+  if ! pg_running; then
+    port=$(pg_choose_port)
+    log "starting postgres on 127.0.0.1:$port ($PG_DATA)"
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -o "-p $port" -w -t 60 start \
+      >>"$LOG/postgres.log" 2>&1 || die "postgres did not start ($LOG/postgres.log, $PG_DATA/server.log)"
+  fi
+  port=$(pg_port) || die "postgres is not running ($PG_DATA/server.log)"
+  echo "$port" >"$RUN/postgres.port"
+  if ((fresh)); then
+    pg_prune
+    local pw
+    pw=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')  # hex: nothing to quote in SQL or a URL
+    # the password goes through stdin, never on a command line
+    if ! as_pg "$PG_BIN/psql" -h "$PG_DATA" -p "$port" -d postgres -v ON_ERROR_STOP=1 -q \
+      >>"$LOG/postgres.log" 2>&1 <<SQL; then
+CREATE ROLE airflow LOGIN PASSWORD '$pw';
+CREATE DATABASE airflow OWNER airflow ENCODING 'UTF8';
+SQL
+      die "could not create the airflow role and database ($LOG/postgres.log)"
+    fi
+    (umask 077; echo "$pw" >"$PG_PASSWORD_FILE.tmp")
+    mv "$PG_PASSWORD_FILE.tmp" "$PG_PASSWORD_FILE"  # written last: its presence says the database is ready
+  fi
+}
+
+db_conn() {  # the running server's connection string for Airflow
+  local port
+  port=$(pg_port) && [[ -s $PG_PASSWORD_FILE ]] || return 1
+  printf 'postgresql+psycopg2://airflow:%s@127.0.0.1:%s/airflow' "$(cat "$PG_PASSWORD_FILE")" "$port"
+}
+
 # --- processes we own ---------------------------------------------------------------------------------
 pid_of() { [[ -s $RUN/$1.pid ]] && tr -dc '0-9' <"$RUN/$1.pid"; }
 
-alive() {  # component: the pid in its pid file still runs `airflow <component>`
+alive() {  # component: the pid in its pid file still runs `airflow <its command>`
   # (the api-server retitles itself "airflow api_server -- host:..."; setproctitle also clobbers
-  # /proc/<pid>/environ, so the command line is all there is to check)
-  local pid
+  # /proc/<pid>/environ, so the command line is all there is to check; scheduler and scheduler-2 have the
+  # same one: their pid files tell them apart)
+  local pid cmd
   pid=$(pid_of "$1") || return 1
   [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE -- "airflow (${1}|${1//-/_})( |$)"
+  cmd=$(command_of "$1")
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE -- "airflow (${cmd}|${cmd//-/_})( |$)"
 }
 
 stop_component() {  # component: TERM the leader, then the process group it leads (setsid: pgid == pid)
@@ -64,6 +243,17 @@ stop_component() {  # component: TERM the leader, then the process group it lead
   rm -f "$RUN/$c.pid"
 }
 
+started_components() {  # the components with a pid file, in the order to stop them
+  local f c order=()
+  for f in "$RUN"/scheduler*.pid "$RUN"/triggerer*.pid "$RUN"/dag-processor.pid "$RUN"/api-server.pid; do
+    [[ -e $f ]] || continue
+    c=$(basename "$f" .pid)
+    order+=("$c")
+  done
+  ((${#order[@]})) && printf '%s\n' "${order[@]}"
+  return 0
+}
+
 # --- configuration ------------------------------------------------------------------------------------
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -81,7 +271,7 @@ load_env() {
   [[ -s $CLUSTER_ENV ]] || die "$CLUSTER_ENV missing: start the local cluster first (make cluster-up)"
   # a clean Airflow configuration: nothing inherited from the caller (a test process's AIRFLOW_HOME or
   # extra DAG bundles) leaks into the services; everything they use is set below
-  local name
+  local name conn
   for name in $(compgen -e); do
     case $name in AIRFLOW_HOME | AIRFLOW__* | AIRFLOW_CONN_* | AIRFLOW_VAR_*) unset "$name" ;; esac
   done
@@ -93,7 +283,8 @@ load_env() {
   PORT=${PORT:-$(choose_port)}
   export AIRFLOW_HOME=$HOME_DIR
   export AIRFLOW__CORE__EXECUTOR=LocalExecutor
-  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$HOME_DIR/airflow.db"
+  # set once postgres runs (cmd_up starts it)
+  if conn=$(db_conn); then export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$conn; fi
   export AIRFLOW__CORE__PARALLELISM=${NEOXFLOW_AIRFLOW_PARALLELISM:-4}
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
   export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
@@ -111,17 +302,42 @@ load_env() {
   AIRFLOW__API__SECRET_KEY=$(cat "$HOME_DIR/api_secret")
   export AIRFLOW__API_AUTH__JWT_SECRET AIRFLOW__API__SECRET_KEY
   export AIRFLOW__LOGGING__BASE_LOG_FOLDER=$HOME_DIR/logs
-  # the log servers of the scheduler's workers and of the triggerer: ports tied to the api-server's, so
-  # two service sets (make demo and the e2e tests) can run side by side
+  # ports tied to the api-server's, so two service sets (make demo and the e2e tests) run side by side;
+  # these are the first instance's, start_component moves a second instance's by 10 (see instance_env)
   export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((PORT + 100))
   export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((PORT + 200))
   export AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True
+  export AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT=$((PORT + 300))
+  # High availability, tuned for a quick takeover on one machine (defaults in brackets). A component
+  # counts as dead once its job's heartbeat is older than the threshold: the other triggerer then picks up
+  # a dead triggerer's triggers (which re-attach to their Slurm jobs), the other scheduler resets the tasks
+  # a dead scheduler had queued or running (checked every orphaned_tasks_check_interval) and fails or
+  # retries a task whose worker stopped heartbeating. Thresholds stay at 3-4 heartbeats, so a busy but
+  # live component is not declared dead on a loaded 2-core machine.
+  export AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC=5                    # [5]
+  export AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=20    # [30]
+  export AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC=5              # [5]
+  export AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD=20    # [30]
+  export AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=20       # [300]
+  export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60     # [300]
   export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${NEOXFLOW_DAG_REFRESH_S:-30}
   # fast local runs: the DAG reads these when it is parsed
   export NEOXFLOW_POLL_INTERVAL=${NEOXFLOW_POLL_INTERVAL:-2}
   export NEOXFLOW_RETRY_DELAY_S=${NEOXFLOW_RETRY_DELAY_S:-5}
   export NEOXFLOW_REPO=$REPO
   export PATH=$VENV/bin:$PATH
+}
+
+instance_env() {  # component: the ports a second instance on this host must not share with the first
+  local n off
+  n=$(instance_of "$1")
+  off=$((10 * (n - 1)))
+  case $(command_of "$1") in
+    scheduler)
+      echo "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=$((PORT + 100 + off))"
+      echo "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT=$((PORT + 300 + off))" ;;
+    triggerer) echo "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=$((PORT + 200 + off))" ;;
+  esac
 }
 
 write_api_env() {
@@ -140,10 +356,12 @@ EOF
 start_component() {
   local c=$1
   alive "$c" && return
-  local args=("$c")
+  local args extra
+  args=("$(command_of "$c")")
   [[ $c == api-server ]] && args+=(--host 127.0.0.1 --port "$PORT" --workers 1)
+  mapfile -t extra < <(instance_env "$c")
   log "starting $c"
-  setsid "$VENV/bin/airflow" "${args[@]}" </dev/null >>"$LOG/$c.log" 2>&1 &
+  setsid env "${extra[@]}" "$VENV/bin/airflow" "${args[@]}" </dev/null >>"$LOG/$c.log" 2>&1 &
   echo $! >"$RUN/$c.pid"
 }
 
@@ -162,44 +380,16 @@ PY
 }
 
 wait_until() {  # description timeout command...
-  local what=$1 t=$2; shift 2
+  local what=$1 t=$2 c; shift 2
   local end=$((SECONDS + t))
   until "$@" >/dev/null 2>&1; do
-    for c in "${COMPONENTS[@]}"; do alive "$c" || die "$c exited while waiting for $what (log: $LOG/$c.log)"; done
+    # a component killed on purpose (`kill`) has no pid file and is not waited for
+    for c in $(started_components); do
+      alive "$c" || die "$c exited while waiting for $what (log: $LOG/$c.log)"
+    done
     ((SECONDS < end)) || die "$what not reached in ${t}s (logs: $LOG)"
     sleep 1
   done
-}
-
-monotonic_trigger_ids() {
-  # SQLite only (this dev setup): Airflow's trigger table has "id INTEGER PRIMARY KEY" without
-  # AUTOINCREMENT, so SQLite hands out a deleted trigger's id again (max rowid + 1). The triggerer keeps
-  # its running/cancelling bookkeeping by id: a cancel meant for a finished trigger then lands on its
-  # successor with the same id, as "user action", and a trigger whose on_kill() scancels kills a healthy
-  # training job (seen in tests/e2e after a triggerer restart). Postgres sequences never reuse ids; here
-  # the table is rebuilt once with AUTOINCREMENT, while no component runs.
-  "$VENV/bin/python" - "$HOME_DIR/airflow.db" <<'PY'
-import re, sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-(sql,) = db.execute("select sql from sqlite_master where type='table' and name='trigger'").fetchone()
-if "AUTOINCREMENT" in sql.upper():
-    sys.exit(0)
-new = sql.replace('CREATE TABLE "trigger"', 'CREATE TABLE trigger_autoinc', 1)
-new, n = re.subn(r"\bid INTEGER NOT NULL,", "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,", new, count=1)
-new, m = re.subn(r",\s*CONSTRAINT trigger_pkey PRIMARY KEY \(id\)", "", new, count=1)
-if not (n and m):
-    sys.exit(f"unexpected trigger table schema, left as it is:\n{sql}")
-indexes = [r[0] for r in db.execute("select sql from sqlite_master where type='index' and tbl_name='trigger' and sql is not null")]
-db.execute("PRAGMA foreign_keys=OFF")
-db.execute("BEGIN")
-db.execute(new)
-db.execute('INSERT INTO trigger_autoinc SELECT * FROM "trigger"')
-db.execute('DROP TABLE "trigger"')
-db.execute('ALTER TABLE trigger_autoinc RENAME TO "trigger"')
-for index in indexes:
-    db.execute(index)
-db.execute("COMMIT")
-PY
 }
 
 dags_ready() {  # every DAG in $UNPAUSE is parsed (known to the API) and unpaused
@@ -208,12 +398,13 @@ dags_ready() {  # every DAG in $UNPAUSE is parsed (known to the API) and unpause
 
 cmd_up() {
   load_env
+  pg_up
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(db_conn) || die "no database connection ($PG_DATA)"
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
   "$VENV/bin/airflow" db migrate >>"$LOG/db-migrate.log" 2>&1 || die "airflow db migrate failed ($LOG/db-migrate.log)"
-  local c any=0
-  for c in "${COMPONENTS[@]}"; do alive "$c" && any=1; done
-  ((any)) || monotonic_trigger_ids || die "could not make trigger ids monotonic in $HOME_DIR/airflow.db"
   echo "$PORT" >"$RUN/api.port"
   write_api_env
+  local c
   for c in "${COMPONENTS[@]}"; do start_component "$c"; done
   local t0=$SECONDS
   wait_until "healthy services" "$HEALTH_TIMEOUT" all_healthy
@@ -224,16 +415,20 @@ cmd_up() {
 
 cmd_down() {
   local c
-  for c in scheduler triggerer dag-processor api-server; do stop_component "$c"; done
+  for c in $(started_components); do stop_component "$c"; done
+  pg_stop
   log "down"
 }
 
 cmd_status() {
-  local ok=0 c port
+  local ok=0 c port body
   for c in "${COMPONENTS[@]}"; do
     if alive "$c"; then printf '%-14s running (pid %s)\n' "$c" "$(pid_of "$c")"
     else printf '%-14s stopped\n' "$c"; ok=1; fi
   done
+  if port=$(pg_port); then printf '%-14s running (pid %s, 127.0.0.1:%s, %s)\n' postgres \
+    "$(head -n 1 "$PG_DATA/postmaster.pid")" "$port" "$PG_DATA"
+  else printf '%-14s stopped (%s)\n' postgres "$PG_DATA"; ok=1; fi
   port=$(cat "$RUN/api.port" 2>/dev/null || echo "${NEOXFLOW_API_PORT:-18793}")
   PORT=$port
   if body=$(health 2>/dev/null); then printf 'health         %s\n' "$body"; all_healthy || ok=1
@@ -241,10 +436,15 @@ cmd_status() {
   return $ok
 }
 
+known_component() {
+  [[ " ${COMPONENTS[*]} " == *" $1 "* ]] || die "unknown component $1 (${COMPONENTS[*]})"
+}
+
 cmd_restart() {  # component [seconds-down]
   local c=$1 down=${2:-0}
-  [[ " ${COMPONENTS[*]} " == *" $c "* ]] || die "restart: unknown component $c (${COMPONENTS[*]})"
+  known_component "$c"
   load_env
+  [[ -n ${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-} ]] || die "postgres is not running: run $0 up"
   stop_component "$c"
   sleep "$down"
   start_component "$c"
@@ -252,11 +452,23 @@ cmd_restart() {  # component [seconds-down]
   log "$c restarted"
 }
 
+cmd_kill() {  # component: a crash, not a shutdown: SIGKILL to its whole process group, no clean-up
+  local c=$1 pid i
+  known_component "$c"
+  alive "$c" || die "$c is not running"
+  pid=$(pid_of "$c")
+  log "killing $c (process group $pid, SIGKILL)"
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do pgrep -g "$pid" >/dev/null 2>&1 || break; sleep 0.1; done
+  rm -f "$RUN/$c.pid"
+}
+
 case ${1:-} in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   restart) shift; [[ $# -ge 1 ]] || die "usage: $0 restart COMPONENT [seconds-down]"; cmd_restart "$@" ;;
-  env) load_env; env | grep -E '^(AIRFLOW_|AIRFLOW__|NEOXFLOW_|SLURM_CONF)' | grep -v -E 'SECRET|JWT|CONN_' | sort ;;
-  *) echo "usage: $0 up | down | status | restart COMPONENT [seconds-down] | env" >&2; exit 2 ;;
+  kill) shift; [[ $# -eq 1 ]] || die "usage: $0 kill COMPONENT"; cmd_kill "$1" ;;
+  env) load_env; env | grep -E '^(AIRFLOW_|AIRFLOW__|NEOXFLOW_|SLURM_CONF)' | grep -v -E 'SECRET|JWT|_CONN' | sort ;;
+  *) echo "usage: $0 up | down | status | restart COMPONENT [seconds-down] | kill COMPONENT | env" >&2; exit 2 ;;
 esac

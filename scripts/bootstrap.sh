@@ -92,7 +92,7 @@ if [[ ${1:-} == lock ]]; then
   exit 0
 fi
 
-packages=(slurm-wlm munge openssh-server openssh-client slurmdbd mariadb-server chromium docker-compose)
+packages=(slurm-wlm munge openssh-server openssh-client slurmdbd mariadb-server postgresql chromium docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,11 @@
 """End-to-end fixtures: real Airflow services (scripts/airflow_services.sh) on the local cluster.
 
-The services get their own home (.state/airflow-e2e, a fresh SQLite DB each session) and port (18794,
-NEOXFLOW_E2E_API_PORT), so a running `make demo` is left alone. They are started once per session and
-stopped at the end. Tests talk to them only through the REST API, the UI and the cluster's own tools.
+The services get their own home (.state/airflow-e2e: a new PostgreSQL database each session, on the
+private server the script starts for that home) and port (18794, NEOXFLOW_E2E_API_PORT), so a running
+`make demo` is left alone. They run highly available, as a deployment would: two schedulers and two
+triggerers (NEOXFLOW_E2E_SCHEDULERS, NEOXFLOW_E2E_TRIGGERERS), so every test also runs on two of each and
+the fault tests can kill one. They are started once per session and stopped at the end. Tests talk to
+them only through the REST API, the UI and the cluster's own tools.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def services(cluster_env) -> Services:
     env["NEOXFLOW_AIRFLOW_HOME"] = str(E2E_HOME)
     env["NEOXFLOW_API_PORT"] = os.environ.get("NEOXFLOW_E2E_API_PORT", "18794")
     env["NEOXFLOW_UNPAUSE"] = DAG_ID
+    env["NEOXFLOW_SCHEDULERS"] = os.environ.get("NEOXFLOW_E2E_SCHEDULERS", "2")
+    env["NEOXFLOW_TRIGGERERS"] = os.environ.get("NEOXFLOW_E2E_TRIGGERERS", "2")
     down = [str(SERVICES), "down"]
     subprocess.run(down, env=env, capture_output=True, timeout=180)  # leftovers of an aborted session
     shutil.rmtree(E2E_HOME, ignore_errors=True)
@@ -131,14 +136,17 @@ def airflow_race_retries(run_id: str, task_id: str, scheduler_log: Path | None =
     call it a state mismatch and mark the try for retry (apache/airflow#67287; the fix for a queued task
     is not in 3.3.2). The retry then adopts the Slurm job of the earlier try, which the tests check
     separately (one job). Counted from the scheduler's log: a mismatch for this task instance followed
-    by its retry or failure."""
-    log = scheduler_log or E2E_HOME / "logs" / "services" / "scheduler.log"
+    by its retry or failure, in the given log or else in each scheduler's (scheduler.log, scheduler-2.log)."""
+    services = E2E_HOME / "logs" / "services"
+    logs = [scheduler_log] if scheduler_log else sorted(services.glob("scheduler*.log"))
     ti = f"<TaskInstance: {DAG_ID}.{task_id} {run_id} ["
     ended = (f"task_id={task_id}, run_id={run_id},", "Marking task as ")
-    count, pending = 0, False
-    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-        if STALE_SUCCESS in line and ti in line:
-            pending = True
-        elif pending and all(part in line for part in ended):
-            count, pending = count + 1, False
+    count = 0
+    for log in logs:
+        pending = False  # the scheduler that logged the mismatch is the one that marks the retry
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if STALE_SUCCESS in line and ti in line:
+                pending = True
+            elif pending and all(part in line for part in ended):
+                count, pending = count + 1, False
     return count

@@ -1,9 +1,10 @@
 """Faults injected while a real training run is in flight, in real services on the local cluster.
 
-Cheapest first: an admin's scancel, a node going down, then one run that meets four restarts (moto/S3
-during staging; scheduler, triggerer and sshd during training). Each test watches the run from outside
-(squeue, the FSx folder) and asserts, besides its own expectation: at most one training job of the run
-active at any time, and no checkpoint that was once complete lost (unless a verified S3 copy of it exists).
+Cheapest first: an admin's scancel, a node going down, then one run that meets four faults (moto/S3
+restarted during staging; during training a scheduler and a triggerer killed, out of two of each, and
+sshd restarted). Each test watches the run from outside (squeue, the FSx folder) and asserts, besides its
+own expectation: at most one training job of the run active at any time, and no checkpoint that was once
+complete lost (unless a verified S3 copy of it exists).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -116,12 +118,16 @@ def test_node_down_resumes_from_latest_complete_checkpoint_on_node1(api, fsx, ru
     assert_safety(api, monitor, cluster_env, run_id, run_name)
 
 
-# --------------------------------------------------------------------------- infrastructure restarts
-# One pipeline run meets four restarts (one run instead of four keeps CI short): moto, standing in for S3,
-# while the data is staged; then the scheduler, the triggerer and sshd while the training job runs.
+# --------------------------------------------------------------------------- infrastructure faults
+# One pipeline run meets four faults (one run instead of four keeps CI short): moto, standing in for S3,
+# restarted while the data is staged; then, while the training job runs, a scheduler and the triggerer
+# that runs the training trigger killed (SIGKILL to the process group, a crash: no clean-up, no graceful
+# hand-over) out of the two of each the e2e services run, and sshd restarted while the other triggerer
+# watches the job. The killed ones stay down until the run has finished.
 
 LOCALCLUSTER = REPO / "scripts" / "localcluster.sh"
 S3_RETRY = re.compile(r"S3 \w+ attempt \d+/\d+ failed")
+TRAIN = "train.train_slice"
 
 
 def localcluster(*args: str) -> None:
@@ -138,22 +144,31 @@ def note(text: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def component_pid(services, component: str) -> str:
-    return (services.home / "run" / f"{component}.pid").read_text().strip()
+def utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def restart_component(services, component: str, monitor: RunMonitor, files, job_id: str):
-    """Restart an Airflow component while the training job runs; the job must outlive the restart."""
-    before, t0 = component_pid(services, component), time.monotonic()
-    services.script("restart", component)
-    assert component_pid(services, component) != before, f"[{component} phase] it was not restarted"
-    step = files.latest_step()
-    note(f"{component} restarted in {time.monotonic() - t0:.1f}s, training at iteration {step.iteration}")
-    assert monitor.running_job() == job_id, f"[{component} phase] job {job_id} ended during it: {step}"
-    return step
+def train_trigger(api, run_id: str) -> tuple[int, int, datetime] | None:
+    """(trigger id, triggerer job id, that job's start) of the deferred training task, once assigned."""
+    ti = task_instance(api, run_id, TRAIN)
+    trigger, job = ti.get("trigger") or {}, ti.get("triggerer_job") or {}
+    if ti["state"] != "deferred" or not job.get("id") or job["id"] != trigger.get("triggerer_id"):
+        return None
+    return trigger["id"], job["id"], utc(job["start_date"])
 
 
-def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fsx, run_name, cluster_env):
+def trigger_cancels(home: Path, run_id: str) -> list[str]:
+    """Lines of the training task's trigger logs where a trigger cancelled its Slurm job (on_kill)."""
+    folder = home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TRAIN}"
+    return [
+        line
+        for path in sorted(folder.glob("*.trigger.*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if "cancelling Slurm job" in line
+    ]
+
+
+def test_moto_scheduler_triggerer_sshd_faults_during_one_run(api, services, fsx, run_name, cluster_env):
     # The data stages must really run: the dataset is shared by every run of the profile and a valid one
     # is reused, so start from what a fresh cluster has (the S3 copies stay: fetch skips them).
     layout = plan_run({"profile": "local", "run_name": run_name})["layout"]
@@ -161,9 +176,14 @@ def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fs
         shutil.rmtree(folder, ignore_errors=True)
     for suffix in (".bin", ".idx", ".summary.json"):
         Path(layout["data_path"] + suffix).unlink(missing_ok=True)
-    # the three restarts take ~15 + ~20 + ~8 s (measured: sshd done at iteration ~100) and each must fall
+    # the kill phase (~25 s: the triggerer health check threshold) and sshd's restart (~8 s) must fall
     # inside the one training job, with room to spare on a slower machine
     target = 160
+    # a triggerer job started from now on is triggerer-2's (the kill phase needs to know which one runs
+    # the training trigger; the API names only the job); the Job table's clock is this machine's
+    second_triggerer_since = datetime.now(UTC)
+    services.script("restart", "triggerer-2")
+    killed: list[str] = []
     run_id = trigger(api, run_name, train_iters=target, interval=40)
     files = demo_run.RunFiles(fsx, run_name)
     fetch_job = f"nxf-fetch-{run_name}"
@@ -198,21 +218,45 @@ def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fs
             localcluster("start", "moto")  # same buckets and objects, same alert topic
         note(f"moto back after {time.monotonic() - t0:.1f}s")
 
-        # scheduler, then triggerer: the training task is deferred, its job runs on
-        wait_for(training_reached(files, 10), 420, "[scheduler phase] the training job to log iteration 10")
-        job_id = wait_for(monitor.running_job, 30, "[scheduler phase] a RUNNING training job")
-        assert task_instance(api, run_id, "train.train_slice")["state"] == "deferred"
-        restart_component(services, "scheduler", monitor, files, job_id)
-        step = restart_component(services, "triggerer", monitor, files, job_id)
+        # scheduler and triggerer: the training task is deferred, its job runs on. Which of the two
+        # triggerers runs its trigger? The API names the triggerer job; triggerer-2 was restarted before
+        # the run, so a job started since then is triggerer-2's.
+        wait_for(training_reached(files, 10), 420, "[kill phase] the training job to log iteration 10")
+        job_id = wait_for(monitor.running_job, 30, "[kill phase] a RUNNING training job")
+        trigger_id, holder_job, holder_start = wait_for(
+            lambda: train_trigger(api, run_id), 60, "[kill phase] the training trigger on a triggerer"
+        )
+        holder = "triggerer-2" if holder_start >= second_triggerer_since else "triggerer"
+        try:
+            t0 = time.monotonic()
+            for component in ("scheduler", holder):
+                killed.append(component)
+                services.script("kill", component)
+            note(f"killed scheduler and {holder} (trigger {trigger_id}, triggerer job {holder_job})")
+            # the other triggerer takes the trigger over once the dead one's heartbeat is older than
+            # [triggerer] triggerer_health_check_threshold (20 s here); it re-attaches to the same job
+            taken = wait_for(
+                lambda: (t := train_trigger(api, run_id)) and t[1] != holder_job and t,
+                120,
+                "[kill phase] the other triggerer to take the training trigger over",
+            )
+            step, took = files.latest_step(), time.monotonic() - t0
+            note(f"trigger {taken[0]} taken over by triggerer job {taken[1]} after {took:.1f}s")
+            note(f"training at iteration {step.iteration}")
+            assert monitor.running_job() == job_id, f"[kill phase] job {job_id} ended during it: {step}"
 
-        # sshd: every SSH session dropped, no SSH for 5 s, while the re-attached trigger watches the job
-        wait_for(training_reached(files, step.iteration + 5), 120, "[sshd phase] 5 more iterations")
-        t0 = time.monotonic()
-        localcluster("restart", "sshd", "5")
-        step = files.latest_step()
-        note(f"sshd restarted in {time.monotonic() - t0:.1f}s, training at iteration {step.iteration}")
-        assert monitor.running_job() == job_id, f"[sshd phase] job {job_id} ended during it: {step}"
-        final = api.wait_run(DAG_ID, run_id, timeout=420)
+            # sshd: every SSH session dropped, no SSH for 5 s, while the re-attached trigger watches the job
+            wait_for(training_reached(files, step.iteration + 5), 120, "[sshd phase] 5 more iterations")
+            t0 = time.monotonic()
+            localcluster("restart", "sshd", "5")
+            step = files.latest_step()
+            note(f"sshd restarted in {time.monotonic() - t0:.1f}s, training at iteration {step.iteration}")
+            assert monitor.running_job() == job_id, f"[sshd phase] job {job_id} ended during it: {step}"
+            # the rest of the run (training, export, report) on one scheduler and one triggerer
+            final = api.wait_run(DAG_ID, run_id, timeout=420)
+        finally:
+            for component in killed:  # the following tests get two of each again
+                services.script("restart", component)
 
     states = task_states(api, run_id)
     assert final["state"] == "success", states
@@ -249,11 +293,13 @@ def test_moto_scheduler_triggerer_sshd_restarts_during_one_run(api, services, fs
     assert set(names) <= staged, f"[moto phase] shards not staged anew: {set(names) - staged}"
 
     # scheduler, triggerer, sshd: the same job carried on to the target iteration; the task re-attached
-    # each time (no retry) and no second job was ever submitted
-    train = task_instance(api, run_id, "train.train_slice")
+    # each time (no retry), no second job was ever submitted and no trigger cancelled the healthy one
+    train = task_instance(api, run_id, TRAIN)
     assert train["state"] == "success", train
-    assert train["try_number"] == 1 + airflow_race_retries(run_id, "train.train_slice"), train
+    assert train["try_number"] == 1 + airflow_race_retries(run_id, TRAIN), train
     assert set(monitor.jobs) | logged_job_ids(fsx, run_name) == {job_id}, monitor.jobs
+    assert "CANCELLED" not in monitor.jobs[job_id].states, monitor.jobs[job_id]
+    assert not trigger_cancels(services.home, run_id), trigger_cancels(services.home, run_id)
     step = files.latest_step()
     assert step.iteration == target, step
     assert f"global_step{target}" in monitor.ever_complete
