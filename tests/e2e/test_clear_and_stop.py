@@ -69,6 +69,9 @@ def test_clearing_a_deferred_train_slice_resumes_and_trains_to_the_end(api, fsx,
     with RunMonitor(fsx, run_name) as monitor:
         wait_for(lambda: "global_step20" in monitor.ever_complete, 360, "checkpoint global_step20 complete")
         first = wait_for(monitor.running_job, 30, "a RUNNING training job")
+        # past the checkpoint event of step 20, so the task has deferred again (a clear that lands while
+        # the task runs between two deferrals reaches no trigger: the new try then adopts the job)
+        wait_for(reached(files, 26), 120, "the training job to log iteration 26")
         wait_for(deferred(api, run_id), 60, "train_slice deferred")
         api.call(
             "POST",
@@ -80,10 +83,12 @@ def test_clearing_a_deferred_train_slice_resumes_and_trains_to_the_end(api, fsx,
     assert final["state"] == "success", states
     assert monitor.max_active <= 1, f"two training jobs active at once: {monitor.active_overlaps}"
     jobs = sorted(set(monitor.jobs) | logged_job_ids(fsx, run_name), key=int)
-    assert len(jobs) == 2 and jobs[0] == first, (jobs, monitor.jobs)
-    log = (files.logs / f"nxf-train-{run_name}-{jobs[1]}.out").read_text()
-    m = re.search(r"starting from iteration (\d+)", log)
-    assert m and int(m.group(1)) >= 20, log[-2000:]
+    assert jobs[0] == first and len(jobs) in (1, 2), (jobs, monitor.jobs)
+    if len(jobs) == 2:  # on_kill cancelled the job it owned; the new try resumed after it had left
+        log = (files.logs / f"nxf-train-{run_name}-{jobs[1]}.out").read_text()
+        m = re.search(r"starting from iteration (\d+)", log)
+        assert m and int(m.group(1)) >= 20, log[-2000:]
+    print(f"[e2e] clear: {len(jobs)} job(s): {'cancelled and resumed' if len(jobs) == 2 else 'adopted'}")
     assert files.latest_step().iteration == target
     assert f"global_step{target}" in monitor.ever_complete
     print(f"[e2e] clear: {time.monotonic() - t0:.0f}s")
