@@ -479,10 +479,15 @@ class Verdict:
     last_iteration: int | None
     last_complete_iteration: int | None
     exit_code: int | None
+    #: the slice stopped where it was told to (exit_interval) after a complete checkpoint: not finished,
+    #: not a failure either; the next slice resumes there with nothing recomputed
+    planned_stop: bool = False
 
     @property
     def status(self) -> str:
-        return "finished" if self.finished else "failed"
+        if self.finished:
+            return "finished"
+        return "slice_end" if self.planned_stop else "failed"
 
     @property
     def resume_from(self) -> int | None:
@@ -504,8 +509,16 @@ def training_verdict(
     train_iters: int,
     exit_code: int | None,
     committed_iters: Iterable[int],
+    *,
+    planned_stop: int | None = None,
+    exited_at: int | None = None,
 ) -> Verdict:
     """Finished iff the log reached ``train_iters`` AND a complete checkpoint at ``train_iters`` exists.
+
+    A planned stop (``planned_stop``: the slice's ``exit_interval``) is a clean slice end, not a failure:
+    exit 0, NeoX printed that it exits at that iteration (``exited_at``, `slices.exited_at`) and the
+    checkpoint there is complete. NeoX saves before it checks exit_interval, so nothing is lost and the
+    next slice resumes from that checkpoint (``Verdict.planned_stop``, status ``slice_end``).
 
     ``committed_iters`` are the iterations of COMPLETE checkpoints (`checkpoints.complete_checkpoints`
     on the save folder), not the commit lines. A non-zero exit after both are true is still a finished
@@ -538,6 +551,19 @@ def training_verdict(
                 f"(NeoX's end-of-training evaluation fails after saving){errors}"
             )
         return Verdict(True, reason, last, last_complete, exit_code)
+
+    if (
+        planned_stop is not None
+        and exit_code == 0
+        and exited_at == planned_stop
+        and planned_stop in complete
+        and planned_stop < train_iters
+    ):
+        reason = (
+            f"stopped as planned after the save of iteration {planned_stop} (exit_interval); checkpoint "
+            f"global_step{planned_stop} is complete; {train_iters - planned_stop} iterations left{errors}"
+        )
+        return Verdict(False, reason, max(last or 0, planned_stop), last_complete, exit_code, True)
 
     if log_reached:
         reason = (

@@ -86,6 +86,14 @@ class PretrainTrainOperator(NeoXTrainOperator):
     resumes from the latest complete checkpoint (NeoX ``load`` = ``save``). After an application failure
     (FAILED, OUT_OF_MEMORY) it fails for good: no blind resubmit, a human is alerted with the log tail.
     Attempts, failed nodes and excluded nodes are kept in ``task_state_store`` and pushed as XCom.
+
+    Slices: the task carries the run from slice to slice itself (``carry_on``): each slice's config gets
+    the ``exit_interval`` / ``extra_save_iters`` of :func:`neoxflow.neox.slices.plan_slice_for_config`,
+    planned just before its submit from where the run resumes and the times measured on the earlier
+    slices (newest first, then the profile's ``slices`` hints), so that it stops right after a complete
+    checkpoint before its time limit (the batch script's USR1 stays the safety net). A slice that cannot
+    fit one iteration and its save is not submitted: the task fails for good with the plan's reason.
+    ``train_iters`` is never changed per slice.
     """
 
     template_fields: Sequence[str] = ()
@@ -96,6 +104,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         max_resumes: int = 3,
         plan_task_id: str = PLAN_TASK,
         stall_window: float | None = None,
+        carry_on: bool = True,
         **kwargs: Any,
     ):
         super().__init__(
@@ -105,10 +114,13 @@ class PretrainTrainOperator(NeoXTrainOperator):
             train_iters=1,
             listing_script="/",
             stall_window=stall_window,
+            carry_on=carry_on,
             **kwargs,
         )
         self.max_resumes = max_resumes
         self.plan_task_id = plan_task_id
+        self._run: dict[str, Any] = {}
+        self._resume_iteration: int | None = None
 
     def _history(self, context: Context) -> dict[str, Any]:
         store = context.get("task_state_store")
@@ -149,6 +161,13 @@ class PretrainTrainOperator(NeoXTrainOperator):
             exclude_nodes=tuple(excluded),
         )
         self.script = render_batch_script(spec, template)
+        self._run = {
+            "request": request,
+            "profile": profile,
+            "cfg": cfg,
+            "code_dir": code_dir,
+            "excluded": tuple(excluded),
+        }
         self.remote_dir = plan["layout"]["jobs_dir"]
         self.job_name = job_name
         self.output_path = spec.job_log_path("%j")
@@ -187,10 +206,79 @@ class PretrainTrainOperator(NeoXTrainOperator):
         ``prepare_resume`` fixed it before, and a cleared ``train_slice`` does not run that again."""
         done = super()._done_without_a_job(context)
         if done is None:
-            self._point_latest_at_newest_complete()
+            self._resume_iteration = self._point_latest_at_newest_complete()
         return done
 
-    def _point_latest_at_newest_complete(self) -> None:
+    def _prepare_submit(self, context: Context) -> dict[str, Any]:
+        """Plan where this slice stops and render its config and batch script with that stop.
+
+        Planned here, just before the submit, because the resume point (the newest complete checkpoint,
+        ``latest`` just fixed) and the earlier slices' measured times are only known now. The slice's
+        config is the run's config plus the plan's ``exit_interval`` / ``extra_save_iters`` (written
+        under its own content hash; nothing else differs, ``train_iters`` included)."""
+        import dataclasses
+
+        from neoxflow.neox import slices
+        from neoxflow.neox.config import config_hash, merge_config, render_config
+        from neoxflow.neox.launch import launch_spec_for_run, parse_time_limit, render_batch_script
+
+        run = self._run
+        request, profile, cfg = run["request"], run["profile"], run["cfg"]
+        resume = self._resume_iteration or 0
+        measured = [
+            slices.SliceTimes(**entry["times"])
+            for entry in reversed(self._slices(context))
+            if entry.get("times")
+        ]
+        times = slices.slice_times(measured, profile.raw)
+        time_limit = request.time_limit or profile.cluster.time_limit
+        try:
+            plan = slices.plan_slice_for_config(
+                cfg.config,
+                resume_iteration=resume,
+                times=times,
+                time_limit_s=parse_time_limit(time_limit),
+                stop_before_limit_s=profile.cluster.stop_before_limit_s,
+            )
+        except ValueError as err:
+            raise AirflowFailException(f"cannot plan the slice from iteration {resume}: {err}") from err
+        if not plan.submit:
+            raise AirflowFailException(f"slice from iteration {resume} not submitted: {plan.reason}")
+        merged = merge_config(cfg.config, plan.config_overrides)
+        rendered = render_config(merged)
+        slice_cfg = dataclasses.replace(
+            cfg, config=merged, rendered=rendered, config_hash=config_hash(rendered)
+        )
+        self.hook.upload(rendered.encode(), slice_cfg.config_path)
+        spec, template = launch_spec_for_run(
+            profile,
+            slice_cfg,
+            job_name=self.job_name,
+            code_dir=run["code_dir"],
+            time_limit=request.time_limit,
+            exclude_nodes=run["excluded"],
+        )
+        self.script = render_batch_script(spec, template)
+        self.output_path = spec.job_log_path("%j")
+        self.log.info(
+            "Slice from iteration %s (%s): %s", resume, times.source if times else "no times", plan.reason
+        )
+        return {
+            "slice": {
+                "kind": plan.kind,
+                "resume_iteration": resume,
+                "stop_iteration": plan.stop_iteration,
+                "extra_save": plan.extra_save,
+                "exit_interval": plan.config_overrides.get("exit_interval"),
+                "expected_end_s": plan.expected_end_s,
+                "deadline_s": plan.deadline_s,
+                "reason": plan.reason,
+                "config_path": slice_cfg.config_path,
+                "times": dataclasses.asdict(times) if times is not None else None,
+            }
+        }
+
+    def _point_latest_at_newest_complete(self) -> int | None:
         from neoxflow.neox.checkpoints import resume_plan
         from neoxflow.triggers.checkpoint import expectation_from_dict, listing_command, parse_listing
 
@@ -199,10 +287,12 @@ class PretrainTrainOperator(NeoXTrainOperator):
         )
         decision = resume_plan(parse_listing(status, out, err), expectation_from_dict(self.expectation))
         self.log.info("Resume point before submitting: %s", decision.reason)
+        resume = decision.checkpoint.iteration if decision.checkpoint is not None else None
         if decision.action == "write":
             self.hook.upload(decision.content.encode(), posixpath.join(self.save_dir, "latest"))
         elif decision.action == "remove":
             self.hook.run(f"rm -f {shlex.quote(posixpath.join(self.save_dir, 'latest'))}")
+        return resume
 
     def execute_complete(
         self,

@@ -177,7 +177,7 @@ class SlurmOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         remote_dir = check_remote_path(self.remote_dir, "remote_dir")
         options = self._validated_options()
-        script = self._script_bytes()
+        self._script_bytes()  # fail on a bad env before touching the cluster
         name = self._name(context)
         job_dir = posixpath.join(remote_dir, name)
         store = context.get("task_state_store")
@@ -185,7 +185,7 @@ class SlurmOperator(BaseOperator):
         record = self._reattach(store, name)
         if record and record.get("adopted_success"):
             self.log.info("Job %s of an earlier try already COMPLETED: adopting its result", record["job_id"])
-            return record
+            return self._adopted_success(context, record)
         if record and record.get("leaving"):
             return self._wait_until_gone(context, record)
         if record is not None and not self._claim(context, record):
@@ -194,6 +194,8 @@ class SlurmOperator(BaseOperator):
             done = self._done_without_a_job(context)
             if done is not None:
                 return done
+            extra = self._prepare_submit(context) or {}
+            script = self._script_bytes()  # after _prepare_submit: it may render the script anew
             digest = hashlib.sha256(script).hexdigest()[:12]
             script_path = posixpath.join(job_dir, f"job-{digest}.sbatch")
             output = self.output_path or posixpath.join(
@@ -223,10 +225,12 @@ class SlurmOperator(BaseOperator):
                 "array": self.array,
                 "log_path": None if self.array else output.replace("%j", job_id),
                 "job_dir": job_dir,
+                **extra,
             }
             self.log.info("Submitted Slurm job %s as %s (script %s)", job_id, name, script_path)
             if not self._claim(context, record):  # a brand-new job carries no cancel mark
                 raise AirflowException(f"job {job_id} was just submitted but could not be claimed")
+            self._submitted(context, record)
         if store is not None:
             store.set(STATE_KEY, record)
         context["ti"].xcom_push(key="job_id", value=record["job_id"])
@@ -325,6 +329,19 @@ class SlurmOperator(BaseOperator):
         """Called when nothing is live to follow, before submitting: a subclass that can tell the work is
         already done returns the task's result here (no job is submitted); None submits."""
         return None
+
+    def _prepare_submit(self, context: Context) -> Mapping[str, Any] | None:
+        """Called just before a submit, once it is known that no job is live and the work is not done: a
+        subclass whose script depends on the cluster's state now (where a run resumes) renders it here.
+        The facts returned go into the job record (task state store, XCom, the trigger's carry)."""
+        return None
+
+    def _submitted(self, context: Context, record: Mapping[str, Any]) -> None:
+        """Called once the new job is submitted and claimed (a subclass keeps its own history)."""
+
+    def _adopted_success(self, context: Context, record: dict[str, Any]) -> Any:
+        """An earlier try's job COMPLETED while no try watched it: its record is the task's result."""
+        return record
 
     def _reattach(self, store: Any, name: str) -> dict[str, Any] | None:
         """The job an earlier try of this task instance submitted (or one live under the task's name), if

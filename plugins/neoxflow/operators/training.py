@@ -12,8 +12,12 @@ resume policy reads) that defers to :class:`NeoXTrainingTrigger` instead of the 
 Outcomes:
 
 - finished (train_iters reached AND a complete checkpoint there) -> success, ``more_to_do`` False;
-- a clean stop before the time limit (job COMPLETED, the log shows ``NEOXFLOW slice_end``) or another
-  exit 0 short of train_iters -> success of the slice, ``more_to_do`` True;
+- a clean slice end short of train_iters (a planned ``exit_interval`` stop after a complete checkpoint,
+  a stop before the time limit with ``NEOXFLOW slice_end``, or another exit 0) -> with ``carry_on`` the
+  next slice is submitted at once, through the same submit path (re-attach rules, ownership claim), and
+  the task defers again: the DAG run stays on training until train_iters or a failure. The next submit
+  happens only on the ended job's final event, so two jobs of the run never exist at once. Without
+  ``carry_on``: success of the slice, ``more_to_do`` True (the DAG run ends; the continuation DAG goes on);
 - stalled -> the job is cancelled and the task fails with the stall reason (:class:`TrainingStalled`);
 - the run's checkpoint-folder lease lost (``lock_lost``: the watch's renewal found another holder) ->
   an alert (kind ``lock_lost``) and the watch goes on; the job is NOT cancelled (a human decides which
@@ -24,8 +28,11 @@ Outcomes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import posixpath
+import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, Context
@@ -46,7 +53,7 @@ from neoxflow.triggers.checkpoint import (
 )
 from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
 
-__all__ = ["NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
+__all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
 
 DEFAULT_ALIAS = "neoxflow-checkpoints"
 #: events after which the job still runs and the watch re-defers
@@ -54,6 +61,11 @@ WATCH_GOES_ON = ("checkpoint", "lock_lost", "controller_silent")
 #: task_state_store key: the newest checkpoint iteration whose Asset event was emitted (or, before the
 #: first emission, the newest complete one before this task's first job): the floor of new checkpoints
 ASSET_WATERMARK_KEY = "asset_watermark"
+#: task_state_store key and XCom key: one entry per slice of this task (job, planned and reached stop,
+#: measured times), for planning the next slice, the UI and the report
+SLICES_KEY = "slices"
+#: the job log is read once at a slice's end (pace, save times, NeoX's exit line); bigger logs are cut
+MAX_SLICE_LOG_BYTES = 64 << 20
 
 
 class TrainingStalled(SlurmJobFailed):
@@ -105,6 +117,8 @@ class NeoXTrainOperator(SlurmOperator):
         (the DAG's lock task). Neither: no renewal.
     :param lock_dir: the lease's folder (templated); default ``<save_dir>.lock``, the plan's rule.
     :param lock_lease_s: the lease each renewal grants; the same as the acquisition's.
+    :param carry_on: when a slice ends cleanly short of train_iters, submit the next slice at once and
+        keep watching (one DAG run trains to the end) instead of returning ``more_to_do``.
     """
 
     template_fields: Sequence[str] = (
@@ -137,6 +151,7 @@ class NeoXTrainOperator(SlurmOperator):
         lock_task_id: str | None = None,
         lock_dir: str | None = None,
         lock_lease_s: int = DEFAULT_LEASE_S,
+        carry_on: bool = False,
         **kwargs: Any,
     ):
         kwargs.setdefault("outlets", [AssetAlias(asset_alias)])
@@ -156,7 +171,10 @@ class NeoXTrainOperator(SlurmOperator):
         self.lock_task_id = lock_task_id
         self.lock_dir = lock_dir
         self.lock_lease_s = lock_lease_s
+        self.carry_on = carry_on
         self._lock: dict[str, Any] = {}
+        #: the run's checkpoints from earlier slices of this task, handed to the next slice's watch
+        self._carried_checkpoints: list[dict[str, Any]] = []
 
     # -- watching --------------------------------------------------------------------------------------
     def _log_path(self, record: Mapping[str, Any]) -> str | None:
@@ -330,20 +348,29 @@ class NeoXTrainOperator(SlurmOperator):
         if "baseline_checkpoint" not in record:
             record["baseline_checkpoint"] = self._asset_floor(context)
             self.log.info("Checkpoints after %s are new to this task", record["baseline_checkpoint"])
-        watch = WatchState(last_checkpoint=record["baseline_checkpoint"]).to_dict()
+        carried = list(self._carried_checkpoints)
+        floors = [record["baseline_checkpoint"], *(int(c["iteration"]) for c in carried)]
+        known = max((f for f in floors if f is not None), default=None)
+        watch = WatchState(last_checkpoint=known).to_dict()  # earlier slices' checkpoints are not new
         self._resolve_lock(context)
-        trigger = self._training_trigger(record, watch=watch)
+        trigger = self._training_trigger(record, watch=watch, checkpoints=carried)
         if self.deferrable:
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
-                kwargs={"record": record, "checkpoints": []},
+                kwargs={"record": record, "checkpoints": carried},
             )
-        return self._follow_in_worker(context, record, trigger)
+        return self._follow_in_worker(context, record, trigger, carried)
 
-    def _follow_in_worker(self, context: Context, record: dict[str, Any], trigger: NeoXTrainingTrigger):
+    def _follow_in_worker(
+        self,
+        context: Context,
+        record: dict[str, Any],
+        trigger: NeoXTrainingTrigger,
+        checkpoints: list[dict[str, Any]] | None = None,
+    ):
         """Non-deferrable mode: run the same trigger loop here, event after event."""
-        checkpoints: list[dict[str, Any]] = []
+        checkpoints = list(checkpoints or [])
         while True:
             event = asyncio.run(_first_event(trigger))
             if event.get("event") not in WATCH_GOES_ON:
@@ -428,28 +455,172 @@ class NeoXTrainOperator(SlurmOperator):
         complete = [int(c["iteration"]) for c in checkpoints]
         if record.get("baseline_checkpoint") is not None:
             complete.append(int(record["baseline_checkpoint"]))
-        verdict = training_verdict(watch.log_state(), self.train_iters, exit_code, complete)
+        job_ok = kind == "final" and status.get("outcome") == Outcome.SUCCESS.value
+        short = not (watch.last_iteration is not None and watch.last_iteration >= self.train_iters)
+        facts = self._slice_log_facts(record) if job_ok and short else {}
+        planned = (record.get("slice") or {}).get("stop_iteration")
+        verdict = training_verdict(
+            watch.log_state(),
+            self.train_iters,
+            exit_code,
+            complete,
+            planned_stop=planned,
+            exited_at=facts.get("exited_at"),
+        )
         record["verdict"] = {"status": verdict.status, "reason": verdict.reason, "exit_code": exit_code}
         context["ti"].xcom_push(key=STATE_KEY, value=record)
         summary = self._summary(watch, checkpoints, verdict, record)
         context["ti"].xcom_push(key="summary", value=summary)
 
-        job_ok = kind == "final" and status.get("outcome") == Outcome.SUCCESS.value
         if kind == "final" and verdict.finished:
             self.log.info("Training finished: %s", verdict.reason)
+            self._end_slice(context, record, watch, verdict, facts, "finished")
             return self._result(context, record, checkpoints, watch, more_to_do=False, reason=verdict.reason)
-        if job_ok and not (watch.last_iteration is not None and watch.last_iteration >= self.train_iters):
-            why = (
-                f"slice ended before the time limit ({watch.slice_end})"
-                if watch.slice_end
-                else f"job exited 0 at iteration {watch.last_iteration} of {self.train_iters}"
-            )
+        if job_ok and short:
+            if verdict.planned_stop:
+                why, how = verdict.reason, "planned_stop"
+            elif watch.slice_end:
+                why, how = f"slice ended before the time limit ({watch.slice_end})", "time_limit"
+            else:
+                why, how = f"job exited 0 at iteration {watch.last_iteration} of {self.train_iters}", "exit_0"
+            if planned is not None and not verdict.planned_stop:
+                self.log.warning(
+                    "The slice was planned to stop after the save of iteration %s but ended otherwise (%s): "
+                    "the next slice resumes from the newest complete checkpoint",
+                    planned,
+                    why,
+                )
             self.log.info("Slice done, more to train: %s; %s", why, verdict.reason)
+            self._end_slice(context, record, watch, verdict, facts, how)
+            if self.carry_on:
+                return self._next_slice(context, checkpoints)
             return self._result(context, record, checkpoints, watch, more_to_do=True, reason=why)
+        self._end_slice(context, record, watch, verdict, facts, kind or "failed")
         message = failure_message(event)
         if kind == "final":
             message += f"\n  training: {verdict.reason}"
         raise SlurmJobFailed(message, record)
+
+    # -- slices ----------------------------------------------------------------------------------------
+    def _slices(self, context: Context) -> list[dict[str, Any]]:
+        """This task's slice history (task state store: it outlives deferrals and tries)."""
+        store = context.get("task_state_store")
+        return list((store.get(SLICES_KEY) if store is not None else None) or [])
+
+    def _save_slices(self, context: Context, slices: list[dict[str, Any]]) -> None:
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(SLICES_KEY, slices)
+        context["ti"].xcom_push(key=SLICES_KEY, value=slices)
+
+    def _submitted(self, context: Context, record: Mapping[str, Any]) -> None:
+        """A new slice's job: open its history entry with what was planned for it."""
+        slices = self._slices(context)
+        plan = record.get("slice") or {}
+        slices.append(
+            {
+                "index": len(slices) + 1,
+                "job_id": str(record["job_id"]),
+                "submitted_at": time.time(),
+                "ended_at": None,
+                "resume_iteration": plan.get("resume_iteration"),
+                "plan": plan.get("kind"),
+                "planned_stop": plan.get("stop_iteration"),
+                "reached": None,
+                "end": None,
+                "times": None,
+            }
+        )
+        self._save_slices(context, slices)
+
+    def _end_slice(
+        self,
+        context: Context,
+        record: Mapping[str, Any],
+        watch: WatchState,
+        verdict: Any | None,
+        facts: Mapping[str, Any],
+        how: str,
+    ) -> None:
+        """Close the ended job's history entry (one is opened here for a job this task adopted)."""
+        slices = self._slices(context)
+        job_id = str(record.get("job_id"))
+        entry = next((e for e in slices if e.get("job_id") == job_id), None)
+        if entry is None:
+            plan = record.get("slice") or {}
+            entry = {
+                "index": len(slices) + 1,
+                "job_id": job_id,
+                "submitted_at": None,
+                "resume_iteration": plan.get("resume_iteration"),
+                "plan": plan.get("kind"),
+                "planned_stop": plan.get("stop_iteration"),
+            }
+            slices.append(entry)
+        entry.update(
+            ended_at=time.time(),
+            reached=facts.get("exited_at") if facts.get("exited_at") is not None else watch.last_iteration,
+            end=how,
+            verdict=verdict.status if verdict is not None else None,
+            newest_complete=verdict.last_complete_iteration if verdict is not None else None,
+            times=facts.get("times"),
+        )
+        self._save_slices(context, slices)
+
+    def _slice_log_facts(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """What the ended slice's log says about where it stopped and how fast it went: NeoX's exit line
+        (``exited_at``) and the measured pace, save and start-up times (``times``) that plan the next
+        slice. The log is read once, here, over SFTP; the trigger only carries a bounded summary. {} when
+        the log cannot be read (the slice still ends cleanly; the next one plans with older times)."""
+        from neoxflow.neox.slices import exited_at, measure_slice
+
+        path = self._log_path(record)
+        if not path:
+            return {}
+        try:
+            data = self.hook.read_file(path)
+        except Exception as err:  # a measurement only: the slice's verdict does not depend on it
+            self.log.warning("Could not read %s to measure the slice: %s", path, err)
+            return {}
+        text = data[-MAX_SLICE_LOG_BYTES:].decode("utf-8", "replace")
+        times = measure_slice(text, job_start=self._job_start(record), source=f"job {record.get('job_id')}")
+        return {
+            "exited_at": exited_at(text),
+            "times": dataclasses.asdict(times) if times is not None else None,
+        }
+
+    def _job_start(self, record: Mapping[str, Any]) -> datetime | None:
+        """The job's start from sacct, naive in the cluster's local time (as NeoX's log stamps are)."""
+        job_id = str(record.get("job_id") or "").split("_", 1)[0]
+        if not job_id.isdigit():
+            return None
+        try:
+            rc, out, _ = self.hook.run(f"sacct -j {job_id} -X -n -P -o Start", check=False)
+            text = out.decode("utf-8", "replace").strip().splitlines()
+            return datetime.fromisoformat(text[0].strip()) if rc == 0 and text else None
+        except Exception:  # Unknown, None, no accounting: start-up falls back to older slices or a default
+            return None
+
+    def _next_slice(self, context: Context, checkpoints: list[dict[str, Any]]) -> Any:
+        """The slice ended cleanly with more to train: submit the next one now and defer again. The ended
+        job is final (this runs on its final event), so at most one job of the run exists at any time;
+        the submit goes through ``execute`` (re-attach by name, latest fixed, plan, claim), so a clear or
+        a new try in between still re-attaches instead of submitting twice."""
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_KEY, {})  # the ended job is not to be re-attached (nor adopted as the result)
+        self._carried_checkpoints = list(checkpoints)
+        self._job_id = None
+        return self.execute(context)
+
+    def _adopted_success(self, context: Context, record: dict[str, Any]) -> Any:
+        """A slice's job COMPLETED while no try watched it (worker lost, re-scheduled). With ``carry_on``
+        that is not the end of training: go on with the next slice (or find train_iters checkpointed)."""
+        if not self.carry_on:
+            return super()._adopted_success(context, record)
+        self.log.info("Job %s ended unwatched: carrying the run on from its checkpoints", record["job_id"])
+        self._end_slice(context, record, WatchState(), None, {}, "ended_unwatched")
+        return self._next_slice(context, [])
 
     def _relist(
         self,
