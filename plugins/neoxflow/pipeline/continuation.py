@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from neoxflow.pipeline.record import RECORD_SUFFIX
+from neoxflow.pipeline.request import RUN_NAME
 from neoxflow.slurm.validate import check_remote_path
 
 ATTENTION_SUFFIX = ".attention.json"
-_RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TAG = re.compile(r"global_step(\d+)")
 
 
@@ -89,4 +89,4 @@ def list_runs_command(checkpoints_dir: str) -> str:
 
 def run_names(output: str) -> list[str]:
     """The names ``list_runs_command`` printed that are run names (anything else is not ours)."""
-    return sorted({line for line in output.splitlines() if _RUN_NAME.fullmatch(line)})
+    return sorted({line for line in output.splitlines() if RUN_NAME.fullmatch(line)})
