@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded local cluster every neoxflow test and the demo run on:
-#   munge, slurmctld, two slurmd "nodes" (node1, node2) on this host, optional slurmdbd + MariaDB
+#   munge, slurmctld, three slurmd "nodes" on this host (node1, node2 and node3, a spare that Slurm picks
+#   last, as real clusters keep spares), optional slurmdbd + MariaDB
 #   (accounting, so sacct works), sshd on 127.0.0.1 with generated host and client keys, moto_server
 #   (S3/SNS/SQS/FSx API) and a folder standing in for the FSx mount.
 #
@@ -152,8 +153,10 @@ InactiveLimit=0
 KillWait=5
 MpiDefault=none
 MaxArraySize=4096
-NodeName=node[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT0-$((SLURMD_PORT0 + 1)) CPUs=2 RealMemory=8000 State=UNKNOWN
-PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# node3 is the spare: a higher Weight makes Slurm allocate it only when node1/node2 cannot run a job
+NodeName=node[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT0-$((SLURMD_PORT0 + 1)) CPUs=2 RealMemory=8000 Weight=1 State=UNKNOWN
+NodeName=node3 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT0 + 2)) CPUs=2 RealMemory=8000 Weight=100 State=UNKNOWN
+PartitionName=debug Nodes=node[1-3] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
   mv "$SLURM_CONF.tmp" "$SLURM_CONF"
   cat >"$ETC/slurmdbd.conf" <<EOF
@@ -220,10 +223,11 @@ start_slurmd() {  # node name
 }
 
 nodes_ready() {
-  # both nodes registered and not down/unknown
+  # every node registered and not down/unknown
   local states
   states=$(sinfo -h -N -o '%N %t' 2>/dev/null) || return 1
-  grep -q '^node1 \(idle\|alloc\|mix\)' <<<"$states" && grep -q '^node2 \(idle\|alloc\|mix\)' <<<"$states"
+  local n
+  for n in node1 node2 node3; do grep -q "^$n \\(idle\\|alloc\\|mix\\)" <<<"$states" || return 1; done
 }
 
 setup_ssh() {
@@ -365,7 +369,7 @@ PY
 current_accounting() { grep -q 'accounting_storage/slurmdbd' "$SLURM_CONF" 2>/dev/null && echo 1 || echo 0; }
 
 stop_slurm() {
-  for n in node1 node2; do stop_pid "$RUN/slurmd.$n.pid" slurmd; done
+  for n in node1 node2 node3; do stop_pid "$RUN/slurmd.$n.pid" slurmd; done
   stop_pid "$RUN/slurmctld.pid" slurmctld
 }
 
@@ -384,8 +388,9 @@ cmd_up() {
   start_slurmctld
   start_slurmd node1
   start_slurmd node2
+  start_slurmd node3
   # a node left DOWN by an earlier fault-injection test must not poison the next run
-  scontrol update nodename=node[1-2] state=resume >/dev/null 2>&1 || true
+  scontrol update nodename=node[1-3] state=resume >/dev/null 2>&1 || true
   wait_for "slurm nodes" 60 nodes_ready
   setup_ssh
   start_sshd
@@ -412,7 +417,7 @@ cmd_down() {
 
 cmd_status() {
   local ok=0 name want
-  for pair in munged.pid:munged slurmctld.pid:slurmctld slurmd.node1.pid:slurmd slurmd.node2.pid:slurmd \
+  for pair in munged.pid:munged slurmctld.pid:slurmctld slurmd.node1.pid:slurmd slurmd.node2.pid:slurmd slurmd.node3.pid:slurmd \
     sshd.pid:sshd "moto.pid:$MOTO_PROC" c4source.pid:http_source.py slurmdbd.pid:slurmdbd mariadb.pid:mariadbd; do
     name=${pair%%:*} want=${pair##*:}
     if pid_alive "$RUN/$name" "$want"; then

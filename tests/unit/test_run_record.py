@@ -134,7 +134,7 @@ def test_paths_reaching_the_shell_are_checked():
     [
         ("0:00:00", "time_limit: '0:00:00' is not a Slurm time limit"),
         ("0-00:00:00", "is not a Slurm time limit"),
-        ("00:00:30", "stop_before_limit_s: 60 s is not shorter than the time limit (30 s)"),
+        ("00:00:20", "stop_before_limit_s: 20 s is not shorter than the time limit (20 s)"),
     ],
 )
 def test_the_plan_renders_the_training_script_and_refuses_a_bad_slice(time_limit, fragment):

@@ -219,6 +219,36 @@ def test_measure_reads_srun_labelled_lines_and_the_exit_line():
     assert sl.exited_at(log) == 40 and sl.exited_at("no exit\n") is None
 
 
+def test_start_up_is_measured_from_the_batch_scripts_stamped_lines_without_accounting():
+    """No sacct on the cluster: the batch script's own first line dates the job (train*.sbatch)."""
+    log = "\n".join(
+        [
+            "neoxflow: job 7 started=2026-01-01 00:00:00 nodes=node[1-2] ranks=2 master=127.0.0.1:20007",
+            "0: Loading checkpoint and starting from iteration 10",
+            "0:  samples/sec: 1.0 | iteration       20/     100 | elapsed time per iteration (ms): 1000.0 |",
+            "0:  samples/sec: 1.0 | iteration       30/     100 | elapsed time per iteration (ms): 1000.0 |",
+            "0: [2026-01-01 00:00:40,000] [INFO] [x] [Torch] Checkpoint global_step30 is about to be saved!",
+            "0: [2026-01-01 00:00:41,000] [INFO] [x] [Torch] Checkpoint global_step30 is ready now!",
+            "neoxflow: training step ended with exit code 0 ended=2026-01-01 00:00:45",
+        ]
+    )
+    m = sl.measure_slice(log)
+    # the first save began 40 s after the start, 20 iterations of 1 s after the resume at 10
+    assert m.startup_s == pytest.approx(20.0)
+    assert sl.job_started(log) == datetime(2026, 1, 1, 0, 0, 0)
+    assert sl.job_ended(log) == datetime(2026, 1, 1, 0, 0, 45)
+    # an explicit start (from accounting) wins over the stamped line
+    assert sl.measure_slice(log, job_start=datetime(2026, 1, 1, 0, 0, 10)).startup_s == pytest.approx(10.0)
+    stopped = log.replace(
+        "neoxflow: training step ended with exit code 0 ended=2026-01-01 00:00:45",
+        "NEOXFLOW slice_end reason=time_limit step_exit=143 ended=2026-01-01 00:00:50",
+    )
+    assert sl.job_ended(stopped) == datetime(2026, 1, 1, 0, 0, 50)
+    unstamped = "\n".join(line for line in log.splitlines() if "neoxflow:" not in line)
+    assert sl.measure_slice(unstamped).startup_s is None
+    assert sl.job_started(unstamped) is None and sl.job_ended(unstamped) is None
+
+
 def test_times_for_the_next_slice_prefer_the_newest_measurement_then_older_ones_then_the_profile():
     newest = sl.SliceTimes(seconds_per_iteration=2.0, source="job 3")
     older = sl.SliceTimes(seconds_per_iteration=1.0, seconds_per_save=30.0, source="job 2")

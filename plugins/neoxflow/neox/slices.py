@@ -284,6 +284,10 @@ def profile_times(profile_raw: Mapping[str, Any] | None) -> SliceTimes | None:
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
 _ABOUT_TO_SAVE = re.compile(r"Checkpoint (global_step(\d+)) is about to be saved!")
 _EXITED = re.compile(r"exiting the program at iteration (\d+)")
+#: the batch script's first line (include/templates/train*.sbatch) and its last, stamped in the cluster's
+#: local time like DeepSpeed's own lines
+_JOB_STARTED = re.compile(r"neoxflow: job (\d+) started=(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+_JOB_ENDED = re.compile(r"(?:training step ended with exit code -?\d+|NEOXFLOW slice_end .*) ended=(\S+ \S+)")
 
 
 def _stamp(text: str) -> datetime | None:
@@ -293,14 +297,34 @@ def _stamp(text: str) -> datetime | None:
     return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(microsecond=int(m.group(2)) * 1000)
 
 
+def job_started(text: str) -> datetime | None:
+    """When the batch script started (its ``neoxflow: job N started=...`` line), naive local time."""
+    for raw in text.splitlines():
+        m = _JOB_STARTED.search(clean_line(raw)[1])
+        if m:
+            return datetime.strptime(m.group(2), "%Y-%m-%d %H:%M:%S")
+    return None
+
+
+def job_ended(text: str) -> datetime | None:
+    """When the batch script ended (its last line: the step's exit code or the slice_end marker)."""
+    found = None
+    for raw in text.splitlines():
+        m = _JOB_ENDED.search(clean_line(raw)[1])
+        if m:
+            found = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+    return found
+
+
 def measure_slice(text: str, *, job_start: datetime | None = None, source: str = "") -> SliceTimes | None:
     """Pace, save and start-up times of one finished (or running) slice from its job log text.
 
     Pace: NeoX prints, every log_interval, the mean seconds per iteration since its previous line; the
     first line of a job (warm-up) is left out when later ones exist and the rest are weighted by the
     iterations they cover. Save: the longest "about to be saved!" -> "ready now!" of the job (DeepSpeed's
-    timestamps). Start-up: with ``job_start`` (the job's start, naive, in the cluster's local time like the
-    log's timestamps), the first save's start minus the iterations before it at the measured pace.
+    timestamps). Start-up: from the job's start (``job_start``, else the batch script's stamped first line;
+    naive, in the cluster's local time like the log's timestamps), the first save's start minus the
+    iterations before it at the measured pace.
     None when the log holds no training line.
     """
     steps: dict[int, float] = {}
@@ -341,6 +365,7 @@ def measure_slice(text: str, *, job_start: datetime | None = None, source: str =
     covered = sum(n for n, _ in intervals if n > 0)
     pace = sum(n * s for n, s in intervals if n > 0) / covered if covered else None
     startup = None
+    job_start = job_start or job_started(text)
     if job_start is not None and first_save is not None and pace is not None:
         iteration, when = first_save
         startup = max(0.0, (when - job_start).total_seconds() - (iteration - resumed_from) * pace)

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from neoxflow.operators.slurm import SlurmJobFailed, SlurmOperator
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled
+from neoxflow.slurm import commands
 from neoxflow.slurm.states import Outcome
 
 PLAN_TASK = "prepare.plan"
@@ -62,17 +63,25 @@ class PlannedSlurmOperator(SlurmOperator):
         return super().execute(context)
 
 
+def _names(hook, command: str) -> set[str]:
+    _, out, _ = hook.run(command, check=False)
+    return set(out.decode("utf-8", "replace").split())
+
+
 def failed_nodes(hook, job_nodes: str) -> list[str]:
     """Nodes of the job that Slurm now reports down/drained/failing (the ones to exclude next time)."""
     if not job_nodes:
         return []
-    from neoxflow.slurm.validate import check_nodelist
+    members = _names(hook, commands.hostnames_command(job_nodes))
+    return sorted(members & _names(hook, commands.node_names_command(unhealthy=True)))
 
-    nodelist = check_nodelist(job_nodes)
-    _, out, _ = hook.run(f"scontrol show hostnames {shlex.quote(nodelist)}", check=False)
-    members = set(out.decode().split())
-    _, out, _ = hook.run("sinfo -h -N -t down,drain,fail,no_respond -o '%N'", check=False)
-    return sorted(members & set(out.decode().split()))
+
+def usable_nodes(hook, partition: str | None, excluded: Sequence[str]) -> int:
+    """How many nodes of the partition could run the resumed slice: healthy and not excluded. Spares
+    count: a cluster that keeps them resumes at the same world size (the same sums, the same model)."""
+    every = _names(hook, commands.node_names_command(partition))
+    unhealthy = _names(hook, commands.node_names_command(partition, unhealthy=True))
+    return len(every - unhealthy - set(excluded))
 
 
 class PretrainTrainOperator(NeoXTrainOperator):
@@ -143,10 +152,10 @@ class PretrainTrainOperator(NeoXTrainOperator):
             raise AirflowSkipException("dry run: training is not submitted")
         request = parse_request(plan["request"])
         profile = load_profile(request.profile)
-        excluded = list(self._history(context)["excluded"])
-        nodes = request.nodes or profile.cluster.nodes
-        if excluded and (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
-            nodes = max(1, nodes - len(excluded))  # a small cluster has no spare nodes: continue on fewer
+        history = self._history(context)
+        excluded = list(history["excluded"])
+        # the shape decided at the last node failure (_resume_shape), else the run's
+        nodes = history.get("nodes") or request.nodes or profile.cluster.nodes
         cfg = run_config(request, profile, nodes=nodes)
         if not cfg.ok:
             raise AirflowFailException("; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
@@ -308,6 +317,36 @@ class PretrainTrainOperator(NeoXTrainOperator):
             self._apply_resume_policy(context, failure)
             raise
 
+    def _resume_shape(self, excluded: Sequence[str]) -> int:
+        """The node count of the slice that resumes after a node failure, decided once, then: the run's
+        own count while enough healthy nodes (spares included) remain outside ``excluded``, so the world
+        size and with it the model stay exactly the same; fewer only when the profile allows shrinking
+        (``shrink_on_node_failure``) and the partition has no spare; else the same count (it queues)."""
+        request, profile = self._run["request"], self._run["profile"]
+        wanted = request.nodes or profile.cluster.nodes
+        usable = usable_nodes(self.hook, profile.cluster.partition, excluded)
+        if usable >= wanted:
+            self.log.info("Resuming on %d node(s) without %s: %d usable", wanted, list(excluded), usable)
+            return wanted
+        if (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
+            shrunk = max(1, usable)
+            self.log.warning(
+                "Only %d usable node(s) without %s: resuming on %d instead of %d (the world size changes: "
+                "continuity, not bit parity, with an uninterrupted run)",
+                usable,
+                list(excluded),
+                shrunk,
+                wanted,
+            )
+            return shrunk
+        self.log.warning(
+            "Only %d usable node(s) without %s: the %d-node slice waits in the queue",
+            usable,
+            list(excluded),
+            wanted,
+        )
+        return wanted
+
     def _apply_resume_policy(self, context: Context, failure: SlurmJobFailed) -> None:
         from neoxflow.notifiers.factory import send_alert
 
@@ -327,6 +366,8 @@ class PretrainTrainOperator(NeoXTrainOperator):
             }
         )
         history["excluded"] = sorted(set(history["excluded"]) | set(bad_nodes))
+        if bad_nodes:
+            history["nodes"] = self._resume_shape(history["excluded"])
         store = context.get("task_state_store")
         if store is not None:
             store.set("resume_history", history)

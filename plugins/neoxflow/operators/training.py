@@ -32,7 +32,6 @@ import dataclasses
 import posixpath
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, Context
@@ -572,7 +571,7 @@ class NeoXTrainOperator(SlurmOperator):
         (``exited_at``) and the measured pace, save and start-up times (``times``) that plan the next
         slice. The log is read once, here, over SFTP; the trigger only carries a bounded summary. {} when
         the log cannot be read (the slice still ends cleanly; the next one plans with older times)."""
-        from neoxflow.neox.slices import exited_at, measure_slice
+        from neoxflow.neox.slices import exited_at, job_started, measure_slice
 
         path = self._log_path(record)
         if not path:
@@ -582,24 +581,14 @@ class NeoXTrainOperator(SlurmOperator):
         except Exception as err:  # a measurement only: the slice's verdict does not depend on it
             self.log.warning("Could not read %s to measure the slice: %s", path, err)
             return {}
+        # the batch script's stamped first line dates the start (no accounting needed); a long log is cut
+        started = job_started(data[:4096].decode("utf-8", "replace"))
         text = data[-MAX_SLICE_LOG_BYTES:].decode("utf-8", "replace")
-        times = measure_slice(text, job_start=self._job_start(record), source=f"job {record.get('job_id')}")
+        times = measure_slice(text, job_start=started, source=f"job {record.get('job_id')}")
         return {
             "exited_at": exited_at(text),
             "times": dataclasses.asdict(times) if times is not None else None,
         }
-
-    def _job_start(self, record: Mapping[str, Any]) -> datetime | None:
-        """The job's start from sacct, naive in the cluster's local time (as NeoX's log stamps are)."""
-        job_id = str(record.get("job_id") or "").split("_", 1)[0]
-        if not job_id.isdigit():
-            return None
-        try:
-            rc, out, _ = self.hook.run(f"sacct -j {job_id} -X -n -P -o Start", check=False)
-            text = out.decode("utf-8", "replace").strip().splitlines()
-            return datetime.fromisoformat(text[0].strip()) if rc == 0 and text else None
-        except Exception:  # Unknown, None, no accounting: start-up falls back to older slices or a default
-            return None
 
     def _next_slice(self, context: Context, checkpoints: list[dict[str, Any]]) -> Any:
         """The slice ended cleanly with more to train: submit the next one now and defer again. The ended

@@ -16,6 +16,8 @@ from neoxflow.slurm.validate import (
     UnsafeValueError,
     check_job_id,
     check_job_name,
+    check_nodelist,
+    check_partition,
     check_remote_path,
     check_sbatch_option,
 )
@@ -108,6 +110,26 @@ def log_chunk_command(path: str, offset: int, max_bytes: int) -> str:
 
 def tail_lines_command(path: str, lines: int = 40) -> str:
     return f"tail -n {int(lines)} {q(check_remote_path(path, 'log_path'))} 2>/dev/null || true"
+
+
+#: node states that cannot run a job (``sinfo -t``): the nodes a resume excludes, and not a spare
+UNHEALTHY_NODE_STATES = "down,drain,fail,no_respond"
+
+
+def hostnames_command(nodelist: str) -> str:
+    """One node name per line for a Slurm node list such as ``node[1-3]``."""
+    return f"scontrol show hostnames {q(check_nodelist(nodelist))}"
+
+
+def node_names_command(partition: str | None = None, *, unhealthy: bool = False) -> str:
+    """The names of the nodes (of ``partition``, or all), one per line; only the unhealthy ones with
+    ``unhealthy`` (:data:`UNHEALTHY_NODE_STATES`)."""
+    args = ["sinfo", "-h", "-N", "-o", "%N"]
+    if partition:
+        args += ["-p", check_partition(partition)]
+    if unhealthy:
+        args += ["-t", UNHEALTHY_NODE_STATES]
+    return " ".join(q(a) for a in args)
 
 
 def mkdir_command(path: str) -> str:
