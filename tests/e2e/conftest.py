@@ -94,6 +94,8 @@ def run_name(request, fsx, cluster_env):
     for path in (fsx / "checkpoints" / name, fsx / "runs" / name):
         shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(fsx / "checkpoints" / f"{name}.lock", ignore_errors=True)
+    for suffix in (".record.json", ".attention.json"):  # else the continuation would carry it on later
+        (fsx / "checkpoints" / f"{name}{suffix}").unlink(missing_ok=True)
     _delete_s3_copies(cluster_env, name)
 
 

@@ -85,7 +85,7 @@ def test_admin_scancel_fails_the_task_without_resubmitting(api, fsx, run_name, c
     assert final["state"] == "failed", task_states(api, run_id)
 
 
-def test_node_down_resumes_from_latest_complete_checkpoint_on_node1(api, fsx, run_name, cluster_env):
+def test_node_down_resumes_from_latest_complete_checkpoint_on_the_spare(api, fsx, run_name, cluster_env):
     target = 60
     run_id = trigger(api, run_name, train_iters=target, interval=20)
     files = demo_run.RunFiles(fsx, run_name)
@@ -107,7 +107,8 @@ def test_node_down_resumes_from_latest_complete_checkpoint_on_node1(api, fsx, ru
     jobs = sorted(set(monitor.jobs) | logged_job_ids(fsx, run_name), key=int)
     assert len(jobs) == 2 and jobs[0] == first_job, (jobs, monitor.jobs)
     resumed = monitor.jobs[jobs[1]]
-    assert resumed.nodes == {"node1"}, resumed
+    # the same world size on the healthy node and the spare (node3), never on node2
+    assert resumed.nodes == {"node[1,3]"}, resumed
     log = (files.logs / f"nxf-train-{run_name}-{jobs[1]}.out").read_text()
     m = re.search(r"starting from iteration (\d+)", log)
     assert m, log[-2000:]

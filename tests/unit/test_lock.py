@@ -265,3 +265,42 @@ def test_parse_refuses_failures_and_unexpected_answers():
         lock.parse_acquire(0, "")
     assert lock.parse_release(0, "not ours: dag:b").holder == "dag:b"
     assert lock.parse_release(0, "not held").state == "not-held"
+
+
+class ShellHook:
+    """The Slurm hook's ``run`` on this machine's shell (the login node's role)."""
+
+    def run(self, command: str, check: bool = True):
+        result = subprocess.run(["bash", "-c", command], capture_output=True, timeout=20)
+        return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("state", "freed"), [("failed", True), ("success", True), ("running", False), (None, False)]
+)
+def test_the_continuation_frees_only_the_lease_of_an_ended_dag_run(tmp_path, monkeypatch, state, freed):
+    """A person marked the DAG run failed: its release_lock never ran and its lease would block the run's
+    continuation for hours. The survey frees it for that DAG run only; a live or unknown one keeps it."""
+    from neoxflow.pipeline import tasks
+
+    holder = lock.owner_token("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")
+    assert lock.owner_dag_run(holder) == ("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")
+    assert lock.owner_dag_run("someone-else") is None
+    lock_dir = str(tmp_path / "run.lock")
+    assert sh(lock.acquire_command(lock_dir, holder, 3600)) == (0, "acquired")
+    asked = []
+
+    def dag_run_state(dag_id, run_id):
+        asked.append((dag_id, run_id))
+        if state is None:
+            raise LookupError("no such DAG run")
+        return state
+
+    monkeypatch.setattr(tasks, "dag_run_state", dag_run_state)
+    monkeypatch.setattr(tasks, "_hook", ShellHook)
+    assert tasks._live_lease(lock_dir, holder) == (None if freed else holder)
+    assert asked == [("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")]
+    now_holder = lock.live_holder(sh(lock.state_command(lock_dir))[1], time.time())
+    assert now_holder == (None if freed else holder)
+    # a holder that is no DAG run is never asked about, nor freed
+    assert tasks._live_lease(lock_dir, "someone-else") == "someone-else" and len(asked) == 1

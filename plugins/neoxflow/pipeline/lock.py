@@ -57,6 +57,7 @@ __all__ = [
     "FREE",
     "LockAnswer",
     "acquire_command",
+    "owner_dag_run",
     "owner_token",
     "parse_acquire",
     "parse_release",
@@ -80,6 +81,15 @@ _OWNER = re.compile(r"[A-Za-z0-9_.:+-]{1,200}")
 def owner_token(dag_id: str, run_id: str) -> str:
     token = re.sub(r"[^A-Za-z0-9_.:+-]", "_", f"{dag_id}:{run_id}")[:200]
     return _check_owner(token)
+
+
+def owner_dag_run(owner: str) -> tuple[str, str] | None:
+    """(dag_id, run_id) of a token made by :func:`owner_token`; None when it is not one (another kind of
+    holder, or a run id that had to be cut or changed to become a token). A DAG id has no ``:``."""
+    dag_id, sep, run_id = owner.partition(":")
+    if not sep or not dag_id or not run_id or len(owner) >= 200:
+        return None
+    return dag_id, run_id
 
 
 def _check_owner(owner: object) -> str:

@@ -151,7 +151,7 @@ def survey_runs(profile_name: str, channels: dict[str, Any] | None = None) -> li
             train_iters=int(recorded.request["train_iters"]),
             latest_iteration=continuation.latest_iteration(latest.decode()),
             active_job=next(iter(hook.active_jobs_named(f"nxf-train-{name}"[:128])), None),
-            lease_holder=lock.live_holder(holder.decode(), time.time()),
+            lease_holder=_live_lease(ckpt + ".lock", lock.live_holder(holder.decode(), time.time())),
             attention=json.loads(mark) if mark.strip() else None,
         )
         decision = continuation.decide(state)
@@ -167,6 +167,35 @@ def survey_runs(profile_name: str, channels: dict[str, Any] | None = None) -> li
             )
     log.info("Continuing %d run(s): %s", len(triggers), [t["conf"]["run_name"] for t in triggers])
     return triggers
+
+
+def dag_run_state(dag_id: str, run_id: str) -> str:
+    """The state of a DAG run, asked through the running task's Task SDK (tasks have no database)."""
+    from airflow.sdk import get_current_context
+
+    return str(get_current_context()["ti"].get_dagrun_state(dag_id, run_id))
+
+
+def _live_lease(lock_dir: str, holder: str | None) -> str | None:
+    """The lease's holder, unless it is a DAG run that has ended: then the lease is freed here, for it.
+
+    A DAG run frees its lease in ``release_lock`` (trigger rule all_done), but a person marking the whole
+    DAG run failed ends it without that task, and the lease would block the run's continuation until it
+    expires (hours). The release is the lock's own compare-and-swap on that holder: a run that took the
+    lease meanwhile keeps it. Unknown DAG runs (or a state that cannot be read) keep their lease."""
+    if holder is None or (dag_run := lock.owner_dag_run(holder)) is None:
+        return holder
+    try:
+        state = dag_run_state(*dag_run)
+    except Exception as err:  # no such DAG run, or no task context: leave the lease to expire
+        log.info("Lease of %s kept: the state of DAG run %s is unknown (%s)", lock_dir, dag_run, err)
+        return holder
+    if state not in ("success", "failed"):
+        return holder
+    status, out, _ = _hook().run(lock.release_command(lock_dir, holder), check=False)
+    answer = lock.parse_release(status, out.decode())
+    log.warning("Lease of %s held by DAG run %s, which has %s: %s", lock_dir, dag_run[1], state, answer.text)
+    return None if answer.state in ("released", "not-held") else answer.holder
 
 
 def _alert_once(path: str, state, decision, channels: dict[str, Any]) -> None:
