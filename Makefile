@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: help venv lint test test-unit test-cluster cluster-up cluster-up-accounting cluster-down cluster-status \
-        demo demo-down bench lock
+        demo demo-down bench bench-goodput lock
 
 help:
 	@echo "make demo             run the pipeline on the embedded local cluster in real Airflow"
@@ -13,6 +13,7 @@ help:
 	@echo "make cluster-down     stop everything cluster-up started"
 	@echo "make cluster-status   show what runs"
 	@echo "make bench            run the benchmarks"
+	@echo "make bench-goodput    the golden run's goodput (slice gaps, recomputed iterations, parity)"
 
 venv:
 	@scripts/bootstrap.sh
@@ -50,6 +51,9 @@ demo-down:
 bench: cluster-up
 	$(PY) bench/bench_slurm_watch.py
 	$(PY) bench/bench_tokenize.py
+
+bench-goodput: cluster-up
+	$(PY) bench/bench_goodput.py
 
 # Recompile requirements.lock (and requirements-uv.lock) from requirements.txt; the uv command is in
 # scripts/bootstrap.sh. Run it after editing requirements.txt; the next `make` then rebuilds .venv.

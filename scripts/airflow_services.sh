@@ -455,7 +455,10 @@ cmd_restart() {  # component [seconds-down]
 cmd_kill() {  # component: a crash, not a shutdown: SIGKILL to its whole process group, no clean-up
   local c=$1 pid i
   known_component "$c"
-  alive "$c" || die "$c is not running"
+  if ! alive "$c"; then  # it died before the fault we meant to inject: say how, from its own log
+    tail -n 40 "$LOG/$c.log" >&2 2>/dev/null || true
+    die "$c is not running (it exited by itself before this kill; the end of $LOG/$c.log is above)"
+  fi
   pid=$(pid_of "$c")
   log "killing $c (process group $pid, SIGKILL)"
   kill -KILL -- "-$pid" 2>/dev/null || true

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -83,12 +84,13 @@ def fsx(cluster_env) -> Path:
     return Path(cluster_env["NEOXFLOW_FSX"])
 
 
-@pytest.fixture
-def run_name(request, fsx, cluster_env):
-    """A unique run name; afterwards its jobs are cancelled and its FSx folders and S3 copies removed."""
+def _unique_name(request, suffix: str = "") -> str:
     tag = request.node.name.removeprefix("test_").replace("_", "-")[:20].strip("-")
-    name = f"e2e-{tag}-{time.strftime('%H%M%S')}"
-    yield name
+    return f"e2e-{tag}-{time.strftime('%H%M%S')}{suffix}"
+
+
+def remove_run(name: str, fsx: Path, cluster_env: dict[str, str]) -> None:
+    """Cancel the run's jobs, remove its FSx folders, record and S3 copies."""
     scancel = ["scancel", f"--name=nxf-train-{name}"]
     subprocess.run(scancel, capture_output=True, timeout=30, env={**os.environ})
     for path in (fsx / "checkpoints" / name, fsx / "runs" / name):
@@ -97,6 +99,22 @@ def run_name(request, fsx, cluster_env):
     for suffix in (".record.json", ".attention.json"):  # else the continuation would carry it on later
         (fsx / "checkpoints" / f"{name}{suffix}").unlink(missing_ok=True)
     _delete_s3_copies(cluster_env, name)
+
+
+@pytest.fixture
+def run_name(request, fsx, cluster_env):
+    """A unique run name; afterwards its jobs are cancelled and its FSx folders and S3 copies removed."""
+    name = _unique_name(request)
+    yield name
+    remove_run(name, fsx, cluster_env)
+
+
+@pytest.fixture
+def reference_run_name(request, fsx, cluster_env):
+    """A second unique run name (a reference run beside ``run_name``), removed the same way."""
+    name = _unique_name(request, "-ref")
+    yield name
+    remove_run(name, fsx, cluster_env)
 
 
 def _delete_s3_copies(cluster_env: dict[str, str], name: str) -> None:
@@ -127,6 +145,15 @@ def task_states(api, run_id: str) -> dict[str, str | None]:
 
 def task_instance(api, run_id: str, task_id: str) -> dict:
     return next(ti for ti in api.task_instances(DAG_ID, run_id) if ti["task_id"] == task_id)
+
+
+def train_trigger(api, run_id: str, task_id: str = "train.train_slice") -> tuple[int, int, datetime] | None:
+    """(trigger id, triggerer job id, that job's start) of the deferred training task, once assigned."""
+    ti = task_instance(api, run_id, task_id)
+    trigger, job = ti.get("trigger") or {}, ti.get("triggerer_job") or {}
+    if ti["state"] != "deferred" or not job.get("id") or job["id"] != trigger.get("triggerer_id"):
+        return None
+    return trigger["id"], job["id"], datetime.fromisoformat(job["start_date"].replace("Z", "+00:00"))
 
 
 STALE_SUCCESS = "finished with state success, but the task instance's state attribute is"

@@ -55,6 +55,9 @@ class JobSighting:
     nodes: set[str] = field(default_factory=set)
     #: complete checkpoints when the job was first seen: what a resume must start from
     complete_when_seen: set[str] = field(default_factory=set)
+    #: wall clock (time.time()) of the first and the last poll that saw the job in squeue
+    first_seen: float = 0.0
+    last_seen: float = 0.0
 
 
 class RunMonitor:
@@ -99,7 +102,10 @@ class RunMonitor:
         for job_id, state, nodes in squeue_jobs(self.job_name):
             sighting = self.jobs.get(job_id)
             if sighting is None:
-                sighting = self.jobs[job_id] = JobSighting(complete_when_seen=set(self.ever_complete))
+                sighting = self.jobs[job_id] = JobSighting(
+                    complete_when_seen=set(self.ever_complete), first_seen=time.time()
+                )
+            sighting.last_seen = time.time()
             if not sighting.states or sighting.states[-1] != state:
                 sighting.states.append(state)
             if nodes and state == "RUNNING":
@@ -111,8 +117,10 @@ class RunMonitor:
         self.max_active = max(self.max_active, len(active))
 
     def running_job(self) -> str | None:
+        """A RUNNING job of the run that the polling thread has sighted already (so ``jobs[id]`` holds
+        what was complete when it appeared); None until then."""
         for job_id, state, _ in squeue_jobs(self.job_name):
-            if state == "RUNNING":
+            if state == "RUNNING" and job_id in self.jobs:
                 return job_id
         return None
 

@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     demo_run,
     task_instance,
     task_states,
+    train_trigger,
     verified_s3_tags,
 )
 from tests.e2e.monitor import RunMonitor, highest, logged_job_ids, lost_checkpoints, squeue_jobs, wait_for
@@ -143,19 +144,6 @@ def stage_logs(fsx: Path, run_name: str) -> dict[str, str]:
 
 def note(text: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def utc(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
-def train_trigger(api, run_id: str) -> tuple[int, int, datetime] | None:
-    """(trigger id, triggerer job id, that job's start) of the deferred training task, once assigned."""
-    ti = task_instance(api, run_id, TRAIN)
-    trigger, job = ti.get("trigger") or {}, ti.get("triggerer_job") or {}
-    if ti["state"] != "deferred" or not job.get("id") or job["id"] != trigger.get("triggerer_id"):
-        return None
-    return trigger["id"], job["id"], utc(job["start_date"])
 
 
 def trigger_cancels(home: Path, run_id: str) -> list[str]:

@@ -281,6 +281,9 @@ class ShellHook:
 def test_the_continuation_frees_only_the_lease_of_an_ended_dag_run(tmp_path, monkeypatch, state, freed):
     """A person marked the DAG run failed: its release_lock never ran and its lease would block the run's
     continuation for hours. The survey frees it for that DAG run only; a live or unknown one keeps it."""
+    import airflow.sdk
+    from airflow.sdk.api.datamodels._generated import DagRunState as SdkDagRunState
+
     from neoxflow.pipeline import tasks
 
     holder = lock.owner_token("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")
@@ -290,13 +293,15 @@ def test_the_continuation_frees_only_the_lease_of_an_ended_dag_run(tmp_path, mon
     assert sh(lock.acquire_command(lock_dir, holder, 3600)) == (0, "acquired")
     asked = []
 
-    def dag_run_state(dag_id, run_id):
-        asked.append((dag_id, run_id))
-        if state is None:
-            raise LookupError("no such DAG run")
-        return state
+    class TaskInstance:  # the running task's Task SDK answer: the SDK's own generated enum, not a str
+        @staticmethod
+        def get_dagrun_state(dag_id, run_id):
+            asked.append((dag_id, run_id))
+            if state is None:
+                raise LookupError("no such DAG run")
+            return SdkDagRunState(state)
 
-    monkeypatch.setattr(tasks, "dag_run_state", dag_run_state)
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ti": TaskInstance()})
     monkeypatch.setattr(tasks, "_hook", ShellHook)
     assert tasks._live_lease(lock_dir, holder) == (None if freed else holder)
     assert asked == [("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")]

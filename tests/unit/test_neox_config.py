@@ -629,3 +629,13 @@ def test_derive_batch_is_the_largest_exact_split_under_the_cap() -> None:
                 micro, gas = out["train_micro_batch_size_per_gpu"], out["gradient_accumulation_steps"]
                 assert errors == [] and micro * gas * dp == per_rank * dp and micro <= cap
                 assert micro == max(m for m in range(1, cap + 1) if per_rank % m == 0), (dp, per_rank, cap)
+
+
+def test_profile_slices_section_is_checked_at_load_time_naming_its_line() -> None:
+    text = PROFILE + "slices:\n  seconds_per_iteration: 1.5\n  slack: 1.5\n"
+    with pytest.raises(ProfileError) as info:
+        parse_profile(text, "p.yaml")
+    line = text.splitlines().index("slices:") + 1
+    assert str(info.value) == f"p.yaml:{line}: slices.slack must be a fraction in [0, 1), got 1.5"
+    good = parse_profile(text.replace("slack: 1.5", "slack: 0.25"), "p.yaml")
+    assert good.raw["slices"]["slack"] == 0.25

@@ -264,6 +264,7 @@ def test_a_new_try_in_the_middle_of_a_run_re_attaches_to_the_live_slice(tmp_path
 
     # slice 2 ended while nobody watched: a new try carries the run on instead of ending it there
     cluster.states[second] = "COMPLETED"
+    cluster.logs[second] = slice_log(20, 40, exit_line=True)
     for it in (30, 40):
         save_checkpoint(Path(op.save_dir), it)
     ctx3 = {**ctx, "ti": TI(plan, try_number=3)}
@@ -272,6 +273,8 @@ def test_a_new_try_in_the_middle_of_a_run_re_attaches_to_the_live_slice(tmp_path
     assert len(cluster.submitted) == 3 and cluster.live() == [third.value.trigger.job_id]
     assert third.value.trigger.serialize()[1]["carry"]["record"]["slice"]["resume_iteration"] == 40
     assert [e["end"] for e in store[SLICES_KEY]] == ["planned_stop", "ended_unwatched", None]
+    unwatched = store[SLICES_KEY][1]
+    assert unwatched["reached"] == 40 and unwatched["times"]["source"] == f"job {second}"
 
 
 def test_a_planned_stop_is_a_clean_slice_end_only_with_its_checkpoint_and_exit_line():

@@ -260,3 +260,25 @@ def test_times_for_the_next_slice_prefer_the_newest_measurement_then_older_ones_
     assert sl.slice_times([], {}) is None
     with pytest.raises(ValueError, match="slices.startup_s"):
         sl.profile_times({"slices": {"startup_s": "soon"}})
+
+
+def test_profile_slack_stretches_the_plan_and_defaults_to_five_percent():
+    assert sl.profile_slack({}) == sl.DEFAULT_SLACK == sl.profile_slack({"slices": {"startup_s": 1}})
+    assert sl.profile_slack({"slices": {"slack": 0.3}}) == 0.3
+    for bad in (-0.1, 1.0, True, "lots"):
+        with pytest.raises(ValueError, match="slices.slack"):
+            sl.profile_slack({"slices": {"slack": bad}})
+    times = sl.SliceTimes(seconds_per_iteration=1.0, seconds_per_save=2.0, startup_s=10.0)
+    common = dict(
+        resume_iteration=0,
+        train_iters=1000,
+        checkpoint_factor=10,
+        extra_save_iters=None,
+        times=times,
+        time_limit_s=220,
+        stop_before_limit_s=20,
+    )
+    # 200 s for start-up, S iterations and S/10 saves, all stretched by the slack:
+    # 5%: 10.5 + 1.05 S + 0.21 S <= 200 fits 150; 30%: 13 + 1.3 S + 0.26 S <= 200 fits 110 (120 needs 200.2)
+    assert sl.plan_slice(**common).stop_iteration == 150
+    assert sl.plan_slice(**common, slack=0.3).stop_iteration == 110

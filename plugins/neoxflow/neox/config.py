@@ -924,6 +924,17 @@ class _ProfileReader:
                 return None
         return node
 
+    def check_slices(self) -> None:
+        """The optional ``slices`` section (first-slice pace hints, planning slack), checked now so that a
+        bad value is named at load time, not when the first slice is planned."""
+        from neoxflow.neox.slices import profile_slack, profile_times
+
+        for check in (profile_times, profile_slack):
+            try:
+                check(self.data)
+            except ValueError as err:
+                self.problems.append((self.line(("slices",)), str(err).removeprefix("profile ")))
+
     def build(self, source: str) -> Profile | None:
         def positive(v: int) -> str | None:
             return None if v >= 1 else "must be a positive integer"
@@ -991,6 +1002,7 @@ class _ProfileReader:
         bucket = self.get(("s3", "bucket"), str)
         prefix = self.get(("s3", "prefix"), str, default="neoxflow")
         visible = self.get(("fsx", "visible_to_airflow"), bool, default=False)
+        self.check_slices()
         if self.problems:
             return None
         root = _resolve_local(root)

@@ -281,6 +281,19 @@ def profile_times(profile_raw: Mapping[str, Any] | None) -> SliceTimes | None:
     return SliceTimes(**values, source="profile slices")
 
 
+def profile_slack(profile_raw: Mapping[str, Any] | None) -> float:
+    """The fraction every measured time is stretched by when planning (profile ``slices.slack``, default
+    DEFAULT_SLACK). A shared or noisy cluster, whose pace moves more from slice to slice, needs more: a
+    slice that overruns its plan is stopped by the USR1 net and loses the iterations since its last save."""
+    section = (profile_raw or {}).get("slices") or {}
+    value = section.get("slack") if isinstance(section, Mapping) else None
+    if value is None:
+        return DEFAULT_SLACK
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"profile slices.slack must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
 _STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
 _ABOUT_TO_SAVE = re.compile(r"Checkpoint (global_step(\d+)) is about to be saved!")
 _EXITED = re.compile(r"exiting the program at iteration (\d+)")
@@ -316,6 +329,39 @@ def job_ended(text: str) -> datetime | None:
     return found
 
 
+@dataclass(frozen=True)
+class SaveSpan:
+    """One checkpoint save in a job log: "is about to be saved!" to "is ready now!" (DeepSpeed's stamps,
+    the cluster's local time). Saves never completed in the log are left out."""
+
+    iteration: int
+    begun: datetime
+    done: datetime
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, (self.done - self.begun).total_seconds())
+
+
+def save_spans(text: str) -> list[SaveSpan]:
+    """The job's completed saves, in log order."""
+    begun: dict[str, tuple[int, datetime]] = {}
+    spans = []
+    for raw in text.splitlines():
+        event = parse_line(raw)
+        _, line = clean_line(raw)
+        when = _stamp(line)
+        if when is None:
+            continue
+        m = _ABOUT_TO_SAVE.search(line)
+        if m:
+            begun.setdefault(m.group(1), (int(m.group(2)), when))
+        elif isinstance(event, CheckpointCommitted) and event.tag in begun:
+            iteration, start = begun.pop(event.tag)
+            spans.append(SaveSpan(iteration, start, when))
+    return spans
+
+
 def measure_slice(text: str, *, job_start: datetime | None = None, source: str = "") -> SliceTimes | None:
     """Pace, save and start-up times of one finished (or running) slice from its job log text.
 
@@ -329,29 +375,16 @@ def measure_slice(text: str, *, job_start: datetime | None = None, source: str =
     """
     steps: dict[int, float] = {}
     resumed_from = 0
-    started: dict[str, datetime] = {}
-    first_save: tuple[int, datetime] | None = None
-    durations: list[float] = []
     for raw in text.splitlines():
         event = parse_line(raw)
         if isinstance(event, TrainStep):
             if event.elapsed_ms is not None and event.iteration not in steps:
                 steps[event.iteration] = event.elapsed_ms / 1000.0
-            continue
-        if isinstance(event, ResumeInfo):
+        elif isinstance(event, ResumeInfo):
             resumed_from = event.iteration
-            continue
-        _, line = clean_line(raw)
-        when = _stamp(line)
-        if when is None:
-            continue
-        m = _ABOUT_TO_SAVE.search(line)
-        if m:
-            started.setdefault(m.group(1), when)
-            if first_save is None:
-                first_save = (int(m.group(2)), when)
-        elif isinstance(event, CheckpointCommitted) and event.tag in started:
-            durations.append(max(0.0, (when - started.pop(event.tag)).total_seconds()))
+    spans = save_spans(text)
+    first_save = (spans[0].iteration, spans[0].begun) if spans else None
+    durations = [span.seconds for span in spans]
     if not steps:
         return None
     iterations = sorted(steps)

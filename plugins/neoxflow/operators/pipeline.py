@@ -248,6 +248,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
                 times=times,
                 time_limit_s=parse_time_limit(time_limit),
                 stop_before_limit_s=profile.cluster.stop_before_limit_s,
+                slack=slices.profile_slack(profile.raw),
             )
         except ValueError as err:
             raise AirflowFailException(f"cannot plan the slice from iteration {resume}: {err}") from err

@@ -604,11 +604,13 @@ class NeoXTrainOperator(SlurmOperator):
 
     def _adopted_success(self, context: Context, record: dict[str, Any]) -> Any:
         """A slice's job COMPLETED while no try watched it (worker lost, re-scheduled). With ``carry_on``
-        that is not the end of training: go on with the next slice (or find train_iters checkpointed)."""
+        that is not the end of training: go on with the next slice (or find train_iters checkpointed).
+        Its log is measured all the same, so that the next slice plans with its pace, not the hints."""
         if not self.carry_on:
             return super()._adopted_success(context, record)
         self.log.info("Job %s ended unwatched: carrying the run on from its checkpoints", record["job_id"])
-        self._end_slice(context, record, WatchState(), None, {}, "ended_unwatched")
+        facts = self._slice_log_facts(record)
+        self._end_slice(context, record, WatchState(), None, facts, "ended_unwatched")
         return self._next_slice(context, [])
 
     def _relist(

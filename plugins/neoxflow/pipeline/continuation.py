@@ -82,7 +82,7 @@ def list_runs_command(checkpoints_dir: str) -> str:
     """Prints the name of every run with a record under ``checkpoints_dir``, one a line."""
     d = shlex.quote(check_remote_path(checkpoints_dir, "checkpoints_dir"))
     return (
-        f"for f in {d}/*{RECORD_SUFFIX}; do [ -f \"$f\" ] || continue; "
+        f'for f in {d}/*{RECORD_SUFFIX}; do [ -f "$f" ] || continue; '
         f'n=$(basename "$f"); printf "%s\\n" "${{n%{RECORD_SUFFIX}}}"; done'
     )
 

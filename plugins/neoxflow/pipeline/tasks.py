@@ -170,10 +170,14 @@ def survey_runs(profile_name: str, channels: dict[str, Any] | None = None) -> li
 
 
 def dag_run_state(dag_id: str, run_id: str) -> str:
-    """The state of a DAG run, asked through the running task's Task SDK (tasks have no database)."""
+    """The state of a DAG run, asked through the running task's Task SDK (tasks have no database).
+
+    The SDK answers with its generated ``DagRunState`` enum, whose ``str()`` is ``"DagRunState.FAILED"``,
+    not ``"failed"``: the value is what is compared."""
     from airflow.sdk import get_current_context
 
-    return str(get_current_context()["ti"].get_dagrun_state(dag_id, run_id))
+    state = get_current_context()["ti"].get_dagrun_state(dag_id, run_id)
+    return str(getattr(state, "value", state))
 
 
 def _live_lease(lock_dir: str, holder: str | None) -> str | None:
