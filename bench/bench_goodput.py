@@ -14,9 +14,10 @@ lost at slice ends and failures as measured here, the model's start-up and save 
 action (the clear, the continuation this benchmark triggers by hand) are shown but are not slice gaps.
 
 The last line is exactly
-``GOODPUT effective=<extrapolated 0..1> max_gap_s=<largest gap after a slice end> recomputed_at_slice_end=<n>
-parity=<identical|differs>``. Targets: effective >= 0.98, max_gap_s <= poll interval + 5 s,
-recomputed_at_slice_end = 0, parity identical.
+``GOODPUT effective=<extrapolated 0..1> max_gap_s=<largest gap after a slice end that no injected fault
+disturbed> recomputed_at_slice_end=<n> parity=<identical|differs>``. A gap whose jobs saw a fault (a
+killed scheduler, a node set DOWN, a person's action) is printed as a recovery. Targets: effective >= 0.98,
+max_gap_s <= poll interval + 5 s, recomputed_at_slice_end = 0, parity identical.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def report(timeline_path: Path, poll_s: float, schedule: RealSchedule) -> int:
     train_iters, interval = int(timeline["train_iters"]), int(timeline["checkpoint_interval"])
     jobs = [job_facts(job_id, text, train_iters) for job_id, text in timeline["logs"].items()]
     seen = {k: datetime.fromisoformat(v) for k, v in timeline["last_seen"].items()}
-    g = analyse(jobs, train_iters, seen)
+    events = [(datetime.fromtimestamp(e["at"]), e["what"]) for e in timeline.get("events", [])]
+    g = analyse(jobs, train_iters, seen, events)
     print(
         f"\nrun {timeline['run_name']}: train_iters {train_iters}, checkpoint every {interval}, "
         f"time limit {timeline['time_limit']}, {len(g.jobs)} jobs"
@@ -71,9 +73,11 @@ def report(timeline_path: Path, poll_s: float, schedule: RealSchedule) -> int:
     print("\ngaps (one job's end -> the next one's start)")
     for t in g.transitions:
         gap = f"{t.gap_s:.1f}s" if t.gap_s is not None else "?"
+        lost = f"{t.lost_s:.1f}s" if t.lost_s is not None else "?"
+        recovery = f"; a recovery from: {', '.join(t.disturbed_by)}" if t.disturbed_by else ""
         print(
             f"  {t.after_job} -> {t.next_job}: {gap:>8}  after a {t.cause} stop, "
-            f"{t.recomputed} iterations recomputed"
+            f"{t.recomputed} iterations recomputed, {lost} of training lost{recovery}"
         )
     for event in timeline.get("events", []):
         print(f"  event at {datetime.fromtimestamp(event['at']):%H:%M:%S}: {event['what']}")
@@ -96,7 +100,14 @@ def report(timeline_path: Path, poll_s: float, schedule: RealSchedule) -> int:
         f"  saves {real['saves_s']:.0f}s + slice change {real['slice_change_s']:.0f}s + failure "
         f"{real['failure_s']:.0f}s lost per day -> effective {real['effective']:.4f}"
     )
-    slice_gap = g.max_gap((PLANNED, TIME_LIMIT))
+    # the scenario's failures strike right after a checkpoint; a real one strikes at a random moment
+    random_extra = schedule.failures_per_day * max(0.0, 0.5 - real["lost_share_per_failure"])
+    random_effective = real["effective"] - random_extra * schedule.checkpoint_every_s / 86400
+    print(
+        f"  (a failure at a random moment loses half a checkpoint interval on average: effective "
+        f"{random_effective:.4f})"
+    )
+    slice_gap = g.max_gap((PLANNED, TIME_LIMIT), undisturbed=True)
     recomputed = g.recomputed(PLANNED) + g.recomputed(TIME_LIMIT)
     targets = {
         "effective >= 0.98": real["effective"] >= 0.98,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from neoxflow.neox.logparse import ResumeInfo, TrainStep, parse_line
 from neoxflow.neox.slices import exited_at, job_ended, job_started, measure_slice, save_spans
@@ -101,6 +101,12 @@ class Transition:
     cause: str  # the ended job's stop
     gap_s: float | None
     recomputed: int
+    #: training time lost with the ended job: from the save the next job resumed from (or the job's
+    #: first iteration) to the job's end; None without an end
+    lost_s: float | None = None
+    #: the scenario's faults between the ended job's start and the next job's start: such a gap is a
+    #: recovery, not a slice relay
+    disturbed_by: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,16 +124,24 @@ class Goodput:
     def recomputed(self, cause: str) -> int:
         return sum(t.recomputed for t in self.transitions if t.cause == cause)
 
-    def max_gap(self, causes: Sequence[str]) -> float | None:
-        gaps = [t.gap_s for t in self.transitions if t.cause in causes and t.gap_s is not None]
+    def max_gap(self, causes: Sequence[str], undisturbed: bool = False) -> float | None:
+        gaps = [
+            t.gap_s
+            for t in self.transitions
+            if t.cause in causes and t.gap_s is not None and not (undisturbed and t.disturbed_by)
+        ]
         return max(gaps) if gaps else None
 
 
 def analyse(
-    jobs: Sequence[JobFacts], train_iters: int, last_seen: Mapping[str, datetime] | None = None
+    jobs: Sequence[JobFacts],
+    train_iters: int,
+    last_seen: Mapping[str, datetime] | None = None,
+    events: Sequence[tuple[datetime, str]] = (),
 ) -> Goodput:
     """The run's goodput from its jobs (any order; sorted by job id here). ``last_seen``: when each job
-    was last seen in squeue, the end of a job that printed no end line."""
+    was last seen in squeue, the end of a job that printed no end line. ``events``: (when, what) of the
+    faults the scenario injected, to tell a recovery from a slice relay."""
     ordered = sorted(jobs, key=lambda j: int(j.job_id))
     last_seen = last_seen or {}
     transitions, kept = [], 0.0
@@ -149,6 +163,12 @@ def analyse(
                     cause=job.stop,
                     gap_s=gap,
                     recomputed=max(0, (job.last_iteration or 0) - following.resumed_from),
+                    lost_s=_lost_s(job, following.resumed_from, end),
+                    disturbed_by=[
+                        what
+                        for when, what in events
+                        if job.started and following.started and job.started <= when <= following.started
+                    ],
                 )
             )
     first = ordered[0].started if ordered else None
@@ -168,6 +188,16 @@ def analyse(
         seconds_per_save=statistics.mean(saves) if saves else None,
         startup_s=statistics.mean(startups) if startups else None,
     )
+
+
+def _lost_s(job: JobFacts, kept_upto: int, end: datetime | None) -> float | None:
+    """Seconds of the job's training after the point the next job resumed from: from that save being
+    complete (or, when the job saved nothing the next one kept, its first iteration) to its end."""
+    if end is None or job.started is None:
+        return None
+    kept_saves = [done for iteration, _, done in job.saves if iteration == kept_upto]
+    since = kept_saves[-1] if kept_saves else job.started + timedelta(seconds=job.startup_s or 0.0)
+    return max(0.0, (end - since).total_seconds())
 
 
 def losses_by_iteration(jobs: Sequence[JobFacts]) -> dict[int, list[float]]:
@@ -202,24 +232,31 @@ def extrapolate(
 ) -> dict[str, float]:
     """Effective training time of a real day from the measured run.
 
-    What neoxflow decides is taken from the compressed run as measured: the gap between slices and after
-    a failure (Airflow's and Slurm's reaction, the same seconds on any cluster), and the work lost at a
-    slice end and per failure as a share of a checkpoint interval (the compressed run saved every
-    ``checkpoint_interval`` iterations, a real one every ``checkpoint_every_s``). What the model costs
+    What neoxflow decides is taken from the compressed run as measured: the largest gap after a slice end
+    that no injected fault disturbed, the mean gap after a failure (Airflow's and Slurm's reaction, the
+    same seconds on any cluster), the iterations recomputed at a slice end and the training time lost per
+    failure (after the checkpoint the next job resumed from, to the job's end), each as a share of a
+    checkpoint interval (the compressed run saved every ``checkpoint_interval`` iterations, a real one
+    every ``checkpoint_every_s``). What the model costs
     (start-up, a save) is the schedule's. Lost per day: every save; at each slice change the gap, a
     start-up and the recomputed share; at each failure the lost share, the gap and a start-up.
     """
     if not (g.seconds_per_iteration and checkpoint_interval):
         raise ValueError("no measured pace: nothing to extrapolate from")
     failures = [t for t in g.transitions if t.cause == INTERRUPTED]
-    lost_share = statistics.mean(t.recomputed for t in failures) / checkpoint_interval if failures else 0.5
+    interval_s = checkpoint_interval * g.seconds_per_iteration
+    lost = [
+        t.lost_s / interval_s if t.lost_s is not None else t.recomputed / checkpoint_interval
+        for t in failures
+    ]
+    lost_share = statistics.mean(lost) if lost else 0.5
     failure_gaps = [t.gap_s for t in failures if t.gap_s is not None]
     failure_gap = statistics.mean(failure_gaps) if failure_gaps else 0.0
     slice_ends = [t for t in g.transitions if t.cause in (PLANNED, TIME_LIMIT)]
     slice_share = (
         statistics.mean(t.recomputed for t in slice_ends) / checkpoint_interval if slice_ends else 0.0
     )
-    slice_gap = g.max_gap((PLANNED, TIME_LIMIT)) or 0.0
+    slice_gap = g.max_gap((PLANNED, TIME_LIMIT), undisturbed=True) or 0.0
     day = 86400.0
     per_day = {
         "saves_s": day / schedule.checkpoint_every_s * schedule.save_s,
@@ -229,12 +266,12 @@ def extrapolate(
         "failure_s": schedule.failures_per_day
         * (lost_share * schedule.checkpoint_every_s + failure_gap + schedule.startup_s),
     }
-    lost = sum(per_day.values())
+    lost_per_day = sum(per_day.values())
     return {
         "save_s": schedule.save_s,
         "startup_s": schedule.startup_s,
         "lost_share_per_failure": lost_share,
         "recomputed_share_per_slice_end": slice_share,
         **per_day,
-        "effective": max(0.0, (day - lost) / day),
+        "effective": max(0.0, (day - lost_per_day) / day),
     }

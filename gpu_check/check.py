@@ -12,6 +12,10 @@ Run by gpu_check/run_check.sh on a machine with GPUs (see gpu_check/README.md). 
 4. decides the verdict with ``training_verdict`` (and ``analyse_run`` on the whole log: they must
    agree) and checks what the scenario promises: a fresh start, a resume from ``latest`` that continues
    the iteration count, every rank present, the checkpoints complete.
+5. ``tiny-slices`` (issue 17, item 10) also plans slices with ``plan_slice_for_config`` (the operator's
+   ``exit_interval``), checks the planned stop (``exited_at``, verdict ``slice_end``), and compares the
+   sliced run's lm_loss at every logged iteration with two uninterrupted runs' (``compare_losses``) and
+   their checkpoints' tensors (``compare_checkpoints``).
 
 Artefacts (logs, listings, parsed progress, rendered config and script; text only) go to
 ``<out>/<scenario>.tar.gz``; they become the fixtures under tests/fixtures/gpu-runs/.
@@ -21,6 +25,7 @@ Exit status: 0 when every scenario held all its promises, 1 otherwise (the reaso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -39,11 +44,12 @@ import emulate  # noqa: E402
 import yaml  # noqa: E402
 
 from neoxflow.neox.checkpoints import Expectation, complete_checkpoints, resume_plan, scan_local  # noqa: E402
-from neoxflow.neox.config import build_run_config  # noqa: E402
+from neoxflow.neox.config import build_run_config, config_hash, merge_config, render_config  # noqa: E402
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script  # noqa: E402
-from neoxflow.neox.logparse import clean_line, training_verdict  # noqa: E402
+from neoxflow.neox.logparse import LogState, clean_line, parse_text, training_verdict  # noqa: E402
 from neoxflow.neox.progress import compute_progress, summary_line  # noqa: E402
 from neoxflow.neox.report import analyse_run  # noqa: E402
+from neoxflow.neox.slices import SliceTimes, exited_at, plan_slice_for_config  # noqa: E402
 
 #: A tiny Pythia-architecture model (the shape of tests/fixtures/neox-run/tiny-config.json) on the
 #: 14M size file: pipeline engine on (pipe_parallel_size 1, as Pythia) so the end-of-training crash
@@ -88,6 +94,15 @@ PYTHIA_160M_OVERRIDES: dict[str, Any] = {
 }
 
 
+#: The pace the slice planner is given in ``tiny-slices`` (not a measurement: fixed numbers, so that the
+#: budgets below decide the stop). With the default 5 % slack, stopping after iteration S (resumed at R,
+#: k saves) is expected at 1.05 x (10 + (S - R) x 1.0 + k x 2.0) s: 56.7 s for S = 40 (saves 20, 40),
+#: 79.8 s for S = 60. A 70 s budget therefore stops slice 1 at 40, as a time limit would on a cluster.
+SLICE_TIMES = SliceTimes(
+    seconds_per_iteration=1.0, seconds_per_save=2.0, startup_s=10.0, source="gpu_check fixed pace"
+)
+
+
 @dataclass(frozen=True)
 class Leg:
     """One launch of a scenario: its train_iters and what it must show."""
@@ -97,6 +112,28 @@ class Leg:
     resumed_from: int  # 0 = fresh start
     complete: tuple[int, ...]  # the complete checkpoints expected after it
     timeout_s: float
+    #: the run this leg belongs to (its own run name and save folder); legs of one run share them
+    run: str = ""
+    #: a slice of the run: its config gets plan_slice_for_config's overrides for this budget (seconds
+    #: between the job's start and its USR1 stop signal), the operator's slice planning
+    slice_budget_s: float | None = None
+    #: where that plan must stop the slice (None: at train_iters, no exit_interval)
+    stop_at: int | None = None
+
+    @property
+    def end(self) -> int:
+        """The last iteration this leg must train and log."""
+        return self.stop_at or self.train_iters
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """Compare lm_loss at every logged iteration: two uninterrupted runs (their difference is the noise)
+    and a run made of slices (each leg's log, in order), which must match the first within the noise."""
+
+    first: str
+    second: str
+    sliced: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,7 @@ class Scenario:
     gpus: int
     overrides: dict[str, Any]
     legs: tuple[Leg, ...]
+    loss_check: LossCheck | None = None
 
 
 SCENARIOS = {
@@ -126,6 +164,22 @@ SCENARIOS = {
             (Leg("fresh", 60, 0, (20, 40, 60), 420), Leg("resume", 80, 60, (20, 40, 60, 80), 300)),
         ),
         Scenario("pythia-160m", "160M", 1, PYTHIA_160M_OVERRIDES, (Leg("fresh", 50, 0, (50,), 420),)),
+        # issue 17, item 10: the slice stop on real NeoX. Two uninterrupted runs to 80 (fresh save folders)
+        # measure the run-to-run noise; the same request in two slices (stopped at 40 by the planner's
+        # exit_interval, then resumed from `latest` with the same train_iters) must match them.
+        Scenario(
+            "tiny-slices",
+            "14M",
+            1,
+            TINY_OVERRIDES,
+            (
+                Leg("uninterrupted-a", 80, 0, (20, 40, 60, 80), 240, run="a"),
+                Leg("uninterrupted-b", 80, 0, (20, 40, 60, 80), 240, run="b"),
+                Leg("slice1", 80, 0, (20, 40), 240, run="c", slice_budget_s=70.0, stop_at=40),
+                Leg("slice2", 80, 40, (20, 40, 60, 80), 240, run="c", slice_budget_s=3600.0),
+            ),
+            LossCheck("uninterrupted-a", "uninterrupted-b", ("slice1", "slice2")),
+        ),
     )
 }
 
@@ -166,12 +220,19 @@ def ranks_in_log(text: str) -> dict[str, Any]:
 def judge_leg(
     leg: Leg, scenario: Scenario, result: emulate.JobResult, expect: Expectation, cfg: dict
 ) -> Findings:
-    """Apply the verdict and the scenario's promises to one finished job."""
+    """Apply the verdict and the scenario's promises to one finished job.
+
+    A leg with ``stop_at`` is a slice told to stop there (exit_interval): its verdict must be the planned
+    stop (``slice_end``: exit 0, NeoX's exit line at that iteration, the checkpoint there complete) and
+    nothing past it may be logged or saved."""
     f = Findings()
     state = result.follower.state
     text = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
     complete = [c.iteration for c in complete_checkpoints(result.listing, expect)]
-    verdict = training_verdict(state, leg.train_iters, result.exit_code, complete)
+    exited = exited_at(text)
+    verdict = training_verdict(
+        state, leg.train_iters, result.exit_code, complete, planned_stop=leg.stop_at, exited_at=exited
+    )
     analysis = analyse_run(
         text,
         result.listing,
@@ -206,15 +267,31 @@ def judge_leg(
         final_lm_loss=state.steps[-1].lm_loss if state.steps else None,
         shape=ranks_in_log(text),
     )
+    if leg.stop_at is not None:
+        f.facts.update(
+            planned_stop=leg.stop_at, exited_at=exited, saved_tags=sorted(result.listing.get("tags", {}))
+        )
     f.expect(not result.timed_out, f"the job ran past {leg.timeout_s:.0f} s and was killed")
-    f.expect(verdict.finished, f"verdict is {verdict.status}: {verdict.reason}")
-    f.expect(
-        analysis["verdict"]["status"] == verdict.status,
-        f"analyse_run says {analysis['verdict']['status']} but the live watcher says {verdict.status}",
-    )
-    f.expect(
-        steps and steps[-1] == leg.train_iters, f"last logged iteration {steps[-1:]} != {leg.train_iters}"
-    )
+    want = "slice_end" if leg.stop_at is not None else "finished"
+    f.expect(verdict.status == want, f"verdict is {verdict.status}: {verdict.reason}")
+    if leg.stop_at is None:  # analyse_run judges a whole run: it knows no planned stop
+        f.expect(
+            analysis["verdict"]["status"] == verdict.status,
+            f"analyse_run says {analysis['verdict']['status']} but the live watcher says {verdict.status}",
+        )
+    else:
+        f.expect(result.exit_code == 0, f"a planned stop exits 0 on every rank, got {result.exit_code}")
+        f.expect(exited == leg.stop_at, f"NeoX printed its exit at iteration {exited}, not {leg.stop_at}")
+        f.expect(
+            not steps or max(steps) <= leg.stop_at, f"iterations past the stop {leg.stop_at} logged: {steps}"
+        )
+        later = [t for t in result.listing.get("tags", {}) if _tag_iteration(t) > leg.stop_at]
+        f.expect(not later, f"checkpoints past the stop {leg.stop_at} in the save folder: {later}")
+        f.expect(
+            result.listing.get("latest") == f"global_step{leg.stop_at}",
+            f"latest is {result.listing.get('latest')!r} after the stop at {leg.stop_at}",
+        )
+    f.expect(steps and steps[-1] == leg.end, f"last logged iteration {steps[-1:]} != {leg.end}")
     f.expect(
         set(leg.complete) <= set(complete),
         f"complete checkpoints {complete} lack {sorted(set(leg.complete) - set(complete))}",
@@ -243,6 +320,165 @@ def judge_leg(
     return f
 
 
+def _tag_iteration(tag: str) -> int:
+    m = re.fullmatch(r"global_step(\d+)", tag)
+    return int(m.group(1)) if m else -1
+
+
+def loss_curves(texts: dict[str, str], check: LossCheck) -> dict[str, list[tuple[int, float]]]:
+    """lm_loss per logged iteration (neoxflow's parser) of the two uninterrupted runs and the sliced one.
+
+    The sliced run's curve is its slices' curves in order; a slice must log only iterations after the
+    previous slice's last one (a re-logged iteration would mean recomputed work)."""
+    curves = {
+        name: LogState.from_events(parse_text(texts[name])).loss_curve()
+        for name in (check.first, check.second)
+    }
+    sliced: list[tuple[int, float]] = []
+    for name in check.sliced:
+        part = LogState.from_events(parse_text(texts[name])).loss_curve()
+        if sliced and part and part[0][0] <= sliced[-1][0]:
+            raise ValueError(
+                f"{name} logs iteration {part[0][0]} again (the previous slice reached {sliced[-1][0]})"
+            )
+        sliced.extend(part)
+    curves["sliced"] = sliced
+    return curves
+
+
+def compare_losses(texts: dict[str, str], check: LossCheck) -> dict[str, Any]:
+    """The noise (max |first - second|), the sliced run's difference from the first (and the second) and
+    the verdict: the sliced run passes when max |sliced - first| <= noise (bit-identical when noise is 0)."""
+    result: dict[str, Any] = {"first": check.first, "second": check.second, "sliced": list(check.sliced)}
+    try:
+        curves = loss_curves(texts, check)
+    except ValueError as err:
+        return {**result, "failures": [str(err)]}
+    first, second, sliced = curves[check.first], curves[check.second], curves["sliced"]
+    iterations = [i for i, _ in first]
+    failures = []
+    if not iterations:
+        failures.append(f"{check.first} logged no lm_loss")
+    for name, curve in ((check.second, second), ("the sliced run", sliced)):
+        if [i for i, _ in curve] != iterations:
+            failures.append(
+                f"{name} logged lm_loss at {[i for i, _ in curve]}, {check.first} at {iterations}"
+            )
+    if failures:
+        return {**result, "iterations": iterations, "failures": failures}
+
+    def max_diff(a, b):
+        return max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
+
+    noise, diff, diff_second = max_diff(first, second), max_diff(sliced, first), max_diff(sliced, second)
+    if diff > noise:
+        failures.append(
+            f"the sliced run's lm_loss differs from {check.first} by up to {diff:.3e}, more than the "
+            f"run-to-run noise {noise:.3e} ({check.first} vs {check.second})"
+        )
+    return {
+        **result,
+        "iterations": iterations,
+        "lm_loss": {
+            check.first: [x for _, x in first],
+            check.second: [x for _, x in second],
+            "sliced": [x for _, x in sliced],
+        },
+        "noise_max_abs": noise,
+        "bit_identical_uninterrupted": noise == 0.0,
+        "sliced_vs_first_max_abs": diff,
+        "sliced_vs_second_max_abs": diff_second,
+        "bit_identical_sliced": diff == 0.0,
+        "passed": not failures,
+        "failures": failures,
+    }
+
+
+def tensor_digests(checkpoint_dir: str) -> dict[str, dict[str, str]]:
+    """sha256 of the tensors of each ``*.pt`` file of one checkpoint tag (model layers; the optimizer state
+    with the fp32 master weights and Adam moments; the model-states file with the RNG and scheduler
+    state), per file and per entry (key path two levels deep), walked in a fixed order with their key
+    paths; other values (paths, args) are left out. Needs torch (and deepspeed, whose objects the files
+    pickle)."""
+    import hashlib
+
+    import torch  # noqa: PLC0415 - only on the GPU machine
+
+    def walk(obj, path, found, seen=()):
+        if id(obj) in seen or len(seen) > 32:  # a cycle, or deeper than any checkpoint nests
+            return
+        seen = (*seen, id(obj))
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            entry = "/".join(path.split("/")[:3]) or "/"
+            h = found.setdefault(entry, hashlib.sha256())
+            h.update(f"{path}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                walk(obj[key], f"{path}/{key}", found, seen)
+        elif isinstance(obj, (list, tuple)):
+            for i, item in enumerate(obj):
+                walk(item, f"{path}/{i}", found, seen)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            walk(vars(obj), f"{path}/.{type(obj).__name__}", found, seen)
+
+    digests = {}
+    for file in sorted(Path(checkpoint_dir).glob("*.pt")):
+        found: dict[str, Any] = {}
+        walk(torch.load(file, map_location="cpu", weights_only=False), "", found)
+        digests[file.name] = {entry: h.hexdigest() for entry, h in sorted(found.items())}
+    return digests
+
+
+def _is_weight_file(name: str) -> bool:
+    """Model layers and ZeRO optimizer shards: the trained state itself (not RNG, scheduler, counters)."""
+    return name.startswith("layer_") or name.endswith("_optim_states.pt")
+
+
+def _differing(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> list[str]:
+    entries = {(f, e) for f, d in a.items() for e in d} | {(f, e) for f, d in b.items() for e in d}
+    return sorted(f"{f}:{e}" for f, e in entries if a.get(f, {}).get(e) != b.get(f, {}).get(e))
+
+
+def compare_checkpoints(save_dirs: dict[str, str], check: LossCheck, tags: tuple[str, ...]) -> dict[str, Any]:
+    """Tensor digests of the same checkpoint tags of the two uninterrupted runs and the sliced run (its
+    last slice's save folder). A failure only when the model or optimizer tensors of the two uninterrupted
+    runs agree bit for bit and the sliced run's do not (otherwise the runs are not bitwise reproducible
+    and only the loss check counts); differences elsewhere (RNG, scheduler state) are recorded."""
+    runs = {
+        "first": save_dirs[check.first],
+        "second": save_dirs[check.second],
+        "sliced": save_dirs[check.sliced[-1]],
+    }
+    result: dict[str, Any] = {"tags": {}, "failures": []}
+    for tag in tags:
+        digests = {name: tensor_digests(str(Path(folder) / tag)) for name, folder in runs.items()}
+        noise = _differing(digests["first"], digests["second"])
+        sliced = _differing(digests["first"], digests["sliced"])
+        weights = {name: {f: d for f, d in dg.items() if _is_weight_file(f)} for name, dg in digests.items()}
+        weights_same = weights["first"] == weights["second"]
+        result["tags"][tag] = {
+            "files": {f: len(d) for f, d in digests["first"].items()},
+            "file_digests": {name: {f: hashlib_of(d) for f, d in dg.items()} for name, dg in digests.items()},
+            "uninterrupted_differ_in": noise,
+            "sliced_differs_from_first_in": sliced,
+            "weights_uninterrupted_identical": weights_same,
+            "weights_sliced_identical": weights["sliced"] == weights["first"],
+        }
+        if weights_same and weights["sliced"] != weights["first"]:
+            bad = [x for x in sliced if _is_weight_file(x.split(":", 1)[0])]
+            result["failures"].append(f"{tag}: the sliced run's model/optimizer tensors differ in {bad}")
+    return result
+
+
+def hashlib_of(entries: dict[str, str]) -> str:
+    """One digest for a file's entry digests (for the summary)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+
+
 def _median(values: list[float | None]) -> float | None:
     clean = sorted(v for v in values if v is not None and v == v)
     if not clean:
@@ -267,7 +503,6 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
         env={"CXX": emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
     )
     emulate.stage_fsx(profile, data_prefix=args.data_prefix, tokenizer=args.tokenizer)
-    run_name = f"gpucheck-{scenario.name}"
     summary: dict[str, Any] = {
         "scenario": scenario.name,
         "size": scenario.size,
@@ -275,8 +510,11 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
         "legs": [],
     }
     arts.mkdir(parents=True, exist_ok=True)
+    texts: dict[str, str] = {}
+    save_dirs: dict[str, str] = {}
     for k, leg in enumerate(scenario.legs):
         print(f"== {scenario.name} / {leg.name}: train_iters {leg.train_iters}", flush=True)
+        run_name = f"gpucheck-{scenario.name}" + (f"-{leg.run}" if leg.run else "")
         run = build_run_config(
             scenario.size,
             profile,
@@ -290,6 +528,11 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
             leg_summary["failures"] = [f"config error: {e}" for e in run.errors]
             print("\n".join(leg_summary["failures"]), flush=True)
             break
+        slice_facts = None
+        if leg.slice_budget_s is not None:
+            run, slice_facts = _plan_slice(run, leg, profile.cluster.stop_before_limit_s)
+            leg_summary["slice"] = slice_facts
+            print(f"== {scenario.name} / {leg.name}: slice plan: {slice_facts['reason']}", flush=True)
         eps = yaml.safe_load(run.rendered).get("optimizer", {}).get("params", {}).get("eps")
         Path(run.config_path).parent.mkdir(parents=True, exist_ok=True)
         Path(run.config_path).write_text(run.rendered, encoding="utf-8")
@@ -321,6 +564,15 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
         findings.expect(
             plan.action == want_plan, f"resume plan before launch was {plan.action}, not {want_plan}"
         )
+        if slice_facts is not None:
+            findings.expect(
+                slice_facts["stop_iteration"] == leg.end,
+                f"the slice plan stops at {slice_facts['stop_iteration']}, not at {leg.end}",
+            )
+            findings.expect(
+                run.config.get("exit_interval") == leg.stop_at,
+                f"the slice's config has exit_interval {run.config.get('exit_interval')}, not {leg.stop_at}",
+            )
         leg_summary.update(
             job_id=job_id,
             config_hash=run.config_hash,
@@ -334,6 +586,8 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
             failures=findings.failures,
         )
         shutil.copyfile(result.log_path, arts / f"{leg.name}.log")
+        texts[leg.name] = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
+        save_dirs[leg.name] = run.paths.checkpoint_dir
         (arts / f"{leg.name}.listing.json").write_text(json.dumps(result.listing, indent=1) + "\n")
         watch = {
             "polls": result.polls,
@@ -345,10 +599,69 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
         print(
             f"== {scenario.name} / {leg.name}: {findings.facts['verdict']['reason']} -> {status}", flush=True
         )
-        if result.timed_out or not findings.facts["verdict"]["status"] == "finished":
+        if result.timed_out or findings.facts["verdict"]["status"] not in ("finished", "slice_end"):
             break
+    check = scenario.loss_check
+    if check is not None:
+        if all(name in texts for name in (check.first, check.second, *check.sliced)):
+            summary["loss_comparison"] = compare_losses(texts, check)
+        else:
+            summary["loss_comparison"] = {"failures": ["not every run of the loss comparison ran"]}
+        cmp = summary["loss_comparison"]
+        if not cmp["failures"]:
+            try:
+                tensors = compare_checkpoints(save_dirs, check, ("global_step40", "global_step80"))
+            except Exception as exc:  # evidence beyond the promise: record why it is missing
+                tensors = {"error": f"{type(exc).__name__}: {exc}", "failures": []}
+            summary["checkpoint_tensors"] = tensors
+            cmp["failures"].extend(tensors["failures"])
+            cmp["passed"] = not cmp["failures"]
+            for tag, facts in tensors.get("tags", {}).items():
+                print(
+                    f"== {scenario.name}: {tag} model/optimizer tensors: uninterrupted runs identical "
+                    f"{facts['weights_uninterrupted_identical']}, sliced run identical "
+                    f"{facts['weights_sliced_identical']}; entries differing A/B "
+                    f"{facts['uninterrupted_differ_in']}, A/sliced {facts['sliced_differs_from_first_in']}",
+                    flush=True,
+                )
+        print(
+            f"== {scenario.name}: lm_loss noise {cmp.get('noise_max_abs')}, sliced vs "
+            f"{check.first} {cmp.get('sliced_vs_first_max_abs')} -> "
+            + ("OK" if not cmp["failures"] else "FAILED: " + "; ".join(cmp["failures"])),
+            flush=True,
+        )
     (arts / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _plan_slice(run, leg: Leg, stop_before_limit_s: float):
+    """The operator's slice config (PipelineOperator._prepare_submit): the plan of
+    ``plan_slice_for_config`` for this leg's resume point and budget, merged over the run's config, rendered
+    and hashed anew; ``train_iters`` unchanged. Returns the slice's RunConfig and the plan's facts."""
+    plan = plan_slice_for_config(
+        run.config,
+        resume_iteration=leg.resumed_from,
+        times=SLICE_TIMES,
+        time_limit_s=leg.slice_budget_s + stop_before_limit_s,
+        stop_before_limit_s=stop_before_limit_s,
+    )
+    merged = merge_config(run.config, plan.config_overrides)
+    rendered = render_config(merged)
+    slice_run = dataclasses.replace(run, config=merged, rendered=rendered, config_hash=config_hash(rendered))
+    facts = {
+        "kind": plan.kind,
+        "resume_iteration": plan.resume_iteration,
+        "stop_iteration": plan.stop_iteration,
+        "extra_save": plan.extra_save,
+        "config_overrides": plan.config_overrides,
+        "time_limit_s": leg.slice_budget_s + stop_before_limit_s,
+        "stop_before_limit_s": stop_before_limit_s,
+        "deadline_s": plan.deadline_s,
+        "expected_end_s": plan.expected_end_s,
+        "times": dataclasses.asdict(SLICE_TIMES),
+        "reason": plan.reason,
+    }
+    return slice_run, facts
 
 
 def _apply_plan(plan, save_dir: str) -> None:
@@ -422,7 +735,11 @@ def main(argv: list[str] | None = None) -> int:
         (arts / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             tar.add(arts, arcname=name)
-        bad = summary.get("error") or [x for leg in summary["legs"] for x in leg.get("failures", [])]
+        bad = (
+            summary.get("error")
+            or [x for leg in summary["legs"] for x in leg.get("failures", [])]
+            or summary.get("loss_comparison", {}).get("failures")
+        )
         if bad or not summary["legs"]:
             failed.append(name)
         print(f"== {name}: {'FAILED' if name in failed else 'all promises held'}", flush=True)

@@ -3,7 +3,8 @@
 #
 #   NEOX_DIR=/path/gpt-neox DEEPERSPEED_DIR=/path/DeeperSpeed gpu_check/run_check.sh [scenario ...]
 #
-# Scenarios (default: all, in this order): tiny-1gpu tiny-2rank pythia-160m. tiny-2rank needs 2 GPUs.
+# Scenarios (default: all, in this order): tiny-1gpu tiny-2rank pythia-160m tiny-slices. tiny-2rank needs
+# 2 GPUs.
 # Optional: WHEELS_DIR (wheels the image lacks: hjson, pydantic and its needs), DATA_PREFIX (tokenized
 # .bin/.idx prefix), TOKENIZER (20B_tokenizer.json), SOURCES (JSON naming the commits), OUT (artefacts),
 # WORK (scratch), PYTHON (the image's interpreter). Defaults follow gpu_check/prepare.sh's layout.
@@ -25,7 +26,7 @@ PYTHON=${PYTHON:-$(command -v python3)}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
 
-if [[ $# -eq 0 ]]; then set -- tiny-1gpu tiny-2rank pythia-160m; fi
+if [[ $# -eq 0 ]]; then set -- tiny-1gpu tiny-2rank pythia-160m tiny-slices; fi
 
 echo "gpu_check: installing offline into $PYTHON: $(ls "$WHEELS_DIR" | tr '\n' ' ')and DeeperSpeed from $DEEPERSPEED_DIR"
 "$PYTHON" -m pip install -q --no-index --no-deps --no-cache-dir --disable-pip-version-check "$WHEELS_DIR"/*.whl

@@ -35,7 +35,7 @@ from bench.goodput import FINISHED, INTERRUPTED, PLANNED, analyse, job_facts, lo
 from tests.e2e.conftest import DAG_ID, demo_run, task_instance, task_states, train_trigger
 from tests.e2e.monitor import RunMonitor, highest, logged_job_ids, squeue_jobs, wait_for
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # two runs of 480 iterations and six faults
 
 TRAIN = "train.train_slice"
 CONTINUE_DAG = "pythia_pretrain_continue"

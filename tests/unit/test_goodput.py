@@ -74,6 +74,16 @@ def test_three_jobs_a_planned_stop_a_node_failure_and_the_end():
     assert g.startup_s == pytest.approx(5.0, abs=0.01)
     assert g.recomputed(PLANNED) == 0 and g.recomputed(INTERRUPTED) == 10
     assert g.max_gap((PLANNED,)) == pytest.approx(3.0)
+    # the failed job trained past the save of 60 (done at 75.5 s) until it was last seen at 92 s; the
+    # planned stop lost only its exit, 1 s after the save of 40
+    assert g.transitions[1].lost_s == pytest.approx(92 - 75.5)
+    assert g.transitions[0].lost_s == pytest.approx(1.0)
+    # a fault between a job's start and the next one's start makes that gap a recovery, not a relay
+    kill = (datetime(2026, 1, 1, 0, 0, 30), "killed the scheduler")
+    disturbed = analyse(jobs, 100, {"12": datetime(2026, 1, 1, 0, 1, 32)}, [kill])
+    assert [t.disturbed_by for t in disturbed.transitions] == [["killed the scheduler"], []]
+    assert disturbed.max_gap((PLANNED,), undisturbed=True) is None
+    assert disturbed.max_gap((PLANNED, INTERRUPTED), undisturbed=True) == pytest.approx(8.0)
     losses = losses_by_iteration(jobs)
     assert losses[70] == [pytest.approx(9.3)] * 2 and len(losses[60]) == 1  # 70 was trained twice
 
@@ -91,10 +101,11 @@ def test_the_extrapolation_keeps_the_measured_gaps_and_lost_shares_and_the_sched
     # one slice change a day: the measured 3 s gap and a start-up; nothing recomputed at the planned stop
     assert real["recomputed_share_per_slice_end"] == 0.0
     assert real["slice_change_s"] == pytest.approx(3.0 + 300.0)
-    # 10 of 20 iterations lost at the failure: half a checkpoint interval, plus its 8 s gap and a start-up
-    assert real["lost_share_per_failure"] == pytest.approx(0.5)
-    assert real["failure_s"] == pytest.approx(900.0 + 8.0 + 300.0)
-    assert real["effective"] == pytest.approx(1 - (960.0 + 303.0 + 1208.0) / 86400)
+    # the failure lost 16.5 s of a 20 s checkpoint interval (from the save of 60 at 75.5 s to the job's
+    # last sighting at 92 s), plus its 8 s gap and a start-up
+    assert real["lost_share_per_failure"] == pytest.approx(16.5 / 20)
+    assert real["failure_s"] == pytest.approx(16.5 / 20 * 1800 + 8.0 + 300.0)
+    assert real["effective"] == pytest.approx(1 - (960.0 + 303.0 + real["failure_s"]) / 86400)
     # iterations recomputed at a slice end cost their share of 30 min once a day
     late = [job_facts("1", log(1, 0, 0, 50, stop=PLANNED, saves=(20, 40)), 100), *jobs[1:]]
     g_late = analyse(late, 100, {"2": datetime(2026, 1, 1, 0, 1, 32)})

@@ -7,6 +7,11 @@ Here the captured logs, checkpoint listings and rendered configs go through the 
 checkpoint completeness rule and the verdict again, and the results are cross-checked against
 independent reads of the raw text (regular expressions written here, not neoxflow's).
 
+``h200-x1/tiny-slices`` is the slice stop on real NeoX (issue 17, item 10): two uninterrupted runs to 80
+(their difference is the run-to-run noise) and the same request stopped at 40 by neoxflow's slice plan
+(``exit_interval``) and resumed from ``latest`` with the same ``train_iters``; its lm_loss must equal the
+uninterrupted run's within that noise at every logged iteration.
+
 The second half checks the Slurm emulation that produced them (gpu_check/slurm_shim), so that a change
 to the batch template that the emulation does not understand fails here, on the CPU, first.
 """
@@ -38,6 +43,7 @@ from neoxflow.neox.config import validate_config, yaml_json_disagreement
 from neoxflow.neox.logparse import LogFollower, LogState, clean_line, parse_text, training_verdict
 from neoxflow.neox.progress import compute_progress
 from neoxflow.neox.report import analyse_run
+from neoxflow.neox.slices import SliceTimes, exited_at, plan_slice_for_config
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "tests" / "fixtures" / "gpu-runs"
@@ -49,6 +55,11 @@ PYTHIA_160M = [("h100-x1", "pythia-160m"), ("h200-x2", "pythia-160m")]
 _RAW_STEP = re.compile(r"\|\s*iteration\s+(\d+)/\s*(\d+)\s*\|")
 _RAW_COMMIT = re.compile(r"Checkpoint global_step(\d+) is ready now!")
 _RAW_LABEL = re.compile(r"^(\d+): ")
+_RAW_LOSS = re.compile(r"\|\s*iteration\s+(\d+)/\s*\d+\s*\|.*?\| lm_loss: ([0-9.E+-]+) \|")
+
+#: the slice-stop run (issue 17, item 10) and the one fact its tests know beforehand: slice 1's stop
+SLICES = ("h200-x1", "tiny-slices")
+PLANNED_STOP = 40
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -365,6 +376,162 @@ def test_160m_watcher_saw_the_final_checkpoint_partial_before_complete():
     assert any("configs/" in reason for reason in polls[partial_at[0]]["partial"]["global_step50"])
 
 
+# ---------------------------------------------------------------- slice stop on real NeoX (tiny-slices)
+def _slices_log(leg: str) -> str:
+    return _log(*SLICES, leg)
+
+
+def _slices_curve(*legs: str) -> list[tuple[int, float]]:
+    """lm_loss per logged iteration through neoxflow's parser; several legs = one run's slices in order."""
+    curve: list[tuple[int, float]] = []
+    for leg in legs:
+        part = LogState.from_events(parse_text(_slices_log(leg))).loss_curve()
+        assert not curve or part[0][0] > curve[-1][0], f"{leg} logs iterations again"
+        curve.extend(part)
+    return curve
+
+
+def _slices_steps(*legs: str) -> list:
+    return [s for leg in legs for s in LogState.from_events(parse_text(_slices_log(leg))).steps]
+
+
+def test_slice_config_is_the_plan_of_neoxflows_slice_planner():
+    """Slice 1's exit_interval is what plan_slice_for_config gives for the recorded times and budget, and
+    the slices' configs are the uninterrupted run's with nothing changed but exit_interval (and the run's
+    own folders): train_iters stays 80 in every slice."""
+    uninterrupted = _config(*SLICES, "uninterrupted-a")
+    first, second = _config(*SLICES, "slice1"), _config(*SLICES, "slice2")
+    assert uninterrupted["train_iters"] == first["train_iters"] == second["train_iters"] == 80
+    assert (first["exit_interval"], second["exit_interval"]) == (PLANNED_STOP, None)
+    assert "exit_interval" not in uninterrupted
+    for cfg in (first, second):
+        changed = {k for k in cfg if k != "exit_interval" and cfg[k] != uninterrupted.get(k)}
+        assert changed == {"save", "load", "log_dir"}
+        for key in changed:
+            assert cfg[key] == uninterrupted[key].replace("gpucheck-tiny-slices-a", "gpucheck-tiny-slices-c")
+    for leg, cfg, resume in (("slice1", first, 0), ("slice2", second, PLANNED_STOP)):
+        recorded = _leg_summary(*SLICES, leg)["slice"]
+        plan = plan_slice_for_config(
+            uninterrupted,
+            resume_iteration=resume,
+            times=SliceTimes(**recorded["times"]),
+            time_limit_s=recorded["time_limit_s"],
+            stop_before_limit_s=recorded["stop_before_limit_s"],
+        )
+        assert plan.config_overrides["exit_interval"] == cfg["exit_interval"]
+        assert plan.config_overrides["extra_save_iters"] == cfg["extra_save_iters"] is None
+        assert plan.stop_iteration == (PLANNED_STOP if leg == "slice1" else 80)
+        assert recorded["stop_iteration"] == plan.stop_iteration
+
+
+def test_slice1_stopped_at_its_planned_stop_after_a_complete_checkpoint():
+    text = _slices_log("slice1")
+    state = _follow_in_chunks(text, seed=40).state
+    exited = exited_at(text)
+    assert exited == PLANNED_STOP
+    iterations = [s.iteration for s in state.steps]
+    assert iterations == _raw_iterations(text) and iterations[-1] == exited
+    assert max(iterations) <= PLANNED_STOP  # nothing trained past the stop
+    stated = [int(x) for x in re.findall(r"training step ended with exit code (-?\d+)", text)]
+    exit_code = _leg_summary(*SLICES, "slice1")["exit_code"]
+    assert stated == [exit_code] == [0]  # exit_interval: every rank exits 0
+    listing = _json(*SLICES, "slice1.listing.json")
+    expect = _expect(*SLICES, "slice1", 1)
+    complete = [c.iteration for c in complete_checkpoints(listing, expect)]
+    assert complete[-1] == exited and partial_checkpoints(listing, expect) == {}
+    assert all(int(tag.removeprefix("global_step")) <= exited for tag in listing["tags"])
+    assert listing["latest"] == f"global_step{exited}"
+    verdict = training_verdict(state, 80, exit_code, complete, planned_stop=PLANNED_STOP, exited_at=exited)
+    assert (verdict.status, verdict.planned_stop, verdict.resume_from) == ("slice_end", True, PLANNED_STOP)
+    assert _leg_summary(*SLICES, "slice1")["verdict"]["status"] == "slice_end"
+    # the same evidence is no clean stop without the plan, or without the checkpoint at the stop
+    assert training_verdict(state, 80, exit_code, complete).status == "failed"
+    cut = [i for i in complete if i != PLANNED_STOP]
+    assert training_verdict(
+        state, 80, exit_code, cut, planned_stop=PLANNED_STOP, exited_at=exited
+    ).status == ("failed")
+    plan = resume_plan(listing, expect)
+    assert (plan.action, plan.iteration) == ("keep", PLANNED_STOP)
+
+
+def test_slice2_resumed_at_the_stop_and_finished_the_same_request():
+    text = _slices_log("slice2")
+    state = _follow_in_chunks(text, seed=80).state
+    assert state.resumed_from == PLANNED_STOP and state.latest_missing is False
+    gas = _config(*SLICES, "slice2")["gradient_accumulation_steps"]
+    assert f"setting training data start iteration to {PLANNED_STOP * gas}" in text
+    iterations = [s.iteration for s in state.steps]
+    assert iterations == _raw_iterations(text) and iterations[0] > PLANNED_STOP and iterations[-1] == 80
+    assert exited_at(text) is None  # the last slice has no exit_interval: NeoX ends at train_iters
+    listing = _json(*SLICES, "slice2.listing.json")
+    complete = [c.iteration for c in complete_checkpoints(listing, _expect(*SLICES, "slice2", 1))]
+    exit_code = _leg_summary(*SLICES, "slice2")["exit_code"]
+    assert training_verdict(state, 80, exit_code, complete).finished
+
+
+def test_sliced_run_has_the_uninterrupted_lm_loss_within_the_run_to_run_noise():
+    """The claim of issue 17, item 10, from the captured logs: noise = max |A - B| over the logged
+    iterations of two uninterrupted runs; the sliced run C must satisfy max |C - A| <= noise (bit-identical
+    printed values when A and B are). The learning rate and loss scale must follow the same course."""
+    first = _slices_curve("uninterrupted-a")
+    second = _slices_curve("uninterrupted-b")
+    sliced = _slices_curve("slice1", "slice2")
+    iterations = [i for i, _ in first]
+    assert iterations == [i for i, _ in second] == [i for i, _ in sliced] == list(range(5, 81, 5))
+    # neoxflow's parse against a regex of this file over the raw text
+    raw = [(int(i), float(x)) for i, x in _RAW_LOSS.findall(_slices_log("uninterrupted-a"))]
+    assert raw == first
+    noise = max(abs(a - b) for (_, a), (_, b) in zip(first, second, strict=True))
+    diff = max(abs(c - a) for (_, a), (_, c) in zip(first, sliced, strict=True))
+    assert diff <= noise
+    if noise == 0:
+        assert sliced == first
+    a_steps, c_steps = _slices_steps("uninterrupted-a"), _slices_steps("slice1", "slice2")
+    assert [(s.iteration, s.lr, s.loss_scale, s.skipped) for s in c_steps] == [
+        (s.iteration, s.lr, s.loss_scale, s.skipped) for s in a_steps
+    ]
+    assert first[-1][1] < first[0][1]  # and it learned something
+    # check.py recorded the same figures on the GPU machine
+    recorded = _json(*SLICES, "summary.json")["loss_comparison"]
+    assert recorded["noise_max_abs"] == noise and recorded["sliced_vs_first_max_abs"] == diff
+    assert recorded["passed"] is True and recorded["failures"] == []
+    replayed = _load_check().compare_losses(
+        {leg: _slices_log(leg) for leg in ("uninterrupted-a", "uninterrupted-b", "slice1", "slice2")},
+        _load_check().SCENARIOS["tiny-slices"].loss_check,
+    )
+    assert replayed == recorded
+
+
+def test_sliced_run_comparison_fails_on_a_resume_that_changes_the_losses():
+    """The comparison can fail: the same logs with one of slice 2's losses moved by 1e-6."""
+    check = _load_check()
+    texts = {leg: _slices_log(leg) for leg in ("uninterrupted-a", "uninterrupted-b", "slice1", "slice2")}
+    value = f"{_slices_curve('slice2')[-1][1]:.6E}"
+    assert texts["slice2"].count(f"lm_loss: {value} |") == 1
+    texts["slice2"] = texts["slice2"].replace(f"lm_loss: {value} |", f"lm_loss: {float(value) + 1e-6:.6E} |")
+    result = check.compare_losses(texts, check.SCENARIOS["tiny-slices"].loss_check)
+    assert result["passed"] is False and result["sliced_vs_first_max_abs"] > result["noise_max_abs"]
+    # and a slice that logs an iteration again (recomputed work) is refused
+    texts = {**texts, "slice2": _slices_log("slice1") + _slices_log("slice2")}
+    assert check.compare_losses(texts, check.SCENARIOS["tiny-slices"].loss_check)["failures"]
+
+
+def test_sliced_run_checkpoints_hold_the_uninterrupted_runs_tensors():
+    """Recorded on the GPU machine (tensor digests of each .pt file, check.compare_checkpoints): the model
+    layers and the ZeRO optimizer state (fp32 master weights, Adam moments) at 40 and 80 are bit-identical
+    across the three runs; what may differ is named (the CPU torch RNG state of the model-states file)."""
+    tensors = _json(*SLICES, "summary.json")["checkpoint_tensors"]
+    assert tensors["failures"] == [] and set(tensors["tags"]) == {"global_step40", "global_step80"}
+    for facts in tensors["tags"].values():
+        digests = facts["file_digests"]
+        weights = {f for f in facts["files"] if f.startswith("layer_") or f.endswith("_optim_states.pt")}
+        assert weights and "zero_pp_rank_0_mp_rank_00_optim_states.pt" in weights
+        for name in weights:
+            assert digests["first"][name] == digests["second"][name] == digests["sliced"][name]
+        assert facts["weights_sliced_identical"] and facts["weights_uninterrupted_identical"]
+        assert all(x.startswith("mp_rank_00_model_states.pt:") for x in facts["sliced_differs_from_first_in"])
+
+
 # --------------------------------------------------------------------------- the Slurm emulation
 def _load_shim(name: str):
     loader = importlib.machinery.SourceFileLoader(f"gpu_check_shim_{name}", str(SHIMS / name))
@@ -465,7 +632,7 @@ def _load_check():
         sys.path.remove(str(REPO / "gpu_check"))
 
 
-@pytest.mark.parametrize(("machine", "scenario"), [(m, s) for m, s, _ in TINY] + list(PYTHIA_160M))
+@pytest.mark.parametrize(("machine", "scenario"), [(m, s) for m, s, _ in TINY] + list(PYTHIA_160M) + [SLICES])
 def test_check_judges_the_captured_runs_as_it_did_on_the_gpu(machine, scenario):
     """Replaying check.py's judge_leg on the captured files gives no failures and the recorded verdict."""
     check = _load_check()
@@ -531,3 +698,34 @@ def test_neoxflow_still_renders_the_configs_the_gpu_runs_used(machine, scenario)
         folder, name = captured["data_path"].rsplit("/", 1)
         assert run.config["data_path"] == f"{folder}/{check.emulate.DATASET_ID}/{name}"
         assert run.config == {**captured, "data_path": run.config["data_path"]}
+
+
+def test_neoxflow_still_renders_the_slice_configs_the_gpu_runs_used():
+    """As above for tiny-slices: each run's config, and each slice's after check.py applied the plan of
+    plan_slice_for_config the way the pipeline operator does, render as they did for the real runs."""
+    check = _load_check()
+    spec = check.SCENARIOS["tiny-slices"]
+    profile = check.emulate.gpu_profile(
+        "/tmp/neoxflow-gpu-check/tiny-slices/fsx",
+        neox_dir="/tmp/neoxflow-gpu-check/gpt-neox",
+        python="/opt/torch/.venv/bin/python3",
+        gpus=spec.gpus,
+        size=spec.size,
+        overrides=spec.overrides,
+        env={"CXX": check.emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
+    )
+    for leg in spec.legs:
+        run = check.build_run_config(
+            spec.size,
+            profile,
+            f"gpucheck-tiny-slices-{leg.run}",
+            overrides={"train_iters": leg.train_iters},
+            check_vocab_file=False,
+            dataset_id=check.emulate.DATASET_ID,
+        )
+        assert run.errors == []
+        if leg.slice_budget_s is not None:
+            run, facts = check._plan_slice(run, leg, profile.cluster.stop_before_limit_s)
+            assert facts["stop_iteration"] == leg.end
+        assert run.config == _config(*SLICES, leg.name)
+        assert run.config_hash == _leg_summary(*SLICES, leg.name)["config_hash"]
