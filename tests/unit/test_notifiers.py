@@ -145,6 +145,8 @@ def webhook_server() -> Iterator[WebhookReceiver]:
 def connections(monkeypatch, moto_endpoint, smtp_server, webhook_server) -> dict[str, Any]:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN", TOPIC_ENV):
         monkeypatch.delenv(name, raising=False)
+    for name in ("NEOXFLOW_ALERT_SLACK_CONN", "NEOXFLOW_ALERT_SMTP_CONN", "NEOXFLOW_ALERT_EMAIL_TO"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     conns = {
         "NEOXFLOW_TEST_AWS": {
@@ -387,6 +389,26 @@ def test_sns_topic_from_the_environment(connections, topic, monkeypatch):
     monkeypatch.setenv(TOPIC_ENV, topic["arn"])
     assert send_alert("stall", dag_id="d", aws_conn_id=connections["aws"]) == {"sns": "sent"}
     assert topic["received"]()[0]["Subject"] == "[neoxflow] STALL: d"
+
+
+def test_an_alert_raised_in_code_reaches_every_configured_channel(
+    connections, topic, smtp_server, webhook_server, monkeypatch
+):
+    """A stall or give-up is sent by the operator itself, not by a DAG callback: it must still reach the
+    Slack and e-mail channels the deployment configures, not SNS alone."""
+    monkeypatch.setenv(TOPIC_ENV, topic["arn"])
+    monkeypatch.setenv("NEOXFLOW_ALERT_SLACK_CONN", connections["slack"])
+    monkeypatch.setenv("NEOXFLOW_ALERT_SMTP_CONN", connections["smtp"])
+    monkeypatch.setenv("NEOXFLOW_ALERT_EMAIL_TO", "oncall@example.org")
+    results = send_alert("stall", dag_id="d", detail="no progress", aws_conn_id=connections["aws"])
+    assert results == {"sns": "sent", "slack": "sent", "smtp": "sent"}
+    [request] = webhook_server.requests
+    assert json.loads(request["body"])["text"].startswith("[neoxflow] STALL: d")
+    [message] = smtp_server.messages
+    assert message["to"] == ["oncall@example.org"]
+    # a connection named without recipients sends no e-mail (and is no error in the middle of a stall)
+    monkeypatch.delenv("NEOXFLOW_ALERT_EMAIL_TO")
+    assert "smtp" not in send_alert("stall", dag_id="d", aws_conn_id=connections["aws"])
 
 
 def test_factory_refuses_smtp_connection_without_recipients():

@@ -77,10 +77,17 @@ def send_alert(
 ) -> dict[str, str]:
     """Build one alert and send it on every channel now; returns ``{channel: "sent" | "failed: ..."}``.
 
+    Channels not given are the deployment's (:func:`configured_channels`): an alert raised in code (a
+    stall, a give-up, a lost lock) reaches Slack and e-mail like the DAGs' callbacks do, not SNS alone.
+
     :param facts: explicit alert facts (detail, nodes, reason, job_id, log_lines, record...), see
         :func:`neoxflow.notifiers.message.build_alert`.
     """
     if notifiers is None:
+        configured = configured_channels()
+        slack_conn_id = slack_conn_id or configured["slack_conn_id"]
+        if not smtp_to and configured["smtp_to"]:  # a connection without recipients sends nothing
+            smtp_to, smtp_conn_id = configured["smtp_to"], smtp_conn_id or configured["smtp_conn_id"]
         notifiers = alert_notifiers(
             kind,
             sns_topic_arn=sns_topic_arn,
