@@ -6,6 +6,7 @@ the local sshd), and execute_complete maps the verdict.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from neoxflow.hooks.slurm import SlurmSSHHook
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook, HostKeyRefused, SlurmSSHHook, is_host_key_error
 from tests.cluster.slurm_helpers import localcluster, run_dag, slurm, ti_states, unique_dir, wait_state
 
 pytestmark = [pytest.mark.cluster]
@@ -162,15 +163,45 @@ def test_sensor_waits_for_a_job_from_elsewhere(workdir):
     assert ti_states(run) == {"wait": "success"}
 
 
-def test_unknown_host_key_is_refused(monkeypatch, cluster_env):
+WRONG_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def _connection_with_host_key(monkeypatch, cluster_env, tmp_path, host_key: str | None) -> str:
+    """A copy of the cluster's connection with another pinned key, or none; HOME moved to an empty folder
+    so that no ~/.ssh/known_hosts of this machine can vouch for the server."""
     conn = json.loads(cluster_env["AIRFLOW_CONN_NEOXFLOW_CLUSTER"])
-    # a well-formed ed25519 key that is not the server's
-    conn["extra"]["host_key"] = (
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_WRONG_KEY", json.dumps(conn))
-    with pytest.raises(Exception, match="host_key"):
-        SlurmSSHHook("wrong_key").run("true")
+    conn["extra"].pop("host_key", None)
+    if host_key:
+        conn["extra"]["host_key"] = host_key  # a well-formed ed25519 key that is not the server's
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_CONN_HOST_KEY_CHECK", json.dumps(conn))
+    return "host_key_check"
+
+
+@pytest.mark.parametrize("host_key", [WRONG_KEY, None], ids=["wrong key", "no key"])
+def test_a_wrong_or_missing_host_key_is_refused_by_the_blocking_hook(
+    monkeypatch, cluster_env, tmp_path, host_key
+):
+    conn_id = _connection_with_host_key(monkeypatch, cluster_env, tmp_path, host_key)
+    with pytest.raises(HostKeyRefused, match="host_key") as refused:
+        SlurmSSHHook(conn_id).run("true")
+    expected = "BadHostKeyException" if host_key else "SSHException"  # paramiko's: wrong key, unknown host
+    assert type(refused.value.__cause__).__name__ == expected and is_host_key_error(refused.value)
+
+
+@pytest.mark.parametrize("host_key", [WRONG_KEY, None], ids=["wrong key", "no key"])
+def test_a_wrong_or_missing_host_key_is_refused_by_the_trigger_hook_without_retrying(
+    monkeypatch, cluster_env, tmp_path, host_key
+):
+    conn_id = _connection_with_host_key(monkeypatch, cluster_env, tmp_path, host_key)
+    hook = AsyncSlurmSSHHook(conn_id, max_backoff=30.0)
+    started = time.monotonic()
+    with pytest.raises(Exception) as refused:
+        asyncio.run(hook.run_with_retry("true", attempts=5))
+    assert is_host_key_error(refused.value), repr(refused.value)
+    assert time.monotonic() - started < 10, "a refused host key must not be retried with backoff"
+    # the same hook on the real connection works: the refusal was the key, not the server
+    assert asyncio.run(AsyncSlurmSSHHook("neoxflow_cluster").run("true"))[0] == 0
 
 
 @pytest.mark.parametrize("service", ["sshd", "slurmctld"])

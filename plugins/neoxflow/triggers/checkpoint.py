@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from neoxflow.hooks.slurm import AsyncSlurmSSHHook, _is_host_key_error
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
 from neoxflow.neox.checkpoints import Checkpoint, Expectation, complete_checkpoints, partial_checkpoints
 from neoxflow.slurm.validate import UnsafeValueError, check_remote_path
 
@@ -185,7 +185,7 @@ class CheckpointTrigger(BaseTrigger):
                     )
                     failing_since, failures = None, 0
                 except Exception as err:
-                    if _is_host_key_error(err):
+                    if is_host_key_error(err):
                         yield TriggerEvent({"event": "error", "message": f"SSH host key rejected: {err}"})
                         return
                     failures += 1

@@ -25,7 +25,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from neoxflow.hooks.slurm import AsyncSlurmSSHHook, _is_host_key_error
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
 from neoxflow.slurm.parse import JobStatus
@@ -155,7 +155,7 @@ class SlurmJobTrigger(BaseTrigger):
                     polls += 1
                     failures, unreachable_since = 0, None
                 except Exception as err:
-                    if _is_host_key_error(err):
+                    if is_host_key_error(err):
                         yield TriggerEvent(self._event("error", message=f"SSH host key rejected: {err}"))
                         return
                     failures += 1

@@ -42,7 +42,7 @@ from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
-from neoxflow.hooks.slurm import _is_host_key_error
+from neoxflow.hooks.slurm import is_host_key_error
 from neoxflow.neox.logparse import (
     CheckpointCommitted,
     ErrorLine,
@@ -430,7 +430,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     polls += 1
                     failures, unreachable_since = 0, None
                 except Exception as err:
-                    if _is_host_key_error(err):
+                    if is_host_key_error(err):
                         yield TriggerEvent(
                             self._payload(
                                 "error", watch, follower.offset, message=f"SSH host key rejected: {err}"
