@@ -115,9 +115,13 @@ def build(dag_id: str, description: str) -> DAG:
                 stall_window=STALL_WINDOW_S,
                 lock_task_id="prepare.lock",  # the watch renews this run's folder lease while its job lives
                 poll_interval=POLL,
-                retries=3,
+                # One task carries a run for weeks, deferring at each checkpoint, and Airflow 3.3.2 can lose a
+                # resumed try to its own race (apache/airflow#67287; the next try re-attaches to the job).
+                # Infrastructure give-up is the operator's max_resumes, not this: retries are plentiful and
+                # not backed off, so a late retry does not leave the GPUs idle at a slice end.
+                retries=25,
                 retry_delay=RETRY_DELAY,
-                retry_exponential_backoff=True,
+                retry_exponential_backoff=False,
             )
             resume = resume_point(the_plan)
             summary >> resume >> train
