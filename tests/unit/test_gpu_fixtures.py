@@ -664,6 +664,19 @@ def test_check_judges_the_captured_runs_as_it_did_on_the_gpu(machine, scenario):
         assert any("verdict is failed" in f for f in failed.failures)
 
 
+def _gpu_check_profile(check, scenario: str, spec):
+    """The profile check.py rendered the scenario's configs with on the GPU machine (its paths there)."""
+    return check.emulate.gpu_profile(
+        f"/tmp/neoxflow-gpu-check/{scenario}/fsx",
+        neox_dir="/tmp/neoxflow-gpu-check/gpt-neox",
+        python="/opt/torch/.venv/bin/python3",
+        gpus=spec.gpus,
+        size=spec.size,
+        overrides=spec.overrides,
+        env={"CXX": check.emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
+    )
+
+
 @pytest.mark.parametrize(("machine", "scenario"), [(m, s) for m, s, _ in TINY] + list(PYTHIA_160M))
 def test_neoxflow_still_renders_the_configs_the_gpu_runs_used(machine, scenario):
     """The proof covers today's code only while build_run_config renders what the GPU runs trained.
@@ -673,15 +686,7 @@ def test_neoxflow_still_renders_the_configs_the_gpu_runs_used(machine, scenario)
     """
     check = _load_check()
     spec = check.SCENARIOS[scenario]
-    profile = check.emulate.gpu_profile(
-        f"/tmp/neoxflow-gpu-check/{scenario}/fsx",
-        neox_dir="/tmp/neoxflow-gpu-check/gpt-neox",
-        python="/opt/torch/.venv/bin/python3",
-        gpus=spec.gpus,
-        size=spec.size,
-        overrides=spec.overrides,
-        env={"CXX": check.emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
-    )
+    profile = _gpu_check_profile(check, scenario, spec)
     for leg in spec.legs:
         run = check.build_run_config(
             spec.size,
@@ -705,15 +710,7 @@ def test_neoxflow_still_renders_the_slice_configs_the_gpu_runs_used():
     plan_slice_for_config the way the pipeline operator does, render as they did for the real runs."""
     check = _load_check()
     spec = check.SCENARIOS["tiny-slices"]
-    profile = check.emulate.gpu_profile(
-        "/tmp/neoxflow-gpu-check/tiny-slices/fsx",
-        neox_dir="/tmp/neoxflow-gpu-check/gpt-neox",
-        python="/opt/torch/.venv/bin/python3",
-        gpus=spec.gpus,
-        size=spec.size,
-        overrides=spec.overrides,
-        env={"CXX": check.emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
-    )
+    profile = _gpu_check_profile(check, "tiny-slices", spec)
     for leg in spec.legs:
         run = check.build_run_config(
             spec.size,
