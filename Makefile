@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: help venv lint test test-unit test-cluster cluster-up cluster-up-accounting cluster-down cluster-status \
-        demo demo-down bench bench-goodput lock
+        demo demo-down bench bench-goodput bench-merge lock
 
 help:
 	@echo "make demo             run the pipeline on the embedded local cluster in real Airflow"
@@ -14,6 +14,7 @@ help:
 	@echo "make cluster-status   show what runs"
 	@echo "make bench            run the benchmarks"
 	@echo "make bench-goodput    the golden run's goodput (slice gaps, recomputed iterations, parity)"
+	@echo "make bench-merge      merge/validate peak memory at 40 vs 1024 dataset parts (no cluster needed)"
 
 venv:
 	@scripts/bootstrap.sh
@@ -54,6 +55,9 @@ bench: cluster-up
 
 bench-goodput: cluster-up
 	$(PY) bench/bench_goodput.py
+
+bench-merge: venv
+	$(PY) bench/bench_merge_memory.py
 
 # Recompile requirements.lock (and requirements-uv.lock) from requirements.txt; the uv command is in
 # scripts/bootstrap.sh. Run it after editing requirements.txt; the next `make` then rebuilds .venv.

@@ -6,9 +6,16 @@ sizes, doc_idx starting at 0, non-decreasing and ending at the item count, ``.bi
 sum(sizes) x itemsize, and optionally (``--vocab-size``) that every token id is below the vocabulary
 size (a full streaming scan of ``.bin``).
 
-CLI: ``validate_dataset.py PREFIX [PREFIX ...] [--vocab-size N]``. Stdout is one JSON object
+Memory is bounded whatever the dataset's size (a merged C4 has 365M documents): the index is checked
+in chunks of :data:`mmidx.CHUNK_ITEMS` entries read with ``pread`` (:func:`mmidx.scan_index`), the
+token scan reads :data:`SCAN_CHUNK` tokens at a time; nothing is mapped, so RSS does not grow with the
+files either. Per dataset only its summary is kept.
+
+CLI: ``validate_dataset.py [PREFIX ...] [--prefixes-from-manifest MANIFEST] [--vocab-size N]`` (at least
+one dataset; the manifest's shards, ``output_prefix + "_text_document"`` of each
+``name<TAB>input<TAB>output_prefix`` line, follow the positional prefixes). Stdout is one JSON object
 ``{"ok": bool, "datasets": {prefix: {...}}, "documents": N, "tokens": N, "errors": [...]}``; the exit
-status is 1 when any dataset is invalid.
+status is 1 when any dataset is invalid (or the manifest is unreadable or garbled).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sys
 import mmidx
 import numpy as np
 
-SCAN_CHUNK = 1 << 24  # tokens per step of the optional token-id scan
+SCAN_CHUNK = 1 << 21  # tokens per step of the optional token-id scan (~5 B of temporaries per token)
 
 
 def normalize_prefix(path: str | os.PathLike) -> str:
@@ -36,31 +43,44 @@ def normalize_prefix(path: str | os.PathLike) -> str:
 def validate(prefix: str | os.PathLike, vocab_size: int | None = None) -> dict:
     """Validate one dataset; returns its summary or raises CorruptDatasetError/FileNotFoundError."""
     prefix = normalize_prefix(prefix)
-    index = mmidx.read_index(mmidx.index_path(prefix))
-    mmidx.check_data_size(prefix, index)
+    info = mmidx.scan_index(mmidx.index_path(prefix))
+    mmidx.check_data_size(prefix, info)
     summary = {
-        "documents": index.num_docs,
-        "items": index.num_items,
-        "tokens": index.num_tokens,
-        "dtype": str(index.dtype),
-        "bin_bytes": index.num_tokens * index.dtype.itemsize,
+        "documents": info.num_docs,
+        "items": info.num_items,
+        "tokens": info.num_tokens,
+        "dtype": str(info.dtype),
+        "bin_bytes": info.num_tokens * info.dtype.itemsize,
     }
-    if vocab_size is not None and index.num_tokens:
-        data = np.memmap(mmidx.data_path(prefix), mode="r", dtype=index.dtype)
-        highest = None
-        for start in range(0, len(data), SCAN_CHUNK):
-            chunk = data[start : start + SCAN_CHUNK]
-            bad = (chunk >= vocab_size) | (chunk < 0)
+    if vocab_size is not None and info.num_tokens:
+        summary["max_token_id"] = _scan_tokens(prefix, info, vocab_size)
+    return summary
+
+
+def _scan_tokens(prefix: str, info: mmidx.IndexInfo, vocab_size: int) -> int:
+    """The highest token id in ``<prefix>.bin``, read SCAN_CHUNK tokens at a time; raises at the first
+    token outside ``[0, vocab_size)``."""
+    bin_path = mmidx.data_path(prefix)
+    itemsize = info.dtype.itemsize
+    unsigned = info.dtype.kind == "u"
+    highest = None
+    with open(bin_path, "rb", buffering=0) as f:
+        for start in range(0, info.num_tokens, SCAN_CHUNK):
+            count = min(SCAN_CHUNK, info.num_tokens - start)
+            raw = mmidx.pread_exact(f.fileno(), count * itemsize, start * itemsize, bin_path)
+            chunk = np.frombuffer(raw, dtype=info.dtype.newbyteorder("<"))
+            bad = chunk >= vocab_size
+            if not unsigned:
+                bad |= chunk < 0
             if bad.any():
-                pos = start + int(np.argmax(bad))
+                at = int(np.argmax(bad))
                 raise mmidx.CorruptDatasetError(
-                    f"{mmidx.data_path(prefix)}: token {int(data[pos])} at position {pos} is outside "
+                    f"{bin_path}: token {int(chunk[at])} at position {start + at} is outside "
                     f"the vocabulary (size {vocab_size})"
                 )
             top = int(chunk.max())
             highest = top if highest is None else max(highest, top)
-        summary["max_token_id"] = highest
-    return summary
+    return highest
 
 
 def validate_all(prefixes: list[str], vocab_size: int | None = None) -> dict:
@@ -81,10 +101,28 @@ def validate_all(prefixes: list[str], vocab_size: int | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("prefixes", nargs="+", help="dataset prefixes (or .bin/.idx paths)")
+    p.add_argument("prefixes", nargs="*", help="dataset prefixes (or .bin/.idx paths)")
+    p.add_argument(
+        "--prefixes-from-manifest",
+        metavar="PATH",
+        help="also validate, after the positional prefixes, the shards of this tokenize manifest (one per "
+        "line: name<TAB>input<TAB>output_prefix; the dataset is output_prefix + '_text_document')",
+    )
     p.add_argument("--vocab-size", type=int, default=None, help="also check every token id is below this")
     args = p.parse_args(argv)
-    result = validate_all(args.prefixes, args.vocab_size)
+    prefixes = list(args.prefixes)
+    if args.prefixes_from_manifest is not None:
+        try:
+            prefixes += mmidx.prefixes_from_manifest(args.prefixes_from_manifest)
+        except (mmidx.ManifestError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            print(
+                json.dumps({"ok": False, "datasets": {}, "documents": 0, "tokens": 0, "errors": [str(exc)]})
+            )
+            return 1
+    if not prefixes:
+        p.error("no datasets: give prefixes and/or --prefixes-from-manifest PATH")
+    result = validate_all(prefixes, args.vocab_size)
     for err in result["errors"]:
         print(f"error: {err}", file=sys.stderr)
     print(json.dumps(result))

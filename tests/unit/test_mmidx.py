@@ -108,24 +108,75 @@ def _corrupt(prefix, offset, data):
     open(path, "wb").write(bytes(raw))
 
 
-@pytest.mark.parametrize(
-    ("offset", "data", "message"),
-    [
-        (0, b"XX", "bad magic"),
-        (9, struct.pack("<Q", 2), "unsupported version"),
-        (17, b"\x09", "unknown dtype code"),
-        (18, struct.pack("<Q", 3), "truncated"),
-        (34, struct.pack("<i", -1), "negative size"),
-        (34 + 8 + 8, struct.pack("<q", 7), "pointer of item 1"),
-        (34 + 8 + 16 + 16, struct.pack("<q", 5), "doc_idx ends at 5"),
-        (34 + 8 + 16, struct.pack("<q", 1), r"doc_idx\[0\] is 1"),
-    ],
-)
+CORRUPTIONS = [
+    (0, b"XX", "bad magic"),
+    (9, struct.pack("<Q", 2), "unsupported version"),
+    (17, b"\x09", "unknown dtype code"),
+    (18, struct.pack("<Q", 3), "truncated"),
+    (34, struct.pack("<i", -1), "negative size -1 at item 0"),
+    (34 + 4, struct.pack("<i", -1), "negative size -1 at item 1"),
+    (34 + 8 + 8, struct.pack("<q", 7), "pointer of item 1 is 7"),
+    (34 + 8 + 16 + 16, struct.pack("<q", 5), "doc_idx ends at 5"),
+    (34 + 8 + 16, struct.pack("<q", 1), r"doc_idx\[0\] is 1"),
+]
+
+
+@pytest.mark.parametrize(("offset", "data", "message"), CORRUPTIONS)
 def test_read_index_rejects_corruption(good, offset, data, message):
     _corrupt(good, offset, data)
     with pytest.raises(mmidx.CorruptDatasetError, match=message) as err:
         mmidx.read_index(f"{good}.idx")
     assert "g.idx" in str(err.value)
+
+
+@pytest.mark.parametrize("chunk_items", [1, 2, None])
+@pytest.mark.parametrize(("offset", "data", "message"), CORRUPTIONS)
+def test_scan_index_rejects_the_same_corruption_at_any_chunk_size(good, offset, data, message, chunk_items):
+    """The streamed check (chunks of 1 or 2 entries split the arrays everywhere) says what read_index says."""
+    _corrupt(good, offset, data)
+    with pytest.raises(mmidx.CorruptDatasetError, match=message):
+        mmidx.scan_index(f"{good}.idx", chunk_items=chunk_items)
+
+
+@pytest.mark.parametrize("chunk_items", [1, 2, 3, None])
+def test_scan_index_counts(tmp_path, chunk_items):
+    with mmidx.DatasetWriter(tmp_path / "s", np.int32) as w:
+        for doc in ([[1, 2], [3]], [], [[4, 5, 6]], [[]], [[7]]):
+            for item in doc:
+                w.add_item(item)
+            w.end_document()
+    info = mmidx.scan_index(tmp_path / "s.idx", chunk_items=chunk_items)
+    full = mmidx.read_index(tmp_path / "s.idx")
+    assert (info.dtype, info.num_items, info.num_docs, info.num_tokens) == (np.dtype(np.int32), 5, 5, 7)
+    assert (full.num_items, full.num_docs, full.num_tokens) == (5, 5, 7)
+    assert info.file_size == (tmp_path / "s.idx").stat().st_size
+    mmidx.check_data_size(tmp_path / "s", info)
+
+
+def test_doc_idx_decreasing_across_a_chunk_boundary(tmp_path):
+    prefix = _write(tmp_path / "d", [[1], [2], [3]])  # doc_idx [0, 1, 2, 3]
+    _corrupt(prefix, 34 + 12 * 3 + 16, struct.pack("<q", 0))  # doc_idx [0, 1, 0, 3]
+    for chunk_items in (1, 2, 3):
+        with pytest.raises(mmidx.CorruptDatasetError, match="doc_idx decreases at entry 2"):
+            mmidx.scan_index(f"{prefix}.idx", chunk_items=chunk_items)
+
+
+def test_pointer_error_in_a_later_chunk_names_the_item(tmp_path):
+    prefix = _write(tmp_path / "p", [[1, 2], [3], [4, 5, 6], [7]])  # pointers 0, 4, 6, 12
+    _corrupt(prefix, 34 + 16 + 8 * 3, struct.pack("<q", 13))
+    with pytest.raises(mmidx.CorruptDatasetError, match="pointer of item 3 is 13"):
+        mmidx.scan_index(f"{prefix}.idx", chunk_items=2)
+
+
+def test_encode_header_is_the_index_header():
+    assert mmidx.encode_header(np.uint16, 3, 3) == mmidx.encode_index([3, 0, 2], [0, 2, 3], np.uint16)[:34]
+
+
+def test_pread_exact_names_the_file_at_eof(good):
+    with open(f"{good}.bin", "rb") as f:
+        assert mmidx.pread_exact(f.fileno(), 4, 2, f"{good}.bin") == struct.pack("<2H", 2, 3)
+        with pytest.raises(mmidx.CorruptDatasetError, match="g.bin: truncated"):
+            mmidx.pread_exact(f.fileno(), 12, 0, f"{good}.bin")
 
 
 def test_read_index_rejects_every_truncation(good):
@@ -134,6 +185,8 @@ def test_read_index_rejects_every_truncation(good):
         open(f"{good}.idx", "wb").write(raw[:cut])
         with pytest.raises(mmidx.CorruptDatasetError):
             mmidx.read_index(f"{good}.idx")
+        with pytest.raises(mmidx.CorruptDatasetError):
+            mmidx.scan_index(f"{good}.idx")
 
 
 def test_trailing_bytes_rejected(good):
