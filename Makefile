@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: help venv lint test test-unit test-cluster cluster-up cluster-up-accounting cluster-down cluster-status \
-        demo demo-down bench bench-goodput bench-merge lock
+        demo demo-down bench bench-goodput bench-scale bench-merge lock
 
 help:
 	@echo "make demo             run the pipeline on the embedded local cluster in real Airflow"
@@ -14,6 +14,7 @@ help:
 	@echo "make cluster-status   show what runs"
 	@echo "make bench            run the benchmarks"
 	@echo "make bench-goodput    the golden run's goodput (slice gaps, recomputed iterations, parity)"
+	@echo "make bench-scale      all 1024 C4 shards (tiny) through the data stages; extrapolated to real C4"
 	@echo "make bench-merge      merge/validate peak memory at 40 vs 1024 dataset parts (no cluster needed)"
 
 venv:
@@ -55,6 +56,9 @@ bench: cluster-up
 
 bench-goodput: cluster-up
 	$(PY) bench/bench_goodput.py
+
+bench-scale: cluster-up
+	$(PY) bench/bench_scale.py
 
 bench-merge: venv
 	$(PY) bench/bench_merge_memory.py
