@@ -110,7 +110,10 @@ ensure_packages() {
 
 # --- configuration --------------------------------------------------------------------------------------
 write_slurm_conf() {
-  local acct_lines
+  local acct_lines max_array_line=""
+  # Slurm's default MaxArraySize (1001: indices 0..1000) unless NEOXFLOW_MAX_ARRAY_SIZE says otherwise, so
+  # that the data arrays meet the limit a stock cluster has (tests lower it to prove the split)
+  [[ -n ${NEOXFLOW_MAX_ARRAY_SIZE:-} ]] && max_array_line="MaxArraySize=$NEOXFLOW_MAX_ARRAY_SIZE"
   if [[ ${ACCOUNTING:-0} == 1 ]]; then
     acct_lines="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -152,7 +155,7 @@ SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
 MpiDefault=none
-MaxArraySize=4096
+$max_array_line
 # node3 is the spare: a higher Weight makes Slurm allocate it only when node1/node2 cannot run a job
 NodeName=node[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT0-$((SLURMD_PORT0 + 1)) CPUs=2 RealMemory=8000 Weight=1 State=UNKNOWN
 NodeName=node3 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((SLURMD_PORT0 + 2)) CPUs=2 RealMemory=8000 Weight=100 State=UNKNOWN
@@ -382,9 +385,15 @@ cmd_up() {
     log "switching accounting to $ACCOUNTING: restarting slurm"
     stop_slurm
   fi
+  local conf_before
+  conf_before=$(cat "$SLURM_CONF" 2>/dev/null || true)
   write_slurm_conf
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then start_mariadb; start_slurmdbd; fi
+  if pid_alive "$RUN/slurmctld.pid" slurmctld && [[ $(cat "$SLURM_CONF") != "$conf_before" ]]; then
+    log "slurm.conf changed (e.g. NEOXFLOW_MAX_ARRAY_SIZE): scontrol reconfigure"
+    SLURM_CONF=$SLURM_CONF scontrol reconfigure
+  fi
   start_slurmctld
   start_slurmd node1
   start_slurmd node2

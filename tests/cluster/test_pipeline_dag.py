@@ -4,7 +4,9 @@ source -> moto S3 -> FSx folder -> tokens -> stand-in training across node1+node
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -378,3 +380,66 @@ def test_the_continuation_carries_unfinished_idle_runs_and_alerts_a_failed_one_o
             shutil.rmtree(ckpts / f"{run}.lock", ignore_errors=True)
             for suffix in (".record.json", ".attention.json"):
                 (ckpts / f"{run}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def array_limit_16(cluster_env):
+    """The cluster with MaxArraySize=16 (array task ids 0..15), restored to Slurm's default afterwards."""
+    up = [str(REPO / "scripts" / "localcluster.sh"), "up"]
+    subprocess.run(up, check=True, capture_output=True, env={**os.environ, "NEOXFLOW_MAX_ARRAY_SIZE": "16"})
+    try:
+        yield
+    finally:
+        env = {k: v for k, v in os.environ.items() if k != "NEOXFLOW_MAX_ARRAY_SIZE"}
+        subprocess.run(up, check=True, capture_output=True, env=env)
+
+
+def test_a_selection_larger_than_max_array_size_runs_in_strided_arrays(
+    fresh_run, monkeypatch, array_limit_16
+):
+    """40 shards on a cluster that takes arrays of at most 16 tasks (issue 19): sbatch refuses a 17-task
+    array; the data steps submit 16 tasks that stride over the 41 (40 + tokenizer) manifest lines, and
+    every shard is fetched, staged, tokenized, merged and validated, by the same Airflow tasks as 4 shards."""
+    import c4_fixture
+    from http_source import HttpSourceServer
+
+    name, fsx = fresh_run
+    refused = subprocess.run(
+        ["sbatch", "--array=0-16", "--wrap=true"], capture_output=True, text=True, env=os.environ
+    )
+    assert refused.returncode != 0 and "array" in refused.stderr.lower(), refused
+    data_dir = f"data-split-{name}"  # raw, tokens and manifests of its own
+    source_dir = fsx / data_dir / "source"
+    # the cluster source's seed and size: shards 0-3 are byte-identical to the S3 copies other tests made
+    c4_fixture.generate(str(source_dir), train=40, docs=400, seed=1234)
+    monkeypatch.setenv("NEOXFLOW_DATA_DIR", data_dir)
+    server = HttpSourceServer(str(source_dir)).start()
+    try:
+        run = load_dag("pythia_pretrain").test(
+            logical_date=datetime.now().astimezone(),
+            run_conf={"run_name": name, "shards": "0-39", "shard_url_template": server.base_url + "{name}"},
+            mark_success_pattern=r"(train|export)\..*",  # this test is about the data half
+        )
+        states = ti_states(run)
+        for step in ("fetch", "stage", "tokenize", "merge_validate"):
+            assert states[f"data.{step}"] == "success", states
+        plan = plan_of(run)
+        assert plan["data"]["fetch"]["array_lines"] == 41 and plan["data"]["tokenize"]["array_lines"] == 40
+        jobs = fsx / "runs" / name / "jobs"
+        for step, lines in (("fetch", 41), ("stage", 41), ("tokenize", 40)):
+            logs = sorted((jobs / f"nxf-{step}-{name}").glob("slurm-*_*.out"))
+            assert len(logs) == 16, f"{step}: {len(logs)} array tasks"  # ids 0..15, no more
+            text = "".join(p.read_text() for p in logs)
+            assert text.count(" of 16 (job ") == 16
+            if step == "tokenize":
+                assert text.count("shard c4-train.") == lines, text[-2000:]
+        summary = json.loads(Path(plan["layout"]["data_path"] + ".summary.json").read_text())
+        shards = [p for p in summary["datasets"] if p != plan["layout"]["data_path"]]
+        assert summary["ok"] and len(shards) == 40
+        assert summary["datasets"][plan["layout"]["data_path"]]["documents"] == 40 * 400
+        assert len(states) == len(
+            ti_states(trigger(run_name=f"{name}-d", dry_run=True))
+        )  # as many tasks as 4
+    finally:
+        server.stop()
+        shutil.rmtree(fsx / data_dir, ignore_errors=True)

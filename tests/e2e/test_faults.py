@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from neoxflow.pipeline.plan import plan_run
+from neoxflow.pipeline.plan import dataset_selection, plan_run
 from tests.conftest import REPO
 from tests.e2e.conftest import (
     DAG_ID,
@@ -264,7 +264,7 @@ def test_moto_scheduler_triggerer_sshd_faults_during_one_run(api, services, fsx,
     assert stage["state"] == "success", stage
     plan = api.xcom(DAG_ID, run_id, "prepare.plan")
     s3 = demo_run.aws_client(cluster_env)
-    names = plan["data"]["shards"]["names"]
+    names = dataset_selection(plan["dataset"]).names()
     for name in names:
         path = Path(layout["raw_dir"]) / name
         key = f"{plan['s3']['prefix'].strip('/')}/c4/en/{name}"

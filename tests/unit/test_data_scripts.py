@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -35,6 +36,8 @@ from neoxflow.data.render import (
     ArraySpec,
     UnsafeValueError,
     array_directive,
+    array_tasks,
+    manifest_digest,
     render_fetch_array,
     render_stage_array,
     render_tokenize_array,
@@ -595,6 +598,7 @@ def _spec(work: Path, **overrides) -> ArraySpec:
         job_name="c4-data",
         job_dir=str(work / "job"),
         scripts_dir=str(CLUSTER),
+        manifest_dir=str(work / "manifests"),
         python=sys.executable,
         parallelism=2,
     )
@@ -603,15 +607,26 @@ def _spec(work: Path, **overrides) -> ArraySpec:
 
 
 def _write_job(rendered, work: Path) -> Path:
+    """The script in its job folder and the manifest at the path named by its hash (ship_code's job)."""
     job = Path(rendered.job_dir)
     job.mkdir(parents=True, exist_ok=True)
-    for name, text in rendered.files().items():
-        (job / name).write_text(text)
+    (job / rendered.script_name).write_text(rendered.script)
+    manifest = Path(rendered.manifest_path)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(rendered.manifest)
     return job / rendered.script_name
 
 
-def _run_task(script: Path, index: int, env: dict) -> subprocess.CompletedProcess:
-    task_env = {**env, "SLURM_ARRAY_TASK_ID": str(index), "SLURM_ARRAY_JOB_ID": "42"}
+def _run_task(script: Path, index: int, env: dict, count: int | None = None) -> subprocess.CompletedProcess:
+    """Array task ``index`` of ``count`` (default: one task per manifest line), as Slurm would start it."""
+    if count is None:
+        count = int(re.search(r"#SBATCH --array=0-(\d+)%", script.read_text()).group(1)) + 1
+    task_env = {
+        **env,
+        "SLURM_ARRAY_TASK_ID": str(index),
+        "SLURM_ARRAY_TASK_COUNT": str(count),
+        "SLURM_ARRAY_JOB_ID": "42",
+    }
     return subprocess.run(["bash", str(script)], env=task_env, capture_output=True, text=True, timeout=120)
 
 
@@ -622,7 +637,8 @@ def test_rendered_fetch_and_stage_arrays_run_each_shard(source, shards_dir, s3, 
     spec = _spec(work, env={"AWS_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]})
     fetch = render_fetch_array(spec, entries, part_size=16 * 1024, retries=3)
     stage = render_stage_array(spec, entries)
-    assert fetch.array_size == 2 and "#SBATCH --array=0-1%2" in fetch.script
+    assert fetch.lines == fetch.array_tasks == 2 and "#SBATCH --array=0-1%2" in fetch.script
+    assert fetch.manifest_path == f"{work}/manifests/{fetch.manifest_sha256}.tsv" == stage.manifest_path
     env = {k: v for k, v in aws_env.items() if k != "AWS_ENDPOINT_URL"}  # must come from the script
     fetch_script, stage_script = _write_job(fetch, work), _write_job(stage, work)
     for index in range(2):
@@ -635,8 +651,8 @@ def test_rendered_fetch_and_stage_arrays_run_each_shard(source, shards_dir, s3, 
         assert proc.returncode == 0, proc.stderr
     for entry in entries:
         assert Path(entry.fsx_path).read_bytes() == (shards_dir / entry.name).read_bytes()
-    missing = _run_task(fetch_script, 2, env)
-    assert missing.returncode == 3 and "has no line 3" in missing.stderr
+    beyond = _run_task(fetch_script, 2, env)  # a task past the manifest's end has no line to take
+    assert beyond.returncode == 0 and "fetch_to_s3" not in beyond.stderr, beyond.stderr
 
 
 def _stub_python(work: Path) -> Path:
@@ -723,7 +739,8 @@ def test_container_image_runs_each_task_under_srun(work):
         )
     )
     assert json.loads((work / "calls.jsonl").read_text())["argv"][1:] == [
-        "--manifest", str(work / "job" / "stage.manifest"), "--index", "0"]  # fmt: skip
+        "--manifest", str(work / "manifests" / f"{manifest_digest(format_manifest(entries))}.tsv"),
+        "--index", "0"]  # fmt: skip
 
 
 def test_env_values_reach_the_task_literally(work):
@@ -760,11 +777,54 @@ def test_every_rendered_template_is_valid_bash_with_no_placeholder_left(work):
         assert "#SBATCH --array=0-4%5" in item.script, "parallelism is capped at the array size"
         assert "#SBATCH --partition=cpu\n#SBATCH --time=02:00:00\n#SBATCH --mem=8G" in item.script
         assert f"#SBATCH --output={work}/job/%x-%A_%a.out" in item.script
-        assert item.manifest.count("\n") == 5
+        assert item.manifest.count("\n") == 5 and item.lines == 5
+        assert f"MANIFEST={item.manifest_path}\nMANIFEST_LINES=5\n" in item.script
         check = subprocess.run(["bash", "-n"], input=item.script, capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         # no per-shard value is in the script itself
         assert entries[0].source not in item.script and "c4-train" not in item.script
+
+
+@pytest.mark.parametrize(
+    ("lines", "limit", "tasks"),
+    [(4, 1001, 4), (1001, 1001, 1001), (1025, 1001, 1001), (41, 16, 16), (1, 1, 1)],
+)
+def test_array_tasks_stop_at_the_clusters_limit(lines, limit, tasks):
+    assert array_tasks(lines, limit) == tasks
+
+
+def test_a_task_takes_every_nth_line_and_reports_the_worst_failure(work):
+    """Five lines in an array of two tasks (a cluster whose MaxArraySize is 2): task 0 takes lines 0, 2
+    and 4, task 1 lines 1 and 3. A failing line does not stop the others; the task's status is 3 when a
+    line failed for good, else the transient 75."""
+    stub = work / "bin" / "python-stub"
+    stub.parent.mkdir(parents=True, exist_ok=True)
+    stub.write_text(  # records its --index, and exits with the code the env var names for that line
+        f"#!{sys.executable}\nimport os, sys\ni = sys.argv[sys.argv.index('--index') + 1]\n"
+        "open(os.environ['STUB_OUT'], 'a').write(i + '\\n')\n"
+        "sys.exit(int(os.environ.get('EXIT_' + i, '0')))\n"
+    )
+    stub.chmod(0o755)
+    entries = build_manifest(ShardSelection.parse(5), s3_bucket="neox-data", fsx_dir=str(work / "raw"))
+    rendered = render_stage_array(_spec(work, python=str(stub)), entries, max_array_size=2)
+    assert rendered.lines == 5 and rendered.array_tasks == 2 and "#SBATCH --array=0-1%2" in rendered.script
+    script = _write_job(rendered, work)
+    out = work / "calls"
+    env = {**os.environ, "STUB_OUT": str(out)}
+    assert _run_task(script, 0, env).returncode == 0
+    assert out.read_text().split() == ["0", "2", "4"]
+    out.unlink()
+    assert _run_task(script, 1, env).returncode == 0
+    assert out.read_text().split() == ["1", "3"]
+    out.unlink()
+    assert _run_task(script, 0, {**env, "EXIT_0": "75"}).returncode == 75
+    assert out.read_text().split() == ["0", "2", "4"], "a failed line does not stop the task's other lines"
+    assert _run_task(script, 0, {**env, "EXIT_0": "3", "EXIT_4": "75"}).returncode == 3
+    no_count = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(script)], env={**no_count, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "runs as a Slurm array job" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """A validating dataset is reused only when it was built from the run's shard selection."""
 
+from neoxflow.data.shards import DEFAULT_URL_TEMPLATE, compact_indices
 from neoxflow.pipeline.tasks import selection_mismatch
 
 TOKENS = "/fsx/data/c4/tokens"
@@ -7,7 +8,10 @@ DATA = "/fsx/data/c4_openwebtext/c4_openwebtext_text_document"
 
 
 def _plan(stems: list[str]) -> dict:
-    return {"layout": {"data_path": DATA, "tokens_dir": TOKENS}, "data": {"shards": {"stems": stems}}}
+    """A plan selecting these shards (its dataset names them in the form's syntax, as plans do)."""
+    indices = [int(stem.split(".")[1].split("-")[0]) for stem in stems]
+    dataset = {"shards": compact_indices(indices), "url_template": DEFAULT_URL_TEMPLATE}
+    return {"layout": {"data_path": DATA, "tokens_dir": TOKENS}, "dataset": dataset}
 
 
 def _summary(stems: list[str]) -> dict:

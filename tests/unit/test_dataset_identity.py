@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from neoxflow.data.shards import shard_stem
 from neoxflow.neox.config import load_profile
-from neoxflow.pipeline.plan import plan_run
+from neoxflow.pipeline.plan import dataset_selection, manifest_texts, plan_run
 
 ENV = {"NEOXFLOW_TOKENIZER_SOURCE": "http://127.0.0.1:18080/20B_tokenizer.json"}
 
@@ -81,8 +82,11 @@ def test_the_merge_job_checks_the_tokenizer_then_builds_once(tmp_path):
     # the right tokenizer, the shipped code and two tokenized shards: merged, validated, summary written
     shutil.copy(TOKENIZER, tok)
     shutil.copytree(REPO / "include" / "cluster", lay["code_dir"])
-    for stem in p["data"]["shards"]["stems"]:
-        prefix = f"{lay['tokens_dir']}/{stem}_text_document"
+    for path, text in manifest_texts(p).items():  # what prepare.ship_code places
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    for name in dataset_selection(p["dataset"]).names():
+        prefix = f"{lay['tokens_dir']}/{shard_stem(name)}_text_document"
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         with mmidx.DatasetWriter(prefix, np.uint16) as writer:
             writer.add_document([5, 6, 7, 0])

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from neoxflow.data.shards import compact_indices
 from neoxflow.pipeline import record
 from neoxflow.pipeline.plan import plan_run
 
@@ -33,11 +34,11 @@ def planned(form: dict) -> record.RunRecord:
 def test_compact_indices_round_trips_the_form_syntax():
     from neoxflow.data.shards import ShardSelection
 
-    assert record.compact_indices([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert record.compact_indices((3,)) == "3"
-    for spec in ("0-15", "0,5,7", "subset", "all", "1000-1023,3"):
+    assert compact_indices([0, 1, 2, 5, 7, 8]) == "0-2,5-5,7-8"
+    assert compact_indices((3,)) == "3-3"  # not "3": the form reads that as the first three shards
+    for spec in ("0-15", "0,5,7", "subset", "all", "1000-1023,3", "3-3", "0-0", "7"):
         train = ShardSelection.parse(spec).train
-        assert ShardSelection.parse(record.compact_indices(train)).train == train
+        assert ShardSelection.parse(compact_indices(train)).train == train
 
 
 def test_the_issue_case_a_default_plan_of_a_recorded_run_continues_it_as_itself():

@@ -176,3 +176,17 @@ def test_array_task_ids():
     assert array_task_ids("5", "1,4-5") == ["5_1", "5_4", "5_5"]
     assert array_task_ids("5", "0-6:3") == ["5_0", "5_3", "5_6"]
     assert array_task_ids("5", None) is None
+
+
+def test_config_values_are_read_by_exact_key():
+    from neoxflow.slurm.parse import parse_config_value
+
+    out = (
+        "Configuration data as of 2026-12-03T11:40:00\n"
+        "MaxArraySize            = 1001\n"
+        "MaxArraySizeNote        = 7\n"
+        "MaxJobCount             = 10000\n"
+    )
+    assert parse_config_value(out, "MaxArraySize") == "1001"
+    assert parse_config_value(out, "MaxJobCount") == "10000"
+    assert parse_config_value(out, "MaxStepCount") is None

@@ -1,17 +1,23 @@
 """Render the data pipeline's Slurm array scripts (fetch, stage, tokenize) from a validated spec.
 
-Each data step is one Slurm job array: task i handles shard i (``--array=0-(N-1)%P``, P tasks at a
-time). The per-shard values (URLs, keys, paths) never enter the script: they go into a manifest file
-shipped beside it (``<job_dir>/<step>.manifest``, line i+1 for task i), which the cluster-side scripts
-read themselves. The few values that do enter the script come from the spec below; each one is checked
-against an allow-list (``neoxflow.slurm.validate``) and, where the shell sees it, shlex-quoted too.
+Each data step is one Slurm job array over the lines of a manifest: with A array tasks (``--array=0-(A-1)%P``,
+P at a time), task i takes lines i, i+A, i+2A, ... (``include/templates/each_manifest_line.sh``). A is the
+number of lines, or the cluster's ``MaxArraySize`` when the selection has more lines (Slurm's default is
+1001: all 1025 lines of C4 plus the tokenizer need the stride); the submit sizes it, the script follows.
 
-Pure: :func:`render_fetch_array` and friends return the file texts; uploading them to ``job_dir`` and
-running ``sbatch <job_dir>/<script>`` is the Slurm layer's job.
+The per-shard values (URLs, keys, paths) never enter the script: they go into the manifest, a file named
+by the hash of its content (``<manifest_dir>/<sha256>.tsv``, shipped once, shared by every job that lists
+the same lines), which the cluster-side scripts read themselves. The few values that do enter the script
+come from the spec below; each one is checked against an allow-list (``neoxflow.slurm.validate``) and,
+where the shell sees it, shlex-quoted too.
+
+Pure: :func:`render_fetch_array` and friends return the texts; shipping the manifest, uploading the script
+and running ``sbatch`` is the pipeline's and the Slurm layer's job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -29,7 +35,10 @@ from neoxflow.slurm.validate import (
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "include" / "templates"
 MAX_ARRAY_SIZE = 100_000
+#: Slurm's default ``MaxArraySize`` (indices 0..1000): what a plan assumes; the submit reads the cluster's.
+SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
+EACH_LINE_TEMPLATE = "each_manifest_line.sh"  # the loop over a task's manifest lines, shared by the steps
 _PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
 _IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
 _MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
@@ -53,7 +62,8 @@ class ArraySpec:
     """Where and how an array job runs; every field is validated by :meth:`checked`.
 
     :param job_name: Slurm job name (deterministic, so the Slurm layer can re-attach after a retry).
-    :param job_dir: absolute folder on the cluster holding the script, its manifest and (by default) logs.
+    :param job_dir: absolute folder on the cluster holding the script and (by default) its logs.
+    :param manifest_dir: absolute folder on the cluster holding manifests, each named by its content's hash.
     :param scripts_dir: absolute folder on the cluster holding ``include/cluster`` (fetch_to_s3.py ...).
     :param python: interpreter on the nodes (or in the container), absolute path or a bare name.
     :param parallelism: array tasks running at once (the ``%P`` of ``--array``).
@@ -67,6 +77,7 @@ class ArraySpec:
     job_name: str
     job_dir: str
     scripts_dir: str
+    manifest_dir: str
     python: str = "python3"
     parallelism: int = 4
     cpus_per_task: int = 1
@@ -78,7 +89,7 @@ class ArraySpec:
 
     def checked(self) -> ArraySpec:
         check_job_name(self.job_name, "job_name")
-        for name in ("job_dir", "scripts_dir"):
+        for name in ("job_dir", "scripts_dir", "manifest_dir"):
             _absolute(getattr(self, name), name)
         if self.log_dir is not None:
             _absolute(self.log_dir, "log_dir")
@@ -113,21 +124,33 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class RenderedArray:
-    """A rendered array job: the batch script and the manifest to place beside it in ``job_dir``."""
+    """A rendered array job: the batch script (for ``job_dir``) and the manifest it reads, which must be
+    at ``manifest_path`` before the job starts."""
 
     script_name: str
     script: str
-    manifest_name: str
     manifest: str
-    array_size: int
+    manifest_path: str
+    lines: int
+    array_tasks: int
     job_dir: str
 
-    def files(self) -> dict[str, str]:
-        return {self.script_name: self.script, self.manifest_name: self.manifest}
+    @property
+    def manifest_sha256(self) -> str:
+        return manifest_digest(self.manifest)
 
     @property
     def script_path(self) -> str:
         return f"{self.job_dir.rstrip('/')}/{self.script_name}"
+
+
+def manifest_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def manifest_path(manifest_dir: str, text: str) -> str:
+    """Where a manifest lives: named by its content, so a path names one list for good."""
+    return f"{manifest_dir.rstrip('/')}/{manifest_digest(text)}.tsv"
 
 
 def _absolute(value: object, name: str) -> str:
@@ -149,6 +172,14 @@ def array_directive(size: int, parallelism: int) -> str:
     """``0-(size-1)%P``, P capped at the array size."""
     _positive_int(size, "array size", MAX_ARRAY_SIZE)
     return f"0-{size - 1}%{min(parallelism, size)}"
+
+
+def array_tasks(lines: int, max_array_size: int) -> int:
+    """How many array tasks cover ``lines`` manifest lines on a cluster whose ``MaxArraySize`` is given:
+    one per line up to the limit (task ids 0..limit-1), the stride covering the rest."""
+    _positive_int(lines, "manifest lines", MAX_ARRAY_SIZE)
+    _positive_int(max_array_size, "max_array_size", MAX_ARRAY_SIZE)
+    return min(lines, max_array_size)
 
 
 def _check_entries(entries: Sequence[ManifestEntry | TokenizeEntry]) -> None:
@@ -177,7 +208,7 @@ def load_template(name: str, templates_dir: Path | None = None) -> str:
     return ((templates_dir or TEMPLATES_DIR) / name).read_text(encoding="utf-8")
 
 
-def _common_values(spec: ArraySpec, size: int, manifest_name: str) -> dict[str, str]:
+def _common_values(spec: ArraySpec, step: str, lines: int, tasks: int, manifest: str) -> dict[str, str]:
     launch: list[str] = []
     if spec.image:
         launch = ["srun", f"--container-image={spec.image}"]
@@ -187,16 +218,19 @@ def _common_values(spec: ArraySpec, size: int, manifest_name: str) -> dict[str, 
     exports = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in check_env(spec.env).items())
     return {
         "JOB_NAME": spec.job_name,
-        "ARRAY": array_directive(size, spec.parallelism),
+        "ARRAY": array_directive(tasks, spec.parallelism),
         "LOG_DIR": (spec.log_dir or spec.job_dir).rstrip("/") or "/",
         "CPUS": str(spec.cpus_per_task),
         "SBATCH_EXTRA": extra,
-        "JOB_DIR": shlex.quote(spec.job_dir),
         "SCRIPTS_DIR": shlex.quote(spec.scripts_dir),
         "PYTHON": shlex.quote(spec.python),
         "LAUNCH": " ".join(shlex.quote(word) for word in launch),
         "EXPORTS": exports,
-        "MANIFEST_NAME": shlex.quote(manifest_name),
+        "MANIFEST": shlex.quote(manifest),
+        "MANIFEST_LINES": str(lines),
+        "EACH_LINE": fill_template(
+            load_template(EACH_LINE_TEMPLATE), {"STEP": step}, template=EACH_LINE_TEMPLATE
+        ).rstrip("\n"),
     }
 
 
@@ -207,18 +241,22 @@ def _render(
     entries: Sequence[ManifestEntry | TokenizeEntry],
     extra_values: Mapping[str, str],
     templates_dir: Path | None,
+    max_array_size: int,
 ) -> RenderedArray:
     spec = spec.checked()
     _check_entries(entries)
-    manifest_name = f"{step}.manifest"
-    values = {**_common_values(spec, len(entries), manifest_name), **extra_values}
+    manifest = format_manifest(entries)
+    path = manifest_path(spec.manifest_dir, manifest)
+    tasks = array_tasks(len(entries), max_array_size)
+    values = {**_common_values(spec, step, len(entries), tasks, path), **extra_values}
     script = fill_template(load_template(template_name, templates_dir), values, template=template_name)
     return RenderedArray(
         script_name=f"{step}_array.sbatch",
         script=script,
-        manifest_name=manifest_name,
-        manifest=format_manifest(entries),
-        array_size=len(entries),
+        manifest=manifest,
+        manifest_path=path,
+        lines=len(entries),
+        array_tasks=tasks,
         job_dir=spec.job_dir,
     )
 
@@ -230,20 +268,25 @@ def render_fetch_array(
     part_size: int = 64 * 1024 * 1024,
     retries: int = 5,
     templates_dir: Path | None = None,
+    max_array_size: int = SLURM_DEFAULT_MAX_ARRAY_SIZE,
 ) -> RenderedArray:
     """Array job running ``fetch_to_s3.py`` on each entry (HTTP/S3/file source -> S3)."""
     _positive_int(part_size, "part_size", 5 * 1024**3)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise UnsafeValueError("retries", retries, "must be an integer in 0..100")
     extra = {"PART_SIZE": str(part_size), "RETRIES": str(retries)}
-    return _render("fetch_array.sbatch", "fetch", spec, entries, extra, templates_dir)
+    return _render("fetch_array.sbatch", "fetch", spec, entries, extra, templates_dir, max_array_size)
 
 
 def render_stage_array(
-    spec: ArraySpec, entries: Sequence[ManifestEntry], *, templates_dir: Path | None = None
+    spec: ArraySpec,
+    entries: Sequence[ManifestEntry],
+    *,
+    templates_dir: Path | None = None,
+    max_array_size: int = SLURM_DEFAULT_MAX_ARRAY_SIZE,
 ) -> RenderedArray:
     """Array job running ``stage_to_fsx.py`` on each entry (S3 -> FSx, verified, atomic)."""
-    return _render("stage_array.sbatch", "stage", spec, entries, {}, templates_dir)
+    return _render("stage_array.sbatch", "stage", spec, entries, {}, templates_dir, max_array_size)
 
 
 def render_tokenize_array(
@@ -255,6 +298,7 @@ def render_tokenize_array(
     skip_existing: bool = True,
     extra_flags: Mapping[str, str | None] | None = None,
     templates_dir: Path | None = None,
+    max_array_size: int = SLURM_DEFAULT_MAX_ARRAY_SIZE,
 ) -> RenderedArray:
     """Array job running NeoX-compatible ``preprocess_data.py`` on each staged shard.
 
@@ -284,4 +328,4 @@ def render_tokenize_array(
         "SKIP_EXISTING": "1" if skip_existing else "0",
         "EXTRA_FLAGS": " ".join(shlex.quote(f) for f in flags),
     }
-    return _render("tokenize_array.sbatch", "tokenize", spec, entries, extra, templates_dir)
+    return _render("tokenize_array.sbatch", "tokenize", spec, entries, extra, templates_dir, max_array_size)

@@ -155,6 +155,24 @@ def validate_url_template(template: str, *, field: str = "url_template") -> str:
     return template
 
 
+def compact_indices(indices: list[int] | tuple[int, ...]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5-5,7-8"``: a selection in the form's syntax (plans and records).
+
+    A lone shard is written as a one-shard range (``[3]`` -> ``"3-3"``): the form reads a bare number as a
+    count (``"3"`` = the first three shards), so ``"3"`` would name another selection."""
+    parts: list[str] = []
+    ordered = sorted(set(indices))
+    start = prev = None
+    for i in [*ordered, None]:
+        if start is not None and (i is None or i != prev + 1):
+            parts.append(f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class ShardSelection:
     """Validated choice of C4 shards for one run (indices sorted and unique)."""

@@ -19,7 +19,14 @@ from airflow.providers.ssh.hooks.ssh import SSHHook, SSHHookAsync
 
 from neoxflow.slurm import commands
 from neoxflow.slurm.commands import ProbeRequest, split_probe_output
-from neoxflow.slurm.parse import JobStatus, TaskState, parse_sacct, parse_sbatch_parsable, parse_squeue
+from neoxflow.slurm.parse import (
+    JobStatus,
+    TaskState,
+    parse_config_value,
+    parse_sacct,
+    parse_sbatch_parsable,
+    parse_squeue,
+)
 from neoxflow.slurm.status import status_from_probe
 from neoxflow.slurm.validate import check_remote_path
 
@@ -133,6 +140,12 @@ class SlurmSSHHook:
 
     def cancel(self, job_id: str) -> None:
         self.run(commands.scancel_command(job_id))
+
+    def max_array_size(self) -> int | None:
+        """The cluster's ``MaxArraySize`` (array task ids run 0..value-1); None when it cannot be read."""
+        status, out, _ = self.run(commands.show_config_command(), check=False)
+        value = parse_config_value(out.decode("utf-8", "replace"), "MaxArraySize") if status == 0 else None
+        return int(value) if value and value.isdigit() and int(value) > 0 else None
 
     def accounting_states(self, job_id: str, start_day: str) -> dict[str, str]:
         """sacct's state word per job/array task (``CANCELLED by 0``...); {} when accounting is off or

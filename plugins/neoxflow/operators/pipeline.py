@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from neoxflow.data.render import SLURM_DEFAULT_MAX_ARRAY_SIZE, array_directive, array_tasks
 from neoxflow.operators.slurm import SlurmJobFailed, SlurmOperator
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled
 from neoxflow.slurm import commands
@@ -58,9 +59,33 @@ class PlannedSlurmOperator(SlurmOperator):
         self.job_name = job["job_name"]
         self.files = job.get("files") or {}
         self.array = job.get("array")
+        if job.get("array_lines"):
+            self.array = self._fitted_array(job["array_lines"], job["array_parallelism"])
         self.output_path = job.get("output")
         self.sbatch_options = job.get("sbatch_options") or {}
         return super().execute(context)
+
+    def _fitted_array(self, lines: int, parallelism: int) -> str:
+        """The ``--array`` for a manifest of ``lines`` lines on this cluster: one task per line up to the
+        cluster's ``MaxArraySize``, fewer tasks striding over the lines beyond it (the script follows
+        ``SLURM_ARRAY_TASK_COUNT``). Read at every submit: the plan cannot know the cluster's limit."""
+        limit = self.hook.max_array_size()
+        if limit is None:
+            limit = SLURM_DEFAULT_MAX_ARRAY_SIZE
+            self.log.warning(
+                "Could not read MaxArraySize from the cluster: assuming Slurm's default %d", limit
+            )
+        tasks = array_tasks(lines, limit)
+        if tasks < lines:
+            self.log.info(
+                "%d manifest lines in %d array tasks (the cluster's MaxArraySize is %d): each task takes "
+                "every %d-th line",
+                lines,
+                tasks,
+                limit,
+                tasks,
+            )
+        return array_directive(tasks, parallelism)
 
 
 def _names(hook, command: str) -> set[str]:

@@ -1,10 +1,14 @@
 """Plan a pretraining run: every path, script and manifest, computed without touching the cluster.
 
 Pure functions from (RunRequest, Profile) to JSON-serialisable plans that the DAG's tasks carry through
-XCom and the Slurm operators submit. A dry run shows exactly these plans. Paths follow the profile:
+XCom and the Slurm operators submit. A dry run shows exactly these plans. A plan stays small whatever the
+selection (all 1024 shards: a few KB): per-shard lists are manifests named by their hash, which the plan
+points to and ``prepare.ship_code`` places (``manifest_texts`` derives them again and checks the hashes).
+Paths follow the profile:
 
     <fsx>/code/<hash>/                 include/cluster, shipped once per content hash
     <fsx>/data/c4/raw/<shard>          staged C4 shards (S3 copy is the durable one)
+    <fsx>/data/manifests/<sha256>.tsv  the data jobs' per-shard lines, named by content (S3 has a copy)
     <fsx>/data/c4/tokens/<tokens_id>/<stem>_text_document.{bin,idx}   per tokenizer and options
     <fsx>/data/<dataset folder>/<dataset_id>/<name>.{bin,idx}         data_path: the merged dataset NeoX
                                        trains on, named by what it is built from (never rebuilt in place)
@@ -23,13 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from neoxflow.data.fsx import FsxTaskError, client_token, import_task_request
-from neoxflow.data.render import ArraySpec, render_fetch_array, render_stage_array, render_tokenize_array
+from neoxflow.data.render import (
+    ArraySpec,
+    RenderedArray,
+    render_fetch_array,
+    render_stage_array,
+    render_tokenize_array,
+)
 from neoxflow.data.shards import (
     DEFAULT_URL_TEMPLATE,
+    ManifestEntry,
     ShardSelection,
+    TokenizeEntry,
     build_manifest,
     build_tokenize_manifest,
-    shard_stem,
+    compact_indices,
+    format_manifest,
     tokenizer_entry,
 )
 from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
@@ -38,6 +51,8 @@ from neoxflow.slurm.validate import check_remote_path
 
 CLUSTER_CODE = Path(__file__).resolve().parents[3] / "include" / "cluster"
 q = shlex.quote
+#: The data steps that are Slurm arrays over a manifest.
+ARRAY_STEPS = ("fetch", "stage", "tokenize")
 #: How tokenize_array.sbatch runs preprocess_data.py on every shard: part of each dataset's identity.
 PREPROCESS = {
     "tokenizer_type": "HFTokenizer",
@@ -67,7 +82,18 @@ def dataset_identity(selection: ShardSelection, profile: Profile) -> dict[str, A
     )
     tokens = {"tokenizer": tokenizer, "preprocess": PREPROCESS}
     built_from = {"shards": selection.names(), "url_template": selection.url_template, **tokens}
-    return {"id": _digest(built_from), "tokens_id": _digest(tokens), **built_from}
+    # the id hashes every shard name; the plan carries the selection in the form's syntax ("0-1023")
+    return {
+        "id": _digest(built_from),
+        "tokens_id": _digest(tokens),
+        **built_from,
+        "shards": compact_indices(selection.train),
+    }
+
+
+def dataset_selection(dataset: dict[str, Any]) -> ShardSelection:
+    """The shard selection a plan's ``dataset`` names (its compact ``shards`` and its ``url_template``)."""
+    return ShardSelection.parse(dataset["shards"], url_template=dataset["url_template"])
 
 
 def cluster_code_files() -> dict[str, bytes]:
@@ -96,6 +122,7 @@ class RunLayout:
     run_dir: str
     jobs_dir: str
     lock_dir: str
+    manifest_dir: str
 
     def to_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
@@ -115,6 +142,7 @@ def layout(profile: Profile, run_name: str, code_digest: str, dataset: dict[str,
         run_dir=paths.run_dir,
         jobs_dir=posixpath.join(paths.run_dir, "jobs"),
         lock_dir=paths.checkpoint_dir + ".lock",
+        manifest_dir=posixpath.join(profile.data_dir, "manifests"),
     )
     for name, value in values.to_dict().items():
         check_remote_path(value, name)
@@ -151,6 +179,7 @@ def _array_spec(profile: Profile, lay: RunLayout, step: str, run_name: str, para
         job_name=job_name,
         job_dir=posixpath.join(lay.jobs_dir, job_name),
         scripts_dir=lay.code_dir,
+        manifest_dir=lay.manifest_dir,
         python=cluster.python,
         parallelism=parallelism,
         image=cluster.container_image if step == "tokenize" else None,
@@ -159,22 +188,28 @@ def _array_spec(profile: Profile, lay: RunLayout, step: str, run_name: str, para
     )
 
 
-def _job_plan(spec: ArraySpec, rendered, array: str | None) -> dict[str, Any]:
-    files = rendered.files()
-    script = files.pop(rendered.script_name)
+def _job_plan(spec: ArraySpec, rendered: RenderedArray) -> dict[str, Any]:
+    """A data step's job: its script, and the array the submit fits to the cluster's MaxArraySize
+    (``array_lines`` manifest lines, ``array_parallelism`` tasks at a time; ``array`` as planned for
+    Slurm's default limit, what a dry run shows)."""
     return {
         "job_name": spec.job_name,
         "remote_dir": posixpath.dirname(spec.job_dir),
-        "script": script,
-        "files": files,
-        "array": array,
+        "script": rendered.script,
+        "files": {},
+        "array": f"0-{rendered.array_tasks - 1}%{min(spec.parallelism, rendered.array_tasks)}",
+        "array_lines": rendered.lines,
+        "array_parallelism": spec.parallelism,
+        "manifest": {"path": rendered.manifest_path, "sha256": rendered.manifest_sha256},
         "output": None,
     }
 
 
-def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[str, dict[str, Any]]:
-    """fetch (source -> S3), stage (S3 -> FSx), tokenize (per shard), merge+validate (one job)."""
-    selection = selection_for(request, profile)
+def _data_entries(
+    selection: ShardSelection, profile: Profile, lay: RunLayout
+) -> tuple[list[ManifestEntry], list[TokenizeEntry]]:
+    """The data jobs' lines: what fetch and stage move (the shards, then the tokenizer), and what tokenize
+    reads and writes (the shards)."""
     prefix = profile.s3_prefix.strip("/")
     entries = build_manifest(
         selection, s3_bucket=profile.s3_bucket, s3_prefix=f"{prefix}/c4/en", fsx_dir=lay.raw_dir
@@ -185,22 +220,39 @@ def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[st
         s3_prefix=f"{prefix}/tokenizers",
         fsx_dir=posixpath.dirname(lay.tokenizer_fsx),
     )
-    moving = [*entries, tokenizer]
+    return [*entries, tokenizer], build_tokenize_manifest(entries, tokens_dir=lay.tokens_dir)
+
+
+def manifest_texts(plan: dict[str, Any]) -> dict[str, str]:
+    """The texts of the manifests a plan points to, by the path it names them at: derived again from the
+    plan's compact selection and layout, each checked against the hash the plan recorded (a code change
+    between planning and shipping must not put other lines under a planned name)."""
+    profile = load_profile(plan["profile"])
+    lay = RunLayout(**plan["layout"])
+    moving, tokenize = _data_entries(dataset_selection(plan["dataset"]), profile, lay)
+    texts = {format_manifest(moving), format_manifest(tokenize)}
+    by_hash = {hashlib.sha256(text.encode()).hexdigest(): text for text in texts}
+    out: dict[str, str] = {}
+    for path, sha in plan["manifests"].items():
+        if sha not in by_hash:
+            raise ValueError(f"manifest {path}: the plan's lines cannot be derived again (sha256 {sha})")
+        out[path] = by_hash[sha]
+    return out
+
+
+def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[str, dict[str, Any]]:
+    """fetch (source -> S3), stage (S3 -> FSx), tokenize (per shard), merge+validate (one job)."""
+    moving, tok_entries = _data_entries(selection_for(request, profile), profile, lay)
     parallelism = int((profile.raw.get("data") or {}).get("parallelism") or 8)
     plans: dict[str, dict[str, Any]] = {}
     for step, render in (("fetch", render_fetch_array), ("stage", render_stage_array)):
         spec = _array_spec(profile, lay, step, request.run_name, parallelism)
-        rendered = render(spec, moving)
-        plans[step] = _job_plan(spec, rendered, f"0-{len(moving) - 1}%{min(parallelism, len(moving))}")
-    tok_entries = build_tokenize_manifest(entries, tokens_dir=lay.tokens_dir)
+        plans[step] = _job_plan(spec, render(spec, moving))
     spec = _array_spec(profile, lay, "tokenize", request.run_name, parallelism)
     rendered = render_tokenize_array(spec, tok_entries, vocab_file=lay.tokenizer_fsx)
-    plans["tokenize"] = _job_plan(
-        spec, rendered, f"0-{len(tok_entries) - 1}%{min(parallelism, len(tok_entries))}"
-    )
-    shard_prefixes = [e.output_prefix + "_text_document" for e in tok_entries]
-    plans["merge"] = merge_plan(profile, lay, request.run_name, shard_prefixes)
-    plans["shards"] = {"names": [e.name for e in entries], "stems": [shard_stem(e.name) for e in entries]}
+    plans["tokenize"] = _job_plan(spec, rendered)
+    plans["merge"] = merge_plan(profile, lay, request.run_name, rendered.manifest_path)
+    prefix = profile.s3_prefix.strip("/")
     plans["import"] = import_plan(profile, lay, f"s3://{profile.s3_bucket}/{prefix}/c4/en/")
     return plans
 
@@ -238,16 +290,17 @@ def import_plan(profile: Profile, lay: RunLayout, repository_path: str) -> dict[
     }
 
 
-def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: list[str]) -> dict[str, Any]:
+def merge_plan(profile: Profile, lay: RunLayout, run_name: str, tokenize_manifest: str) -> dict[str, Any]:
     """One job: merge per-shard outputs into the dataset NeoX reads, then validate it and every shard.
 
-    The summary (documents and tokens per shard) is written next to the dataset for the run's report.
+    The shards are the tokenize manifest's lines (``--prefixes-from-manifest``: no command line grows with
+    the selection). The summary (documents and tokens per shard) is written next to the dataset for the
+    run's report.
     """
     python = profile.cluster.python
     summary = lay.data_path + ".summary.json"
-    validate = f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} " + " ".join(
-        q(p) for p in shard_prefixes
-    )
+    shards = f"--prefixes-from-manifest {q(tokenize_manifest)}"
+    validate = f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} {shards}"
     lines = [
         "#!/bin/bash",
         "#SBATCH --ntasks=1",
@@ -265,8 +318,7 @@ def merge_plan(profile: Profile, lay: RunLayout, run_name: str, shard_prefixes: 
         )
     lines += [
         f"mkdir -p {q(posixpath.dirname(lay.data_path))}",
-        f"{q(python)} {q(lay.code_dir + '/merge_datasets.py')} --output-prefix {q(lay.data_path)} "
-        + " ".join(q(p) for p in shard_prefixes),
+        f"{q(python)} {q(lay.code_dir + '/merge_datasets.py')} --output-prefix {q(lay.data_path)} {shards}",
         # a unique temporary name: two runs merging the same dataset at once never share a file
         f"tmp=$(mktemp {q(summary)}.tmp.XXXXXX)",
         f'{validate} > "$tmp"',
@@ -312,6 +364,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
     train = train_plan(request, profile, cfg, lay)
+    data = data_plans(request, profile, lay)
     return {
         "request": {
             k: v
@@ -345,9 +398,11 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
             "gpus_per_node": cfg.gpus_per_node,
         },
         "train": train,
-        "data": data_plans(request, profile, lay),
+        "data": data,
+        # the manifests the data jobs read (path -> sha256): prepare.ship_code places them on FSx and in S3
+        "manifests": {data[s]["manifest"]["path"]: data[s]["manifest"]["sha256"] for s in ARRAY_STEPS},
         # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
-        "dataset": {**dataset, "train_indices": list(selection.train)},
+        "dataset": dataset,
         "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
         "dry_run": request.dry_run,
     }

@@ -137,21 +137,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def compact_indices(indices: list[int] | tuple[int, ...]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2,5,7-8"``: the recorded shard selection, in the form's syntax."""
-    parts: list[str] = []
-    ordered = sorted(set(indices))
-    start = prev = None
-    for i in [*ordered, None]:
-        if start is not None and (i is None or i != prev + 1):
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if i is not None and start is None:
-            start = i
-        prev = i
-    return ",".join(parts)
-
-
 def fixed_part(*, model_size: str, neox_config: Mapping[str, Any], dataset: Mapping[str, Any]) -> dict:
     """What defines the trained model: every config key not known to be per-slice, and the dataset (its
     id, and what it is built from: shards, source, tokenizer, preprocessing options)."""
@@ -216,13 +201,16 @@ def record_from_plan(plan: Mapping[str, Any], form: Mapping[str, Any]) -> RunRec
     effective ones where the profile filled a blank: a continuation must not pick up a changed default)."""
     import yaml  # NeoX reads its config with PyYAML: compare what it will see
 
+    from neoxflow.pipeline.plan import dataset_selection
+
     cfg = plan["config"]
     neox = yaml.safe_load(cfg["rendered"])
-    dataset = plan["dataset"]
+    # the record names every shard (the plan carries the compact selection only: it stays small)
+    dataset = {**plan["dataset"], "shards": dataset_selection(plan["dataset"]).names()}
     request = {
         "profile": plan["profile"],
         "model_size": cfg["size"],
-        "shards": compact_indices(dataset["train_indices"]),
+        "shards": plan["dataset"]["shards"],
         "shard_url_template": form.get("shard_url_template") or None,
         "train_iters": neox.get("train_iters"),
         "checkpoint_interval": neox.get("checkpoint_factor"),

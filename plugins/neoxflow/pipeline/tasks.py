@@ -12,11 +12,13 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from neoxflow.data.shards import shard_stem
 from neoxflow.hooks.slurm import SlurmSSHHook
 from neoxflow.pipeline import continuation, lock, record
-from neoxflow.pipeline.plan import cluster_code_files, plan_run
+from neoxflow.pipeline.plan import cluster_code_files, dataset_selection, manifest_texts, plan_run
 
 log = logging.getLogger(__name__)
+DRY_RUN_MANIFEST_LINES = 8  # a dry run's log shows the head of each manifest, not 1025 lines
 SSH_CONN_ID = "neoxflow_cluster"
 AWS_CONN_ID = "aws_default"
 q = shlex.quote
@@ -73,8 +75,15 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
         for step, job in plan["data"].items():
             if isinstance(job, dict) and "script" in job:
                 log.info("--- %s: %s/%s\n%s", step, job["remote_dir"], job["job_name"], job["script"])
-                for name, text in (job.get("files") or {}).items():
-                    log.info("--- %s: %s\n%s", step, name, text)
+        for path, text in manifest_texts(plan).items():
+            lines = text.splitlines()
+            shown = "\n".join(lines[:DRY_RUN_MANIFEST_LINES])
+            more = (
+                f"\n... {len(lines) - DRY_RUN_MANIFEST_LINES} more"
+                if len(lines) > DRY_RUN_MANIFEST_LINES
+                else ""
+            )
+            log.info("--- manifest %s (%d lines)\n%s%s", path, len(lines), shown, more)
     return plan
 
 
@@ -324,12 +333,28 @@ def ship_code(plan: dict[str, Any]) -> str:
     if not s3.check_for_bucket(plan["s3"]["bucket"]):
         s3.create_bucket(bucket_name=plan["s3"]["bucket"])
         log.info("Created bucket %s", plan["s3"]["bucket"])
+    ship_manifests(plan, hook, s3)
     # the run of record's durable copy, beside the run's report (FSx scratch can be lost; S3 is not)
     _, text, _ = hook.run(record.read_command(plan["record"]["path"]))
     if text.strip():
         key = posixpath.join(plan["s3"]["prefix"].strip("/"), "runs", plan["run_name"], record.RECORD_NAME)
         s3.load_bytes(text, key=key, bucket_name=plan["s3"]["bucket"], replace=True)
     return code_dir
+
+
+def ship_manifests(plan: dict[str, Any], hook: Any, s3: Any) -> None:
+    """Place the manifests the plan points to on FSx (where the data jobs read them) and in S3 (the
+    durable copy). Each is named by its content's hash, so one that exists is the right one: skipped."""
+    texts = manifest_texts(plan)
+    prefix = posixpath.join(plan["s3"]["prefix"].strip("/"), "manifests")
+    for path, text in texts.items():
+        status, _, _ = hook.run(f"test -s {q(path)}", check=False)
+        if status != 0:
+            hook.upload(text.encode(), path)
+            log.info("Shipped manifest %s (%d lines)", path, text.count("\n"))
+        key = posixpath.join(prefix, posixpath.basename(path))
+        if not s3.check_for_key(key, bucket_name=plan["s3"]["bucket"]):
+            s3.load_string(text, key=key, bucket_name=plan["s3"]["bucket"])
 
 
 def dataset_needs_work(plan: dict[str, Any]) -> bool:
@@ -372,9 +397,8 @@ def selection_mismatch(summary: dict[str, Any], plan: dict[str, Any]) -> str | N
     or None when it was. A run asking for other shards must not train on another selection's data."""
     lay = plan["layout"]
     built = {p for p in summary.get("datasets", {}) if p != lay["data_path"]}
-    wanted = {
-        posixpath.join(lay["tokens_dir"], f"{stem}_text_document") for stem in plan["data"]["shards"]["stems"]
-    }
+    names = dataset_selection(plan["dataset"]).names()
+    wanted = {posixpath.join(lay["tokens_dir"], f"{shard_stem(name)}_text_document") for name in names}
     if built == wanted:
         return None
     differences = []

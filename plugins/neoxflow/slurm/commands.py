@@ -132,6 +132,11 @@ def node_names_command(partition: str | None = None, *, unhealthy: bool = False)
     return " ".join(q(a) for a in args)
 
 
+def show_config_command() -> str:
+    """The controller's configuration (``Key = value`` lines): limits such as ``MaxArraySize``."""
+    return "scontrol show config"
+
+
 def mkdir_command(path: str) -> str:
     return f"mkdir -p -- {q(check_remote_path(path, 'path'))}"
 

@@ -128,6 +128,15 @@ def parse_scontrol(stdout: str) -> list[TaskState]:
     return rows
 
 
+def parse_config_value(stdout: str, key: str) -> str | None:
+    """One value of ``scontrol show config`` (``MaxArraySize             = 1001``), None when absent."""
+    for line in stdout.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
+
+
 SACCT_FORMAT = "JobID,JobName,State,ExitCode,Reason,NodeList,Start,End,Elapsed"
 
 
