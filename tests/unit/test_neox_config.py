@@ -639,3 +639,17 @@ def test_profile_slices_section_is_checked_at_load_time_naming_its_line() -> Non
     assert str(info.value) == f"p.yaml:{line}: slices.slack must be a fraction in [0, 1), got 1.5"
     good = parse_profile(text.replace("slack: 1.5", "slack: 0.25"), "p.yaml")
     assert good.raw["slices"]["slack"] == 0.25
+
+
+def test_scheduling_keys_are_checked_at_load_naming_line_and_key() -> None:
+    text = PROFILE.replace(
+        '  time_limit: "01:00:00"\n', '  time_limit: "01:00:00"\n  account: proj-7\n  qos: high\n'
+    )
+    p = parse_profile(text, "p.yaml")
+    assert p.cluster.scheduling() == {"account": "proj-7", "qos": "high"}
+    bad = PROFILE.replace('  time_limit: "01:00:00"\n', '  time_limit: "01:00:00"\n  account: "x; reboot"\n')
+    with pytest.raises(ProfileError) as info:
+        parse_profile(bad, "p.yaml")
+    assert str(info.value).startswith(
+        "p.yaml:6: cluster.account: 'x; reboot' is not a valid sbatch --account"
+    )

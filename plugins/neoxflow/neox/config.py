@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
+
 #: Repository root: plugins/neoxflow/neox/config.py -> parents[3]. The same relative layout holds in an
 #: Astro-style Airflow image (plugins/ and include/ side by side).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -707,6 +709,10 @@ class ProfileError(ValueError):
         super().__init__("\n".join(lines))
 
 
+#: Profile keys under ``cluster:`` that become sbatch options of every job (validated as sbatch values).
+SCHEDULING_KEYS = ("account", "qos", "reservation", "constraint")
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """Shape and launch settings of the Slurm cluster a profile targets (checked again by launch.py)."""
@@ -723,6 +729,17 @@ class ClusterSpec:
     neox_dir: str | None = None
     master_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # where and on whose budget every job of the profile runs (most production clusters require an account)
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+
+    def scheduling(self) -> dict[str, str]:
+        """The sbatch options every job of the profile carries (data, training, export): the partition
+        and the ``SCHEDULING_KEYS`` that are set."""
+        keys = ("partition", *SCHEDULING_KEYS)
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
 
 
 @dataclass(frozen=True)
@@ -942,6 +959,16 @@ class _ProfileReader:
         def sha256_hex(v: str) -> str | None:
             return None if re.fullmatch(r"[0-9a-f]{64}", v) else "must be 64 lowercase hex digits (a sha256)"
 
+        def sbatch_value(option: str):
+            def check(v: str) -> str | None:
+                try:
+                    check_sbatch_option(option, v)
+                except UnsafeValueError as err:
+                    return f"{v!r} is not a valid sbatch --{option} value ({err})"
+                return None
+
+            return check
+
         def relative(v: str) -> str | None:
             parts = v.split("/")
             return (
@@ -986,7 +1013,11 @@ class _ProfileReader:
         cluster = dict(
             nodes=self.get(("cluster", "nodes"), int, check=positive),
             gpus_per_node=self.get(("cluster", "gpus_per_node"), int, check=positive),
-            partition=self.get(("cluster", "partition"), str, default=None),
+            partition=self.get(("cluster", "partition"), str, default=None, check=sbatch_value("partition")),
+            **{
+                key: self.get(("cluster", key), str, default=None, check=sbatch_value(key))
+                for key in SCHEDULING_KEYS
+            },
             time_limit=self.get(("cluster", "time_limit"), str),
             stop_before_limit_s=self.get(
                 ("cluster", "stop_before_limit_s"), int, default=300, check=positive

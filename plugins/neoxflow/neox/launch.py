@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neoxflow.neox.config import REPO_ROOT, ConfigError, ConfigValidationError, Profile, RunConfig
+from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
 
 TEMPLATE_DIR = REPO_ROOT / "include" / "templates"
 PRODUCTION_TEMPLATE = "train.sbatch"
@@ -90,6 +91,9 @@ class LaunchSpec:
     stop_before_limit_s: int = 300
     partition: str | None = None
     account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
     comment: str | None = None
     container_image: str | None = None
     container_mounts: tuple[str, ...] = ()
@@ -173,6 +177,13 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     ):
         if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
             add(ConfigError(key, f"{value!r} must match {pattern.pattern}"))
+    for key in ("qos", "reservation", "constraint"):
+        value = getattr(spec, key)
+        if value is not None:
+            try:
+                check_sbatch_option(key, value)
+            except UnsafeValueError as err:
+                add(ConfigError(key, str(err)))
     for i, node in enumerate(spec.exclude_nodes):
         if not isinstance(node, str) or not _NODE.fullmatch(node):
             add(ConfigError(f"exclude_nodes[{i}]", f"{node!r} is not a node name or host list like gpu[1-3]"))
@@ -262,6 +273,9 @@ def render_batch_script(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) -
         sbatch_options.append(f"#SBATCH --partition={spec.partition}")
     if spec.account:
         sbatch_options.append(f"#SBATCH --account={spec.account}")
+    for key in ("qos", "reservation", "constraint"):
+        if getattr(spec, key):
+            sbatch_options.append(f"#SBATCH --{key}={getattr(spec, key)}")
     if spec.comment:
         sbatch_options.append(f"#SBATCH --comment={spec.comment}")
     if spec.exclude_nodes:
@@ -333,6 +347,10 @@ def launch_spec_for_run(
         launcher=f"{code.rstrip('/')}/{LAUNCHERS[template]}",
         python=cluster.python,
         partition=cluster.partition,
+        account=cluster.account,
+        qos=cluster.qos,
+        reservation=cluster.reservation,
+        constraint=cluster.constraint,
         comment=comment,
         container_image=cluster.container_image,
         container_mounts=tuple(cluster.container_mounts),

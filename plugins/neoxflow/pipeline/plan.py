@@ -184,7 +184,7 @@ def _array_spec(profile: Profile, lay: RunLayout, step: str, run_name: str, para
         parallelism=parallelism,
         image=cluster.container_image if step == "tokenize" else None,
         container_mounts=",".join(cluster.container_mounts) or None if step == "tokenize" else None,
-        sbatch={"partition": cluster.partition} if cluster.partition else {},
+        sbatch=cluster.scheduling(),
     )
 
 

@@ -21,6 +21,7 @@ RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SHARDS_PATTERN = r"^(|subset|all|[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*)$"
 #: What a blank field of the form means.
 BLANK = "Blank: the run of record's value when the run exists, else the profile's."
+WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
 TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}")
 
 
@@ -118,11 +119,18 @@ def form_params() -> dict[str, Any]:
     }
 
 
-def _optional_int(conf: dict, name: str, problems: dict, low: int, high: int) -> int | None:
+def _given(conf: dict, name: str) -> Any:
+    """The field's value, or None when it is blank (absent, None or ""). Only blank means "use the
+    default": 0, False or "0" are values, and are checked like any other."""
     value = conf.get(name)
-    if value in (None, ""):
+    return None if value is None or value == "" else value
+
+
+def _optional_int(conf: dict, name: str, problems: dict, low: int, high: int) -> int | None:
+    value = _given(conf, name)
+    if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    if isinstance(value, bool) or not isinstance(value, int | str) or not WHOLE_NUMBER.fullmatch(str(value)):
         problems[name] = f"must be a whole number, got {value!r}"
         return None
     number = int(value)
@@ -135,25 +143,27 @@ def _optional_int(conf: dict, name: str, problems: dict, low: int, high: int) ->
 def parse_request(conf: dict[str, Any]) -> RunRequest:
     """Validate the form (the DAG run's params); raise :class:`RequestError` naming every bad field."""
     problems: dict[str, str] = {}
-    profile = conf.get("profile") or "local"
+    profile = _given(conf, "profile")
+    profile = "local" if profile is None else profile
     if profile not in PROFILES:
         problems["profile"] = f"must be one of {PROFILES}, got {profile!r}"
-    size = conf.get("model_size") or None
+    size = _given(conf, "model_size")
     if size is not None and size not in PYTHIA_SIZES:
         problems["model_size"] = f"must be one of {PYTHIA_SIZES}, got {size!r}"
-    run_name = conf.get("run_name") or ""
+    run_name = _given(conf, "run_name")
     if not isinstance(run_name, str) or not RUN_NAME.fullmatch(run_name):
         problems["run_name"] = f"must be 1-63 of a-z 0-9 - starting with a letter or digit, got {run_name!r}"
     nodes = _optional_int(conf, "nodes", problems, 1, 1024)
     gpus = _optional_int(conf, "gpus_per_node", problems, 1, 16)
     train_iters = _optional_int(conf, "train_iters", problems, 1, 10_000_000)
     interval = _optional_int(conf, "checkpoint_interval", problems, 1, 10_000_000)
-    time_limit = conf.get("time_limit") or None
+    time_limit = _given(conf, "time_limit")
     if time_limit is not None and (not isinstance(time_limit, str) or not TIME_LIMIT.fullmatch(time_limit)):
         problems["time_limit"] = f"must look like HH:MM:SS or D-HH:MM:SS, got {time_limit!r}"
     try:
+        selected = _given(conf, "shards")
         shards = ShardSelection.parse(
-            conf.get("shards") or "subset", url_template=conf.get("shard_url_template") or None
+            "subset" if selected is None else selected, url_template=_given(conf, "shard_url_template")
         )
     except ShardSelectionError as err:
         field, _, why = str(err).partition(": ")

@@ -530,7 +530,7 @@ def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
         tags=tags,
         keep_last=int((profile.raw.get("export") or {}).get("keep_last") or 0),
         python=profile.cluster.python,
-        sbatch={"partition": profile.cluster.partition} if profile.cluster.partition else {},
+        sbatch=profile.cluster.scheduling(),
     )
     log.info("Exporting %d checkpoint(s) to s3://%s/%s/%s/", len(tags), spec.bucket, spec.prefix, spec.run)
     return {
