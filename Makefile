@@ -14,7 +14,7 @@ help:
 	@echo "make cluster-status   show what runs"
 	@echo "make bench            run the benchmarks"
 	@echo "make bench-goodput    the golden run's goodput (slice gaps, recomputed iterations, parity)"
-	@echo "make bench-scale      all 1024 C4 shards (tiny) through the data stages; extrapolated to real C4"
+	@echo "make bench-scale      1024 tiny C4 shards through the data stages, extrapolated to real C4 (SCALE_ARGS=...)"
 	@echo "make bench-merge      merge/validate peak memory at 40 vs 1024 dataset parts (no cluster needed)"
 
 venv:
@@ -58,7 +58,7 @@ bench-goodput: cluster-up
 	$(PY) bench/bench_goodput.py
 
 bench-scale: cluster-up
-	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_scale.py $(SCALE_ARGS)
 
 bench-merge: venv
 	$(PY) bench/bench_merge_memory.py

@@ -232,7 +232,17 @@ class StageMeasure:
     @property
     def line_overhead_s(self) -> float:
         """The in-task overhead per manifest line (each line starts its own Python process)."""
-        return max(0.0, (self.slurm.task_wall_s - self.work_s) / self.lines) if self.lines else 0.0
+        return self.line_overhead_at(None)
+
+    def line_overhead_at(self, rate: float | None) -> float:
+        """The fixed cost of one manifest line: the tasks' walls minus what their units take at ``rate``
+        (units per second; None: minus the movers' own clocks), per line. With a rate measured on a large
+        shard, everything a line costs whatever its size (Python, imports, the tokenizer's load, the
+        requests' latency) is fixed cost."""
+        if not self.lines:
+            return 0.0
+        work = self.work_units / rate if rate else self.work_s
+        return max(0.0, (self.slurm.task_wall_s - work) / self.lines)
 
     @property
     def slot_s_per_task(self) -> float:

@@ -105,6 +105,9 @@ def test_stage_overhead_is_slot_time_minus_work():
     assert m.line_overhead_s == 2.0  # (5 s of walls - 1 s of work) / 2 lines
     strided = StageMeasure("fetch", slurm_use(records), slots=2, lines=8, work_units=0, work_s=1.0)
     assert strided.line_overhead_s == 0.5  # 4 lines per task: each pays a quarter of the task's overhead
+    # with a rate from a large shard: 2 MiB at 4 MiB/s is 0.5 s of the 5 s of walls, the rest is fixed
+    assert m.line_overhead_at(4 * MB) == 2.25
+    assert m.line_overhead_at(None) == m.line_overhead_s
     assert m.rate == 2 * MB
     idle = StageMeasure("fetch", slurm_use(records), slots=2, lines=2, work_units=0, work_s=0)
     assert idle.rate is None
