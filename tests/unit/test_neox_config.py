@@ -653,3 +653,52 @@ def test_scheduling_keys_are_checked_at_load_naming_line_and_key() -> None:
     assert str(info.value).startswith(
         "p.yaml:6: cluster.account: 'x; reboot' is not a valid sbatch --account"
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "key_line", "message"),
+    [
+        ("data", "  parallelism: 0\n", "data.parallelism: must be 1..10000"),
+        ("data", '  parallelism: "8"\n', "data.parallelism: must be int, got '8'"),
+        ("data", "  url_template: ftp://mirror/{name}\n", "data.url_template:"),
+        ("export", "  keep_last: -1\n", "export.keep_last: must be 0 (never prune) or more"),
+        ("cluster", '  shrink_on_node_failure: "yes"\n', "cluster.shrink_on_node_failure: must be bool"),
+        ("fsx", "  data_repository:\n    file_system_id: fs-1\n    poll_interval: 0\n", "poll_interval"),
+        ("fsx", "  data_repository:\n    file_system_id: fs-1\n    polling: 5\n", "data_repository.polling"),
+    ],
+)
+def test_every_profile_key_is_typed_at_load_naming_its_line(section, key_line, message) -> None:
+    """The keys other modules once read raw (issue 18 item 2) are checked when the profile is loaded."""
+    text = PROFILE if f"\n{section}:\n" in PROFILE else PROFILE + f"{section}:\n"
+    text = text.replace(f"\n{section}:\n", f"\n{section}:\n{key_line}", 1)
+    with pytest.raises(ProfileError) as info:
+        parse_profile(text, "p.yaml")
+    assert message in str(info.value) and str(info.value).startswith("p.yaml:")
+    line = int(str(info.value).split(":")[1])
+    assert text.splitlines()[line - 1].strip().split(":")[0] in message, (line, str(info.value))
+
+
+def test_typed_profile_keys_and_their_defaults() -> None:
+    p = parse_profile(PROFILE, "p.yaml")
+    assert (p.data_parallelism, p.export_keep_last, p.shard_url_template, p.data_repository) == (
+        8,
+        0,
+        None,
+        None,
+    )
+    assert p.cluster.shrink_on_node_failure is False
+    text = PROFILE.replace("data:\n", "data:\n  parallelism: 3\n  url_template: https://mirror/c4/{name}\n")
+    text += "export:\n  keep_last: 2\n"
+    text = text.replace("fsx:\n", "fsx:\n  data_repository:\n    file_system_id: fs-0123456789abcdef0\n")
+    p = parse_profile(text, "p.yaml")
+    assert (p.data_parallelism, p.export_keep_last, p.shard_url_template) == (
+        3,
+        2,
+        "https://mirror/c4/{name}",
+    )
+    assert p.data_repository == {
+        "file_system_id": "fs-0123456789abcdef0",
+        "aws_conn_id": "aws_default",
+        "region_name": None,
+        "poll_interval": 30,
+    }

@@ -24,6 +24,8 @@ def refused(**form) -> dict[str, str]:
         ({"gpus_per_node": "٣"}, "gpus_per_node"),
         ({"train_iters": False}, "train_iters"),
         ({"run_name": 0}, "run_name"),
+        ({"time_limit": "0:00:00"}, "time_limit"),  # the form's pattern takes it; the launch refuses 0
+        ({"time_limit": "0-00:00:00"}, "time_limit"),
     ],
 )
 def test_falsy_or_non_ascii_values_are_refused_naming_the_field(form, field):

@@ -34,8 +34,7 @@ class FakeSinfo:
 
 def shape(nodes: list[str], down: list[str], excluded: list[str], *, wanted=2, shrink=True) -> int:
     profile = SimpleNamespace(
-        cluster=SimpleNamespace(nodes=wanted, partition="debug"),
-        raw={"cluster": {"shrink_on_node_failure": shrink}},
+        cluster=SimpleNamespace(nodes=wanted, partition="debug", shrink_on_node_failure=shrink),
     )
     fake_self = SimpleNamespace(
         _run={"request": SimpleNamespace(nodes=None), "profile": profile},

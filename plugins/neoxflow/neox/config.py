@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from neoxflow.data.shards import ShardSelectionError, validate_url_template
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
 
 #: Repository root: plugins/neoxflow/neox/config.py -> parents[3]. The same relative layout holds in an
@@ -729,6 +730,8 @@ class ClusterSpec:
     neox_dir: str | None = None
     master_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # after a node failure with no spare, resume on fewer nodes (another world size: another sum order)
+    shrink_on_node_failure: bool = False
     # where and on whose budget every job of the profile runs (most production clusters require an account)
     account: str | None = None
     qos: str | None = None
@@ -783,6 +786,10 @@ class Profile:
     default_size: str
     neox_overrides: dict[str, Any]
     raw: dict[str, Any]
+    shard_url_template: str | None = None  # data.url_template: where the shards come from (None: allenai/c4)
+    data_parallelism: int = 8  # data.parallelism: array tasks of a data step running at once
+    export_keep_last: int = 0  # export.keep_last: prune FSx to the newest N exported checkpoints (0: never)
+    data_repository: dict[str, Any] | None = None  # fsx.data_repository (typed by _ProfileReader)
 
     def data_path(self, dataset_id: str) -> str:
         """NeoX ``data_path`` of one dataset (the prefix, without ``.bin``/``.idx``):
@@ -900,6 +907,10 @@ def parse_profile(text: str, source: str = "<profile>", env: Mapping[str, str] |
     return profile
 
 
+def _positive_number(v: float) -> str | None:
+    return None if v > 0 else "must be a positive number"
+
+
 class _ProfileReader:
     """Typed access to the parsed profile that records problems with their line instead of raising."""
 
@@ -969,6 +980,21 @@ class _ProfileReader:
 
             return check
 
+        def url_template_check(v: str) -> str | None:
+            if not v:  # an unset ${VAR:-}: the public allenai/c4 URLs
+                return None
+            try:
+                validate_url_template(v)
+            except ShardSelectionError as err:
+                return str(err).partition(": ")[2] or str(err)
+            return None
+
+        def data_parallelism(v: int) -> str | None:
+            return None if 1 <= v <= 10_000 else "must be 1..10000 (array tasks running at once)"
+
+        def not_negative(v: int) -> str | None:
+            return None if v >= 0 else "must be 0 (never prune) or more"
+
         def relative(v: str) -> str | None:
             parts = v.split("/")
             return (
@@ -1028,7 +1054,14 @@ class _ProfileReader:
             neox_dir=self.get(("cluster", "neox_dir"), str, default=None),
             master_port=self.get(("cluster", "master_port"), int, default=None, check=positive),
         )
+        cluster["shrink_on_node_failure"] = self.get(
+            ("cluster", "shrink_on_node_failure"), bool, default=False
+        )
         dataset = self.get(("data", "dataset"), str, check=relative)
+        url_template = self.get(("data", "url_template"), str, default=None, check=url_template_check)
+        parallelism = self.get(("data", "parallelism"), int, default=8, check=data_parallelism)
+        keep_last = self.get(("export", "keep_last"), int, default=0, check=not_negative)
+        data_repository = self.data_repository()
         tokenizer_sha256 = self.get(("tokenizer", "sha256"), str, default=None, check=sha256_hex)
         bucket = self.get(("s3", "bucket"), str)
         prefix = self.get(("s3", "prefix"), str, default="neoxflow")
@@ -1065,7 +1098,35 @@ class _ProfileReader:
             default_size=size,
             neox_overrides=overrides,
             raw=self.data,
+            shard_url_template=url_template or None,
+            data_parallelism=parallelism,
+            export_keep_last=keep_last,
+            data_repository=data_repository,
         )
+
+    def data_repository(self) -> dict[str, Any] | None:
+        """``fsx.data_repository`` (an FSx data repository association of the raw shard folder), its keys
+        typed now; None when absent or its ``file_system_id`` is empty (copy mode). The id and paths are
+        checked against the FSx API's rules when the plan builds the import request."""
+        section = self.get(("fsx", "data_repository"), dict, default=None)
+        if not section:
+            return None
+        known = {"file_system_id", "aws_conn_id", "region_name", "poll_interval"}
+        for key in sorted(set(section) - known, key=str):
+            self.problem(("fsx", "data_repository", key), f"is not a key of data_repository {sorted(known)}")
+        path = ("fsx", "data_repository")
+        fs_id = self.get((*path, "file_system_id"), str, default=None)
+        conn = self.get((*path, "aws_conn_id"), str, default="aws_default")
+        region = self.get((*path, "region_name"), str, default=None)
+        poll = self.get((*path, "poll_interval"), (int, float), default=30, check=_positive_number)
+        if not fs_id:
+            return None
+        return {
+            "file_system_id": fs_id,
+            "aws_conn_id": conn or "aws_default",
+            "region_name": region or None,
+            "poll_interval": poll,
+        }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -354,7 +354,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         if usable >= wanted:
             self.log.info("Resuming on %d node(s) without %s: %d usable", wanted, list(excluded), usable)
             return wanted
-        if (profile.raw.get("cluster") or {}).get("shrink_on_node_failure"):
+        if profile.cluster.shrink_on_node_failure:
             shrunk = max(1, usable)
             self.log.warning(
                 "Only %d usable node(s) without %s: resuming on %d instead of %d (the world size changes: "

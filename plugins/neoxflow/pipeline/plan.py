@@ -151,7 +151,7 @@ def layout(profile: Profile, run_name: str, code_digest: str, dataset: dict[str,
 
 def selection_for(request: RunRequest, profile: Profile) -> ShardSelection:
     """The user's shard choice, with the profile's source URL unless the form gave another one."""
-    template = (profile.raw.get("data") or {}).get("url_template")
+    template = profile.shard_url_template
     if template and request.shards.url_template == DEFAULT_URL_TEMPLATE:
         return ShardSelection.parse(",".join(str(i) for i in request.shards.train), url_template=template)
     return request.shards
@@ -243,7 +243,7 @@ def manifest_texts(plan: dict[str, Any]) -> dict[str, str]:
 def data_plans(request: RunRequest, profile: Profile, lay: RunLayout) -> dict[str, dict[str, Any]]:
     """fetch (source -> S3), stage (S3 -> FSx), tokenize (per shard), merge+validate (one job)."""
     moving, tok_entries = _data_entries(selection_for(request, profile), profile, lay)
-    parallelism = int((profile.raw.get("data") or {}).get("parallelism") or 8)
+    parallelism = profile.data_parallelism
     plans: dict[str, dict[str, Any]] = {}
     for step, render in (("fetch", render_fetch_array), ("stage", render_stage_array)):
         spec = _array_spec(profile, lay, step, request.run_name, parallelism)
@@ -266,27 +266,22 @@ def import_plan(profile: Profile, lay: RunLayout, repository_path: str) -> dict[
     the imported files, verifies their checksums against S3 (reading them loads them into Lustre)
     and copies only what the import did not bring.
     """
-    dra = (profile.raw.get("fsx") or {}).get("data_repository") or {}
-    if not isinstance(dra, dict):
-        raise ValueError("profile fsx.data_repository must be a mapping")
-    fs_id = dra.get("file_system_id") or None
-    if fs_id is None:
+    dra = profile.data_repository  # its keys typed when the profile was loaded
+    if dra is None:
         return None
-    poll = dra.get("poll_interval", 30)
-    if not isinstance(poll, int | float) or isinstance(poll, bool) or poll <= 0:
-        raise ValueError(f"profile fsx.data_repository.poll_interval {poll!r} must be a positive number")
+    fs_id = dra["file_system_id"]
     try:  # validates the id and the paths now, before anything is submitted
-        import_task_request(str(fs_id), [lay.raw_dir], token=client_token("check"), mount_point=lay.fsx_root)
+        import_task_request(fs_id, [lay.raw_dir], token=client_token("check"), mount_point=lay.fsx_root)
     except FsxTaskError as exc:
         raise ValueError(f"profile fsx.data_repository: {exc}") from None
     return {
-        "file_system_id": str(fs_id),
+        "file_system_id": fs_id,
         "paths": [lay.raw_dir],
         "mount_point": lay.fsx_root,
         "repository_path": repository_path,
-        "aws_conn_id": str(dra.get("aws_conn_id") or "aws_default"),
-        "region_name": dra.get("region_name") or None,
-        "poll_interval": poll,
+        "aws_conn_id": dra["aws_conn_id"],
+        "region_name": dra["region_name"],
+        "poll_interval": dra["poll_interval"],
     }
 
 

@@ -160,6 +160,13 @@ def parse_request(conf: dict[str, Any]) -> RunRequest:
     time_limit = _given(conf, "time_limit")
     if time_limit is not None and (not isinstance(time_limit, str) or not TIME_LIMIT.fullmatch(time_limit)):
         problems["time_limit"] = f"must look like HH:MM:SS or D-HH:MM:SS, got {time_limit!r}"
+    elif time_limit is not None:
+        from neoxflow.neox.launch import parse_time_limit  # the launch's own parser: one rule for both
+
+        try:
+            parse_time_limit(time_limit)
+        except ValueError as err:
+            problems["time_limit"] = str(err)
     try:
         selected = _given(conf, "shards")
         shards = ShardSelection.parse(

@@ -528,7 +528,7 @@ def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
         prefix=posixpath.join(plan["s3"]["prefix"].strip("/"), "checkpoints"),
         run=plan["run_name"],
         tags=tags,
-        keep_last=int((profile.raw.get("export") or {}).get("keep_last") or 0),
+        keep_last=profile.export_keep_last,
         python=profile.cluster.python,
         sbatch=profile.cluster.scheduling(),
     )
