@@ -137,6 +137,26 @@ def max_array_size(env: dict[str, str]) -> int | None:
     return None
 
 
+def preflight(env: dict[str, str], lines: int, limit: int | None) -> None:
+    """Submit (held) and cancel an array of the size the data steps will ask for: a controller that
+    refuses it would fail the run's fetch. Slurm 22.05 keeps enforcing the MaxArraySize it started with
+    after ``scontrol reconfigure`` while ``scontrol show config`` shows the new value."""
+    tasks = min(lines, limit or 1001)
+    cmd = ["sbatch", "--parsable", "--hold", f"--array=0-{tasks - 1}", "--job-name=bench-scale-preflight"]
+    cmd += ["--output=/dev/null", "--wrap", "true"]
+    out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    job = out.stdout.strip().split(";")[0]
+    if out.returncode != 0 or not job.isdigit():
+        sys.exit(
+            f"the controller refuses an array of {tasks} tasks (--array=0-{tasks - 1}: "
+            f"{(out.stderr or out.stdout).strip()}) although scontrol show config says MaxArraySize={limit}: "
+            "it still enforces an older limit (a reconfigure does not change it on Slurm 22.05); restart "
+            "slurmctld (scripts/localcluster.sh restart slurmctld) and run the benchmark again"
+        )
+    subprocess.run(["scancel", job], env={**os.environ, **env}, capture_output=True, timeout=60)
+    log(f"preflight: the controller accepts an array of {tasks} tasks")
+
+
 def jobcomp_path() -> Path:
     conf = (CLUSTER_STATE / "etc" / "slurm.conf").read_text()
     match = re.search(r"^JobCompLoc=(\S+)", conf, re.M)
@@ -590,6 +610,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
     limit = max_array_size(env)
     log(f"Slurm MaxArraySize {limit} (scontrol show config)")
+    preflight(env, args.shards + 1, limit)  # the shards and the tokenizer: fetch's and stage's lines
     BENCH_STATE.mkdir(parents=True, exist_ok=True)
     folder, documents, sizes = build_fixture(args.shards, args.docs)
     cluster_names = {p.name for p in (CLUSTER_STATE / "c4-source").glob("c4-train.*.json.gz")}
@@ -700,10 +721,12 @@ def measures(run: dict[str, Any]) -> dict[str, StageMeasure]:
 
 
 def data_wall_s(run: dict[str, Any]) -> float | None:
+    """prepare.plan's start to data.data_summary's end, when the data pipeline got that far."""
     tis = ti_by_id(run)
+    summary = tis.get("data.data_summary") or {}
     start = _t((tis.get("prepare.plan") or {}).get("start_date"))
-    end = _t((tis.get("data.data_summary") or {}).get("end_date"))
-    return (end - start).total_seconds() if start and end else None
+    end = _t(summary.get("end_date"))
+    return (end - start).total_seconds() if start and end and summary.get("state") == "success" else None
 
 
 def stages_ok(run: dict[str, Any], expected_documents: int) -> tuple[bool, list[str]]:
@@ -910,7 +933,9 @@ def report(record: dict[str, Any], cluster: Cluster, out=print) -> str:
             )
 
     real = None
-    if not run.get("timed_out"):
+    if not ok:
+        out("\nno extrapolation: the data stages did not all run to the end")
+    else:
         rates, source = rates_from(record, ms)
         try:
             real = extrapolate(REAL_C4, cluster, rates)
