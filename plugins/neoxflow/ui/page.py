@@ -142,7 +142,7 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
         ("TFLOPS/GPU", num(thr.get("tflops_per_gpu"), ".3g")),
         (
             f"MFU (peak {num(thr.get('peak_tflops'), 'g')} TFLOPS)",
-            num(None if thr.get("mfu") is None else thr["mfu"] * 100, ".2f", " %"),
+            num(None if thr.get("mfu") is None else thr["mfu"] * 100, ".3g", " %"),
         ),
         ("GPU-hours", num(usage.get("gpu_hours"), ".3g") + f" ({usage.get('gpus') or '?'} GPUs)"),
         ("Effective training", dur(usage.get("effective_training_s"))),

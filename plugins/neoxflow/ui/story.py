@@ -61,6 +61,15 @@ def scripts_of(plan: Any, path: str = "") -> list[dict[str, str]]:
     return found
 
 
+def dry_run_texts(plan: Mapping[str, Any]) -> list[dict[str, str]]:
+    """What a dry run rendered: every script of the plan, then the NeoX config."""
+    texts = scripts_of(plan)
+    rendered = (plan.get("config") or {}).get("rendered")
+    if isinstance(rendered, str):
+        texts.append({"name": "NeoX config", "text": rendered})
+    return texts
+
+
 def verified_tags(keys: Iterable[str]) -> list[str]:
     """Checkpoint tags with an export manifest (written last, after every object was checked) among S3
     keys ``.../<tag>/neoxflow-export.json``."""
@@ -302,7 +311,7 @@ def build_story(
             "gaps_s": sum(gaps) if gaps else 0.0,
         },
         "report": {"in_s3": src.get("report") is not None, "available": isinstance(report, Mapping)},
-        "scripts": scripts_of(plan) if dry_run else [],
+        "scripts": dry_run_texts(plan) if dry_run else [],
         "problems": list(src.get("problems") or []),
         "tasks": [
             {k: t.get(k) for k in ("task_id", "state", "try_number", "start", "end")}
