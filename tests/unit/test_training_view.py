@@ -181,6 +181,7 @@ def test_page_escapes_records_and_draws_every_point():
     html = page.render_run(s, base="/neoxflow")
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert len(re.findall(r'<circle class="pt"', html)) == 3
+    assert '<span id="loss-count">3</span>' in html
     assert re.findall(r'data-iteration="(\d+)"', html) == ["10", "20", "30"]
     assert 'data-job-id="11"' in html and 'data-job-id="12"' in html and 'data-tag="global_step20"' in html
     dry = story.build_story(src(xcom={"prepare.plan:return_value": {**PLAN, "dry_run": True}}), now=0.0)

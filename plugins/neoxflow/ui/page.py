@@ -155,9 +155,9 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
         out.append(f'<p class="k">{e(run["reason"])}</p>')
 
     loss = story["loss"]
-    out.append(
-        f"<h2>Loss ({len(loss['points'])} logged points, from {e(loss['source'] or NOT_RECORDED)})</h2>"
-    )
+    source = e(loss["source"] or NOT_RECORDED)
+    count = f'<span id="loss-count">{len(loss["points"])}</span>'
+    out.append(f"<h2>Loss ({count} logged points, from {source})</h2>")
     out.append(loss_svg(loss["points"]))
 
     out.append("<h2>Slices (Slurm jobs)</h2>")
