@@ -136,6 +136,12 @@ def test_checkpoints_fsx_and_s3_state():
     assert unknown["checkpoints"][0]["s3"] is None
 
 
+def test_job_log_path_follows_the_launch_naming():
+    plan = {**PLAN, "layout": {"run_dir": "/fsx/runs/r1"}}
+    assert story.job_log_path(plan, "12") == "/fsx/runs/r1/logs/nxf-train-r1-12.out"
+    assert story.job_log_path(PLAN, "12") is None  # no layout: no guess
+
+
 def test_verified_tags_need_the_export_manifest():
     keys = [
         "p/checkpoints/r1/global_step20/mp_rank_00.pt",

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from neoxflow.ui.story import TRAIN, verified_tags
+from neoxflow.ui.story import TRAIN, job_log_path, verified_tags
 
 log = logging.getLogger(__name__)
 AWS_CONN_ID = "aws_default"  # as pipeline/tasks.py
@@ -127,9 +127,8 @@ def read_s3(plan: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_logs(plan: dict[str, Any], slurm_job: Any, slices: list, problems: list[str]) -> dict[str, str]:
-    """The slices' job logs ``{job_id: text}`` when the run's profile says Airflow sees FSx; {} else.
-    Each slice's log is the training job's output file with its job id (``<job_name>-<job_id>.out``)."""
+def read_logs(plan: dict[str, Any], slices: list, problems: list[str]) -> dict[str, str]:
+    """The slices' job logs ``{job_id: text}`` when the run's profile says Airflow sees FSx; {} else."""
     try:
         from neoxflow.neox.config import load_profile
 
@@ -138,18 +137,15 @@ def read_logs(plan: dict[str, Any], slurm_job: Any, slices: list, problems: list
     except Exception as err:  # noqa: BLE001
         problems.append(f"profile not loaded: {type(err).__name__}: {str(err)[:200]}")
         return {}
-    if not isinstance(slurm_job, dict) or not slurm_job.get("log_path"):
-        return {}
-    known = str(slurm_job["job_id"])
-    template = slurm_job["log_path"]
     logs = {}
     for entry in slices or []:
         job_id = str(entry.get("job_id"))
-        path = Path(template.replace(f"-{known}.out", f"-{job_id}.out"))
+        path = job_log_path(plan, job_id)
+        if path is None:
+            continue
         try:
-            with path.open("rb") as f:
-                size = path.stat().st_size
-                f.seek(max(size - MAX_LOG_BYTES, 0))
+            with Path(path).open("rb") as f:
+                f.seek(max(Path(path).stat().st_size - MAX_LOG_BYTES, 0))
                 logs[job_id] = f.read().decode("utf-8", "replace")
         except OSError as err:
             problems.append(f"log of job {job_id} not read: {err.strerror or err}")
@@ -164,8 +160,6 @@ def gather(session: Session, dag_run: Any, *, outside: bool = True) -> dict[str,
     src.update(record=None, report=None, s3_checkpoints=None, logs={})
     if outside and isinstance(plan, dict) and not plan.get("dry_run"):
         src.update(read_s3(plan, problems))
-        src["logs"] = read_logs(
-            plan, src["xcom"].get(f"{TRAIN}:slurm_job"), src["xcom"].get(f"{TRAIN}:slices") or [], problems
-        )
+        src["logs"] = read_logs(plan, src["xcom"].get(f"{TRAIN}:slices") or [], problems)
     src["problems"] = problems
     return src

@@ -70,6 +70,16 @@ def dry_run_texts(plan: Mapping[str, Any]) -> list[dict[str, str]]:
     return texts
 
 
+def job_log_path(plan: Mapping[str, Any], job_id: str) -> str | None:
+    """A training job's log on FSx: ``<run_dir>/logs/<job name>-<job id>.out`` (neox/launch.py), the job
+    name ``nxf-train-<run>`` cut to Slurm's 128 characters as the operator names it."""
+    run_dir = (plan.get("layout") or {}).get("run_dir")
+    if not run_dir or not plan.get("run_name"):
+        return None
+    job_name = f"nxf-train-{plan['run_name']}"[:128]
+    return f"{run_dir}/logs/{job_name}-{job_id}.out"
+
+
 def verified_tags(keys: Iterable[str]) -> list[str]:
     """Checkpoint tags with an export manifest (written last, after every object was checked) among S3
     keys ``.../<tag>/neoxflow-export.json``."""
