@@ -204,3 +204,20 @@ def test_routes_refuse_an_anonymous_caller():
     for path in ("/runs?dag_id=pythia_pretrain", "/runs/pythia_pretrain/x", "/api/runs/pythia_pretrain/x"):
         response = client.get(path)
         assert response.status_code == 401, (path, response.status_code, response.text)
+
+
+def test_index_links_each_run_with_its_id_quoted():
+    runs = [
+        {
+            "dag_id": "pythia_pretrain",
+            "run_id": "manual__2026-12-03T12:30:50+00:00",
+            "state": "success",
+            "run_name": "r<1>",
+            "start": 0.0,
+            "end": None,
+        }
+    ]
+    html = page.render_index(runs, base="/neoxflow")
+    assert 'href="/neoxflow/runs/pythia_pretrain/manual__2026-12-03T12%3A30%3A50%2B00%3A00"' in html
+    assert "r&lt;1&gt;" in html
+    assert "No run yet" in page.render_index([])

@@ -209,6 +209,10 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
         + f" &middot; report summary: <b>{report}</b>"
         + f" &middot; throughput basis: {e(thr.get('basis') or NOT_RECORDED)}</p>"
     )
+    others = story.get("dag_runs_of_record") or []
+    if len(others) > 1:
+        out.append("<h2>DAG runs of this run of record</h2>")
+        out.append(_runs_table(others, base))
     if story.get("scripts"):
         out.append("<h2>Rendered scripts (dry run)</h2>")
         for script in story["scripts"]:
@@ -229,7 +233,7 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
     return "\n".join(out)
 
 
-def render_index(runs: Sequence[Mapping[str, Any]], *, base: str = "") -> str:
+def _runs_table(runs: Sequence[Mapping[str, Any]], base: str) -> str:
     rows = [
         f'<tr><td><a href="{e(base)}/runs/{quote(r["dag_id"])}/{quote(r["run_id"], safe="")}">'
         f"{e(r.get('run_name') or r['run_id'])}</a></td><td>{e(r['dag_id'])}</td><td>{e(r['run_id'])}</td>"
@@ -237,13 +241,13 @@ def render_index(runs: Sequence[Mapping[str, Any]], *, base: str = "") -> str:
         f"<td>{when(r.get('start'))}</td><td>{when(r.get('end'))}</td></tr>"
         for r in runs
     ]
+    return _table(["run", "DAG", "DAG run", "state", "", "started", "ended"], rows, "runs")
+
+
+def render_index(runs: Sequence[Mapping[str, Any]], *, base: str = "") -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Training runs</title><style>{CSS}</style>"
         "</head><body><h1>Training runs</h1>"
-        + (
-            _table(["run", "DAG", "DAG run", "state", "", "started", "ended"], rows, "runs")
-            if rows
-            else "<p class='muted'>No run yet.</p>"
-        )
+        + (_runs_table(runs, base) if runs else "<p class='muted'>No run yet.</p>")
         + "</body></html>"
     )

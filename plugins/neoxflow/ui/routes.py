@@ -45,7 +45,9 @@ def _story(session, dag_id: str, run_id: str) -> dict[str, Any]:
     dag_run = sources.find_dag_run(session, dag_id, run_id)
     if dag_run is None:
         raise HTTPException(status_code=404, detail=f"no DAG run {run_id!r} of {dag_id!r}")
-    return story.build_story(sources.gather(session, dag_run), now=time.time(), peak_tflops=_peak())
+    told = story.build_story(sources.gather(session, dag_run), now=time.time(), peak_tflops=_peak())
+    told["dag_runs_of_record"] = sources.runs_of_record(session, dag_id, told["run"]["run_name"])
+    return told
 
 
 def _base(request: Request) -> str:

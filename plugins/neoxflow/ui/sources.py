@@ -67,6 +67,19 @@ def recent_runs(session: Session, dag_ids: list[str], limit: int = 50) -> list[d
     ]
 
 
+def runs_of_record(session: Session, dag_id: str, run_name: str | None, limit: int = 500) -> list:
+    """The DAG runs that trained ``run_name``: triggered with it in their form, or by the continuation
+    (run id ``continue__<run>__at<iteration>``), newest first."""
+    if not run_name:
+        return []
+    prefix = f"continue__{run_name}__at"
+    return [
+        r
+        for r in recent_runs(session, [dag_id], limit=limit)
+        if r["run_name"] == run_name or r["run_id"].startswith(prefix)
+    ]
+
+
 def read_db(session: Session, dag_run: Any) -> dict[str, Any]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.taskinstancehistory import TaskInstanceHistory
