@@ -136,6 +136,21 @@ def test_checkpoints_fsx_and_s3_state():
     assert unknown["checkpoints"][0]["s3"] is None
 
 
+def test_nodes_of_every_slice_from_the_logs_stamped_first_line():
+    logs = {
+        "11": "neoxflow: job 11 started=2026-12-03 12:14:51 nodes=node[1-2] ranks=2 master=x:1\n"
+        + log([(10, 9.0)]),
+        "12": "neoxflow: job 12 started=2026-12-03 12:24:51 nodes=node[2-3] ranks=2 master=x:1\n",
+    }
+    s = story.build_story(src(logs=logs), now=1700.0)
+    # the log's stamp for the earlier slice; Slurm's own record (slurm_job XCom) wins for the newest job
+    assert [r["nodes"] for r in s["slices"]] == ["node[1-2]", "node[1-2]"]
+    del logs["11"]
+    xcom = {k: v for k, v in src()["xcom"].items() if not k.endswith(":slurm_job")}
+    s = story.build_story(src(logs=logs, xcom=xcom), now=1700.0)
+    assert [r["nodes"] for r in s["slices"]] == [None, "node[2-3]"]
+
+
 def test_job_log_path_follows_the_launch_naming():
     plan = {**PLAN, "layout": {"run_dir": "/fsx/runs/r1"}}
     assert story.job_log_path(plan, "12") == "/fsx/runs/r1/logs/nxf-train-r1-12.out"

@@ -19,6 +19,7 @@ page never guesses: a figure nobody recorded is None and shows as "not recorded"
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from neoxflow.neox.progress import compute_progress
 TRAIN = "train.train_slice"
 #: a slice that started more than this after the previous one ended shows a gap (seconds)
 GAP_MIN_S = 1.0
+_STAMP = re.compile(r"neoxflow: job \d+ started=\S+ \S+ nodes=(\S+)")
 #: default peak dense BF16 TFLOPS of one GPU for MFU (A100, which the Pythia suite was trained on)
 DEFAULT_PEAK_TFLOPS = 312.0
 #: tries whose end fired an alert to every configured channel (dags/pythia_pretrain.py default_args)
@@ -99,10 +101,28 @@ def _nodes_by_job(slurm_job: Any) -> dict[str, str]:
     return {str(slurm_job.get("job_id")): nodes} if nodes else {}
 
 
-def slice_timeline(slices: Iterable[Mapping[str, Any]], slurm_job: Any = None, now: float | None = None):
+def logged_nodes(text: str) -> str | None:
+    """The node list the batch script stamped on its first line (``neoxflow: job N ... nodes=...``)."""
+    for line in text[:4096].splitlines():
+        m = _STAMP.search(line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def slice_timeline(
+    slices: Iterable[Mapping[str, Any]],
+    slurm_job: Any = None,
+    now: float | None = None,
+    logs: Mapping[str, str] | None = None,
+):
     """The slices in submission order with their gaps: the idle time between one slice's end and the
     next one's submission (a slice without a recorded end leaves the gap unknown)."""
     nodes = _nodes_by_job(slurm_job)
+    for job_id, text in (logs or {}).items():
+        stamped = logged_nodes(text)
+        if stamped:
+            nodes.setdefault(str(job_id), stamped)
     state = (slurm_job or {}).get("status") or {} if isinstance(slurm_job, Mapping) else {}
     rows = []
     previous_end: float | None = None
@@ -234,8 +254,9 @@ def build_story(
     conf = run.get("conf") or {}
     dry_run = bool(plan.get("dry_run", conf.get("dry_run")))
 
-    slices = slice_timeline(_x(src, TRAIN, "slices") or [], _x(src, TRAIN, "slurm_job"), now)
-    points, loss_source, log_state = loss_points(src.get("logs") or {}, slices, summary)
+    logs = src.get("logs") or {}
+    slices = slice_timeline(_x(src, TRAIN, "slices") or [], _x(src, TRAIN, "slurm_job"), now, logs)
+    points, loss_source, log_state = loss_points(logs, slices, summary)
     train_iters = config.get("train_iters") or (summary.get("iterations") or {}).get("train_iters")
     train_iters = int(train_iters or conf.get("train_iters") or 0) or None
 
