@@ -136,6 +136,10 @@ def test_training_view_shows_the_runs_story(api, browser_page, fsx, run_name, cl
     assert set(after["jobs"]) == logged_job_ids(fsx, run_name)
 
     files = demo_run.RunFiles(fsx, run_name)
+    for log in files.train_logs():  # the nodes shown are the ones the job's batch script stamped
+        job = log.stem.rsplit("-", 1)[-1]
+        stamped = re.search(r"nodes=(\S+)", log.read_text().splitlines()[0]).group(1)
+        assert stamped in frame.locator(f"tr[data-job-id='{job}']").inner_text(), (job, stamped)
     state = LogState.from_events(ev for log in files.train_logs() for ev in parse_text(log.read_text()))
     logged = [i for i, _ in state.loss_curve()]
     assert logged and logged[-1] == 60
