@@ -144,8 +144,11 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
             f"MFU (peak {num(thr.get('peak_tflops'), 'g')} TFLOPS)",
             num(None if thr.get("mfu") is None else thr["mfu"] * 100, ".3g", " %"),
         ),
-        ("GPU-hours", num(usage.get("gpu_hours"), ".3g") + f" ({usage.get('gpus') or '?'} GPUs)"),
-        ("Effective training", dur(usage.get("effective_training_s"))),
+        (
+            "GPU-hours (jobs from submission)",
+            num(usage.get("gpu_hours"), ".3g") + f" ({usage.get('gpus') or '?'} GPUs)",
+        ),
+        ("Effective training (unique iterations)", dur(usage.get("effective_training_s"))),
         ("Job time / gaps", f"{dur(usage.get('job_seconds'))} / {dur(usage.get('gaps_s'))}"),
     ]
     out.append('<div class="cards" id="cards">')

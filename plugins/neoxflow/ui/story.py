@@ -284,10 +284,11 @@ def build_story(
     mfu = tflops / peak_tflops if tflops is not None and peak_tflops else None
 
     gpus = gpus_of(plan)
+    # each job from its submission to its end (any time queued counts: an upper bound of its allocation)
     busy = [s["duration_s"] for s in slices if s["duration_s"] is not None]
     job_seconds = sum(busy) if busy else None
     gaps = [s["gap_before_s"] for s in slices if s["gap_before_s"] is not None]
-    effective = None
+    effective = None  # the unique iterations logged at the median pace: no start-up, save or recomputation
     if log_state is not None and log_state.steps and thr.get("iter_ms"):
         iterations = len({p[0] for p in points})
         steps = sorted({s.iteration for s in log_state.steps})
