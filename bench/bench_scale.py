@@ -470,6 +470,7 @@ def collect(api, run_id: str, run_name: str, env: dict[str, str], timed_out: boo
             for ti in tis
         ],
         "jobs": [r.to_dict() for r in records],
+        "failures": failures(api, run_id, tis),
         "stages": stages,
         "summary": {
             "ok": (summary or {}).get("ok"),
@@ -483,6 +484,23 @@ def collect(api, run_id: str, run_name: str, env: dict[str, str], timed_out: boo
         else None,
         "data_path": data_path,
     }
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Z][A-Za-z0-9_.]*: \S")
+
+
+def failures(api, run_id: str, tis: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Why each failed task failed: the exception lines of its last try's log."""
+    out: dict[str, list[str]] = {}
+    for ti in tis:
+        if ti.get("state") != "failed":
+            continue
+        try:
+            lines = api.task_log(DAG_ID, run_id, ti["task_id"], int(ti.get("try_number") or 1))
+        except airflow_rest.ApiError as err:
+            lines = [f"(no log: {err})"]
+        out[ti["task_id"]] = [line for line in lines if _EXCEPTION_LINE.match(line)][-2:]
+    return out
 
 
 # --- calibration ----------------------------------------------------------------------------------------
@@ -871,6 +889,17 @@ def report(record: dict[str, Any], cluster: Cluster, out=print) -> str:
         use = slurm_use(records_of(run, job_name(step, run["run_name"])))
         if use.records:
             out(f"{step:<14} {'':>9} {'':<8} {use.jobs:>4} {'-':>9} {'':>5} {use.span_s:>7.0f}")
+    for stage, step in JOB_STEPS.items():  # a stage that needed several jobs (a retry): each one
+        records = records_of(run, job_name(step, run["run_name"]))
+        jobs = sorted({r.job for r in records})
+        for job in jobs if len(jobs) > 1 else []:
+            use = slurm_use([r for r in records if r.job == job])
+            out(
+                f"  {stage} job {job}: {use.array_tasks} array tasks, {use.states}, span {use.span_s:.0f} s, "
+                f"task walls {use.task_wall_s:.0f} s"
+            )
+    for task, lines in (run.get("failures") or {}).items():
+        out(f"  {task} failed: {' | '.join(lines) or '(no exception in its log)'}")
     out("  span: the first array task's start to the last one's end (Slurm's jobcomp log, whole seconds);")
     out("  fixed s/task: span x tasks at a time / tasks - work per task: a task's cost beyond its shard")
     for stage, m in ms.items():
@@ -1019,14 +1048,15 @@ def print_extrapolation(real: dict[str, float], rates: Rates, source: str, clust
 
 
 def aws_parallelism() -> int | None:
-    """The ``%P`` the aws profile's data arrays get (plan.data_plans: data.parallelism, default 8)."""
+    """The ``%P`` the aws profile's data arrays get (its data.parallelism; 8 when unset)."""
     try:
         from neoxflow.neox.config import load_profile
 
-        raw = load_profile("aws").raw
+        prof = load_profile("aws")
     except Exception:  # noqa: BLE001 - only a remark in the report
         return None
-    return int((raw.get("data") or {}).get("parallelism") or 8)
+    value = getattr(prof, "data_parallelism", None)
+    return int(value or (prof.raw.get("data") or {}).get("parallelism") or 8)
 
 
 def main(argv: list[str] | None = None) -> int:
