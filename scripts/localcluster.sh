@@ -391,8 +391,10 @@ cmd_up() {
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then start_mariadb; start_slurmdbd; fi
   if pid_alive "$RUN/slurmctld.pid" slurmctld && [[ $(cat "$SLURM_CONF") != "$conf_before" ]]; then
-    log "slurm.conf changed (e.g. NEOXFLOW_MAX_ARRAY_SIZE): scontrol reconfigure"
-    SLURM_CONF=$SLURM_CONF scontrol reconfigure
+    # a restart, not `scontrol reconfigure`: Slurm 22.05 reports a raised MaxArraySize after a reconfigure
+    # but keeps refusing arrays above the limit it started with. Jobs survive (StateSaveLocation).
+    log "slurm.conf changed (e.g. NEOXFLOW_MAX_ARRAY_SIZE): restarting slurmctld"
+    stop_pid "$RUN/slurmctld.pid" slurmctld
   fi
   start_slurmctld
   start_slurmd node1

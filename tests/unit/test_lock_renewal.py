@@ -54,7 +54,7 @@ class FakeHook:
         self.cancelled: list[str] = []
         self.connections_opened = 1
 
-    async def probe(self, request, expected_tasks=None):
+    async def probe(self, request, expected_tasks=None, finished=None):
         state = self.states[min(self.polls, len(self.states) - 1)]
         self.polls += 1
         self.clock.now += self.clock.step

@@ -136,7 +136,7 @@ class SilentHook:
 
     connections_opened = 1
 
-    async def probe(self, request, expected_tasks=None):
+    async def probe(self, request, expected_tasks=None, finished=None):
         answer = ProbeAnswer(None, None, None, b"", {"squeue": "rc 1", "scontrol": "rc 1", "sacct": "rc 1"})
         return status_from_probe(request.job_id, answer), b""
 
@@ -223,7 +223,7 @@ class ClusterHook:
     def __init__(self, shell, state: str):
         self.shell, self.state, self.submitted = shell, state, []
 
-    def probe(self, request, expected_tasks=None):
+    def probe(self, request, expected_tasks=None, finished=None):
         return status(self.state, request.job_id), b""
 
     def active_jobs_named(self, name):

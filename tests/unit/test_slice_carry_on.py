@@ -86,7 +86,7 @@ class Cluster:
     def live(self) -> list[str]:
         return [j for j, s in self.states.items() if s in ("PENDING", "RUNNING", "COMPLETING")]
 
-    def probe(self, request, expected_tasks=None):
+    def probe(self, request, expected_tasks=None, finished=None):
         task = TaskState(request.job_id, self.states.get(request.job_id, "COMPLETED"), source="squeue")
         return JobStatus(request.job_id, task.outcome, (task,)), b""
 

@@ -190,3 +190,33 @@ def test_config_values_are_read_by_exact_key():
     assert parse_config_value(out, "MaxArraySize") == "1001"
     assert parse_config_value(out, "MaxJobCount") == "10000"
     assert parse_config_value(out, "MaxStepCount") is None
+
+
+def test_array_tasks_that_left_the_queue_keep_the_end_an_earlier_poll_saw():
+    """Without accounting an array task that ended leaves squeue and scontrol after MinJobAge while the
+    array's last tasks still run: its end seen earlier stands in, so a long array finishes instead of
+    turning 'unknown' (then 'lost'). A task never seen final stays unknown."""
+    from neoxflow.slurm.parse import TaskState
+
+    expected = ["7_0", "7_1", "7_2"]
+    running = [TaskState("7_2", "RUNNING", source="squeue")]
+    assert merge_sources("7", running, [], [], expected_tasks=expected).outcome is Outcome.UNKNOWN
+    seen = {
+        "7_0": TaskState("7_0", "COMPLETED", exit_code="0:0", source="scontrol"),
+        "7_1": TaskState("7_1", "COMPLETED", exit_code="0:0", source="scontrol"),
+    }
+    status = merge_sources("7", running, [], [], expected_tasks=expected, finished=seen)
+    assert status.outcome is Outcome.ACTIVE and "earlier poll" in status.tasks[0].source
+    done = [TaskState("7_2", "COMPLETED", exit_code="0:0", source="scontrol")]
+    assert merge_sources("7", [], done, [], expected_tasks=expected, finished=seen).outcome is Outcome.SUCCESS
+    failed = {**seen, "7_1": TaskState("7_1", "FAILED", exit_code="3:0", source="scontrol")}
+    assert merge_sources("7", [], done, [], expected_tasks=expected, finished=failed).outcome.final
+    assert (
+        merge_sources("7", [], done, [], expected_tasks=expected, finished=failed).outcome
+        is not Outcome.SUCCESS
+    )
+    # a state that was not final is no stand-in
+    pending = {"7_0": TaskState("7_0", "PENDING"), "7_1": seen["7_1"]}
+    assert (
+        merge_sources("7", [], done, [], expected_tasks=expected, finished=pending).outcome is Outcome.UNKNOWN
+    )

@@ -75,7 +75,7 @@ class FakeHook:
         self.connections_opened = 1
         self.cancelled: list[str] = []
 
-    async def probe(self, request, expected_tasks=None):
+    async def probe(self, request, expected_tasks=None, finished=None):
         self.polls += 1
         state = self.world(self.polls)
         self.offsets.append(request.log_offset)
@@ -697,7 +697,7 @@ class StartOverHook:
     def __init__(self):
         self.submitted: list[str] = []
 
-    def probe(self, request, expected_tasks=None):
+    def probe(self, request, expected_tasks=None, finished=None):
         return JobStatus(request.job_id, Outcome.UNKNOWN, (), note="no source knows it"), b""
 
     def active_jobs_named(self, name):

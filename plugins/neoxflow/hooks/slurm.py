@@ -12,6 +12,7 @@ import asyncio
 import posixpath
 import random
 import uuid
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -132,11 +133,14 @@ class SlurmSSHHook:
         return ids
 
     def probe(
-        self, request: ProbeRequest, expected_tasks: list[str] | None = None
+        self,
+        request: ProbeRequest,
+        expected_tasks: list[str] | None = None,
+        finished: Mapping[str, TaskState] | None = None,
     ) -> tuple[JobStatus, bytes]:
         _, out, _ = self.run(request.command(), check=False)
         answer = split_probe_output(out)
-        return status_from_probe(request.job_id, answer, expected_tasks), answer.log_chunk
+        return status_from_probe(request.job_id, answer, expected_tasks, finished), answer.log_chunk
 
     def cancel(self, job_id: str) -> None:
         self.run(commands.scancel_command(job_id))
@@ -213,11 +217,14 @@ class AsyncSlurmSSHHook:
         raise AssertionError("unreachable")
 
     async def probe(
-        self, request: ProbeRequest, expected_tasks: list[str] | None = None
+        self,
+        request: ProbeRequest,
+        expected_tasks: list[str] | None = None,
+        finished: Mapping[str, TaskState] | None = None,
     ) -> tuple[JobStatus, bytes]:
         _, out, _ = await self.run(request.command())
         answer = split_probe_output(out)
-        return status_from_probe(request.job_id, answer, expected_tasks), answer.log_chunk
+        return status_from_probe(request.job_id, answer, expected_tasks, finished), answer.log_chunk
 
     async def cancel(self, job_id: str) -> None:
         status, _, err = await self.run_with_retry(commands.scancel_command(job_id), attempts=3)

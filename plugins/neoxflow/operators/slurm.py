@@ -440,9 +440,13 @@ class SlurmOperator(BaseOperator):
 
     def _poll_in_worker(self, context: Context, record: dict[str, Any]) -> Any:
         offset, unknown_since = 0, None
+        finished: dict[str, Any] = {}  # array tasks seen final (they leave squeue after MinJobAge)
         while True:
             try:
-                status, chunk = self.hook.probe(self._probe_request(record, offset), self._expected(record))
+                status, chunk = self.hook.probe(
+                    self._probe_request(record, offset), self._expected(record), finished
+                )
+                finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
             except Exception as err:  # one failed poll is not a verdict
                 self.log.warning("Poll failed (%s); retrying", err)
                 self.hook.close()

@@ -8,6 +8,7 @@ first, then the controller's memory (until MinJobAge), then accounting.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from neoxflow.slurm.states import Outcome, classify, combine
@@ -238,11 +239,15 @@ def merge_sources(
     scontrol: list[TaskState],
     sacct: list[TaskState],
     expected_tasks: list[str] | None = None,
+    finished: Mapping[str, TaskState] | None = None,
 ) -> JobStatus:
     """Layered state: per task, believe squeue, then scontrol, then sacct.
 
     ``expected_tasks`` lists the array task ids we submitted (``["123_0", "123_1"]``); a task none of the
     sources knows makes the whole job UNKNOWN, not finished. For a plain job it is ``[job_id]``.
+    ``finished`` holds the final states earlier polls saw: an array task that ended leaves squeue and
+    scontrol after ``MinJobAge`` (30-300 s), and without accounting nothing knows it then, while the
+    array's last tasks may run for hours; its observed end stands in.
     """
     wanted = expected_tasks or None
     by_task: dict[str, TaskState] = {}
@@ -256,6 +261,10 @@ def merge_sources(
     if wanted is None:
         # A plain job shows as its id; an array we did not describe shows as its tasks only.
         wanted = sorted(by_task, key=_task_sort_key) or [job_id]
+    for task_id in wanted:
+        seen = (finished or {}).get(task_id)
+        if task_id not in by_task and seen is not None and seen.outcome.final:
+            by_task[task_id] = replace(seen, source=f"{seen.source} (an earlier poll; gone since)")
     tasks = tuple(by_task[t] for t in wanted if t in by_task)
     missing = [t for t in wanted if t not in by_task]
     if missing:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from neoxflow.slurm.commands import ProbeAnswer
-from neoxflow.slurm.parse import JobStatus, merge_sources, parse_sacct, parse_scontrol, parse_squeue
+from neoxflow.slurm.parse import (
+    JobStatus,
+    TaskState,
+    merge_sources,
+    parse_sacct,
+    parse_scontrol,
+    parse_squeue,
+)
 from neoxflow.slurm.states import Outcome
 
 
-def status_from_probe(job_id: str, answer: ProbeAnswer, expected_tasks: list[str] | None = None) -> JobStatus:
+def status_from_probe(
+    job_id: str,
+    answer: ProbeAnswer,
+    expected_tasks: list[str] | None = None,
+    finished: Mapping[str, TaskState] | None = None,
+) -> JobStatus:
+    """``finished``: array tasks' final states seen by earlier polls (see :func:`merge_sources`)."""
     if answer.squeue is None and answer.scontrol is None and answer.sacct is None:
         detail = "; ".join(f"{k}: {v}" for k, v in answer.errors.items()) or "no answer"
         return JobStatus(
@@ -22,6 +37,7 @@ def status_from_probe(job_id: str, answer: ProbeAnswer, expected_tasks: list[str
         parse_scontrol(answer.scontrol or ""),
         parse_sacct(answer.sacct or ""),
         expected_tasks=expected_tasks,
+        finished=finished,
     )
     if status.outcome is Outcome.UNKNOWN and answer.errors:
         failed = ", ".join(sorted(answer.errors))

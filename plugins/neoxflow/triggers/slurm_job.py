@@ -28,7 +28,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
-from neoxflow.slurm.parse import JobStatus
+from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -141,6 +141,7 @@ class SlurmJobTrigger(BaseTrigger):
         unreachable_since: float | None = None
         failures = 0
         polls = 0
+        finished: dict[str, TaskState] = {}  # array tasks seen final: they leave squeue after MinJobAge
         try:
             while True:
                 request = ProbeRequest(
@@ -151,7 +152,8 @@ class SlurmJobTrigger(BaseTrigger):
                     use_sacct=self.use_sacct,
                 )
                 try:
-                    status, chunk = await hook.probe(request, self.expected_tasks)
+                    status, chunk = await hook.probe(request, self.expected_tasks, finished)
+                    finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
                     polls += 1
                     failures, unreachable_since = 0, None
                 except Exception as err:
