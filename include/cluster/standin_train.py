@@ -121,9 +121,11 @@ def human_readable_flops(num: float) -> str:
     return f"{num:.1f}Yi"
 
 
-def flops_per_iteration(cfg: dict, vocab: int, batch: int) -> float:
-    """NeoX's get_flops estimate for one iteration of the whole job (megatron/utils.py)."""
-    factor = 4 if cfg.get("checkpoint_activations") else 3
+def flops_per_iteration(cfg: dict, vocab: int, batch: int, *, model: bool = False) -> float:
+    """NeoX's estimate for one iteration of the whole job (megatron/logging.py): what the GPUs compute
+    (``get_actual_flops``: x4 with activation recomputation), or with ``model`` the model's own FLOPs
+    (``get_forward_backward_flops``: x3 always), the basis of MFU."""
+    factor = 4 if cfg.get("checkpoint_activations") and not model else 3
     h, layers, s = cfg["hidden_size"], cfg["num_layers"], cfg["seq_length"]
     return 24 * factor * batch * s * layers * h**2 * (1.0 + s / (6.0 * h) + vocab / (16.0 * layers * h))
 
@@ -139,12 +141,15 @@ def format_train_line(
     lm_loss: float,
     skipped: int,
     nans: int,
+    utilisation: tuple[float, float] | None = None,
 ) -> str:
-    """NeoX's training_log line, field for field (no 'loss scale': the stand-in trains in fp32)."""
+    """NeoX's training_log line, field for field (no 'loss scale': the stand-in trains in fp32);
+    ``utilisation`` (MFU, HFU in percent) printed as NeoX does when ``peak_theoretical_tflops`` is set."""
+    mfu_hfu = f" MFU: {utilisation[0]:.2f}% | HFU: {utilisation[1]:.2f}% |" if utilisation else ""
     return (
         f" samples/sec: {samples_per_sec:.3f} | iteration {iteration:8d}/{train_iters:8d} |"
         f" elapsed time per iteration (ms): {elapsed_ms:.1f} | learning rate: {lr:.3E} |"
-        f" approx flops per GPU: {human_readable_flops(flops_per_gpu)} | lm_loss: {lm_loss:.6E} |"
+        f" approx flops per GPU: {human_readable_flops(flops_per_gpu)} |{mfu_hfu} lm_loss: {lm_loss:.6E} |"
         f" number of skipped iterations: {skipped:3d} | number of nan iterations: {nans:3d} |"
     )
 
@@ -298,6 +303,8 @@ class Trainer:
         self.iteration = 0
         self.consumed = 0
         self.flops = flops_per_iteration(cfg, self.vocab, self.batch)
+        self.model_flops = flops_per_iteration(cfg, self.vocab, self.batch, model=True)
+        self.peak_flops = float(cfg.get("peak_theoretical_tflops") or 0) * 1e12
 
     # rank 0 speaks for the job
     def log(self, message: str) -> None:
@@ -473,6 +480,7 @@ class Trainer:
             if self.iteration % cfg["log_interval"] == 0:
                 now = time.perf_counter()
                 per_iter = (now - last_log) / since
+                per_gpu = per_iter * self.env.world_size
                 self.log(
                     format_train_line(
                         iteration=self.iteration,
@@ -480,10 +488,16 @@ class Trainer:
                         elapsed_ms=per_iter * 1000.0,
                         samples_per_sec=self.batch / per_iter,
                         lr=self.scheduler.lr_at(self.scheduler.num_iters),
-                        flops_per_gpu=self.flops / (per_iter * self.env.world_size),
+                        flops_per_gpu=self.flops / per_gpu,
                         lm_loss=sum(losses) / len(losses) if losses else float("nan"),
                         skipped=nans,
                         nans=nans,
+                        utilisation=(
+                            100 * self.model_flops / per_gpu / self.peak_flops,
+                            100 * self.flops / per_gpu / self.peak_flops,
+                        )
+                        if self.peak_flops
+                        else None,
                     )
                 )
                 losses, nans, last_log, since = [], 0, now, 0

@@ -119,10 +119,11 @@ def test_standin_trainer_lines_parse_like_neox():
 
 
 def test_bf16_line_has_no_loss_scale_and_keeps_extra_fields():
-    line = DOC_LINE.replace(" loss scale: 256.0 |", " MFU: 41.25% | moe_loss: 1.5E-02 |")
+    line = DOC_LINE.replace(" loss scale: 256.0 |", " MFU: 41.25% | HFU: 55.00% | moe_loss: 1.5E-02 |")
     step = parse_line(line)
     assert step.loss_scale is None
-    assert step.extra == {"MFU": pytest.approx(41.25), "moe_loss": pytest.approx(0.015)}
+    assert (step.mfu, step.hfu) == (pytest.approx(41.25), pytest.approx(55.0))  # NeoX's own, in percent
+    assert step.extra == {"moe_loss": pytest.approx(0.015)}
 
 
 def test_truncated_line_keeps_what_it_has():

@@ -233,3 +233,23 @@ def test_analyse_run_on_the_rebuilt_real_run(tmp_path):
     (save / "global_step80" / "configs" / "tiny80.json").write_text("{}")
     healed = analyse_run(log, scan_local(save), expect, train_iters=80, exit_code=1, seq_length=SEQ)
     assert healed["verdict"]["status"] == "finished" and healed["resume"]["action"] == "keep"
+
+
+def test_mfu_is_neoxs_own_figure_shown_beside_its_hardware_tflops():
+    """NeoX prints MFU and HFU when the config sets peak_theoretical_tflops (issue 18 item 5): progress,
+    the run note and the report carry NeoX's figure; none is computed a second way."""
+    from neoxflow.neox.logparse import parse_line
+    from neoxflow.neox.progress import compute_progress, run_note_markdown, summary_line
+
+    line = (
+        " samples/sec: 40.000 | iteration       20/     100 | elapsed time per iteration (ms): 800.0 |"
+        " learning rate: 6.000E-04 | approx flops per GPU: 99.5TFLOPS | MFU: 7.54% | HFU: 10.06% |"
+        " lm_loss: 7.000000E+00 | number of skipped iterations:   0 | number of nan iterations:   0 |"
+    )
+    step = parse_line(line)
+    progress = compute_progress([step], seq_length=2048)
+    assert progress.mfu == pytest.approx(7.54) and progress.tflops == pytest.approx(99.5)
+    assert "99.50 TFLOPS/GPU | MFU 7.54%" in summary_line(progress)
+    assert "| 99.50 | 7.54 |" in run_note_markdown(progress)
+    without = compute_progress([parse_line(line.replace(" MFU: 7.54% | HFU: 10.06% |", ""))])
+    assert without.mfu is None and "MFU" not in summary_line(without)

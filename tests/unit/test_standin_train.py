@@ -221,6 +221,23 @@ def test_train_line_is_neox_format_field_for_field():
     assert ours == real.replace(" loss scale: 4096.0 |", "")
 
 
+def test_mfu_and_hfu_follow_neoxs_formulas_and_parse_back():
+    """With peak_theoretical_tflops set NeoX prints MFU (model FLOPs: x3, recomputation not counted) and
+    HFU (what ran: x4 with recomputation) after its flops field; the stand-in prints the same fields."""
+    from neoxflow.neox.logparse import parse_line
+
+    cfg = {**json.loads((FIXTURES / "tiny-config.json").read_text()), "checkpoint_activations": True}
+    hardware, model = st.flops_per_iteration(cfg, 50304, 8), st.flops_per_iteration(cfg, 50304, 8, model=True)
+    assert hardware / model == pytest.approx(4 / 3)
+    line = st.format_train_line(
+        iteration=10, train_iters=60, elapsed_ms=22.5, samples_per_sec=354.862, lr=9.704e-4,
+        flops_per_gpu=2.9e12, lm_loss=9.809254, skipped=0, nans=0, utilisation=(7.5, 10.0),
+    )  # fmt: skip
+    assert "approx flops per GPU: 2.9TFLOPS | MFU: 7.50% | HFU: 10.00% | lm_loss:" in line
+    step = parse_line(line)
+    assert (step.mfu, step.hfu, step.tflops) == (7.5, 10.0, pytest.approx(2.9))
+
+
 def test_flops_estimate_matches_neox():
     real = json.loads((FIXTURES / "tiny-config.json").read_text())
     flops = st.flops_per_iteration(real, 50304, 8)

@@ -732,6 +732,8 @@ class ClusterSpec:
     env: dict[str, str] = field(default_factory=dict)
     # after a node failure with no spare, resume on fewer nodes (another world size: another sum order)
     shrink_on_node_failure: bool = False
+    # one GPU's peak dense TFLOPS at the training precision: NeoX's peak_theoretical_tflops, for its MFU
+    gpu_peak_tflops: float | None = None
     # where and on whose budget every job of the profile runs (most production clusters require an account)
     account: str | None = None
     qos: str | None = None
@@ -1057,6 +1059,9 @@ class _ProfileReader:
         cluster["shrink_on_node_failure"] = self.get(
             ("cluster", "shrink_on_node_failure"), bool, default=False
         )
+        cluster["gpu_peak_tflops"] = self.get(
+            ("cluster", "gpu_peak_tflops"), (int, float), default=None, check=_positive_number
+        )
         dataset = self.get(("data", "dataset"), str, check=relative)
         url_template = self.get(("data", "url_template"), str, default=None, check=url_template_check)
         parallelism = self.get(("data", "parallelism"), int, default=8, check=data_parallelism)
@@ -1196,6 +1201,12 @@ def build_run_config(
             "data_path": profile.data_path(dataset_id),
             "vocab_file": profile.tokenizer_path,
             "log_dir": paths.neox_log_dir,
+            # NeoX then prints MFU and HFU itself (megatron/logging.py): one formula, NeoX's
+            **(
+                {"peak_theoretical_tflops": profile.cluster.gpu_peak_tflops}
+                if profile.cluster.gpu_peak_tflops
+                else {}
+            ),
         },
     )
     cfg = merge_config(cfg, profile.neox_overrides)

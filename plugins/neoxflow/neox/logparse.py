@@ -52,8 +52,11 @@ class TrainStep:
 
     Values are averages over the last log interval, as NeoX prints them. ``tflops`` is NeoX's
     "approx flops per GPU" converted to TFLOPS whatever unit it printed (GFLOPS on slow steps).
+    ``tflops`` counts what the GPUs computed, activation recomputation included (x4 instead of x3 when
+    ``checkpoint_activations`` is on): hardware FLOPs. ``mfu`` and ``hfu`` are NeoX's own model and
+    hardware FLOPs utilisation in percent, printed when the config sets ``peak_theoretical_tflops``.
     Fields NeoX did not print (``loss_scale`` outside fp16, a truncated line) are None.
-    ``extra`` keeps any other numeric field (MFU, HFU, additional losses) by its printed name.
+    ``extra`` keeps any other numeric field (additional losses) by its printed name.
     """
 
     iteration: int
@@ -67,6 +70,8 @@ class TrainStep:
     skipped: int | None = None
     nan: int | None = None
     rank: int | None = None
+    mfu: float | None = None
+    hfu: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -174,6 +179,8 @@ _STEP_FIELDS = (
     ("elapsed time per iteration (ms)", "elapsed_ms"),
     ("learning rate", "lr"),
     ("approx flops per gpu", "tflops"),
+    ("mfu", "mfu"),
+    ("hfu", "hfu"),
     ("lm_loss", "lm_loss"),
     ("loss scale", "loss_scale"),
     ("number of skipped iterations", "skipped"),
@@ -239,8 +246,8 @@ def _parse_step(line: str, m: re.Match, rank: int | None) -> TrainStep:
                 elif attr in _INT_FIELDS:
                     number = _number(raw)
                     values[attr] = int(number) if number is not None and number == number else None
-                else:
-                    values[attr] = _number(raw)
+                else:  # MFU and HFU are printed in percent: "7.54%"
+                    values[attr] = _number(raw.rstrip("%"))
                 break
         else:
             number = _number(raw.rstrip("%"))

@@ -33,7 +33,9 @@ class Progress:
     """A snapshot of training progress; fields are None until the log has shown them.
 
     ``samples_per_sec`` is NeoX's global rate (train_batch_size / iteration time); ``tokens_per_sec``
-    = samples/s x seq_length; ``tflops`` is per GPU, as NeoX prints it.
+    = samples/s x seq_length; ``tflops`` is per GPU, as NeoX prints it (hardware FLOPs: recomputation
+    counted); ``mfu`` is NeoX's model FLOPs utilisation in percent (recomputation not counted), when the
+    profile names the GPU's peak (``cluster.gpu_peak_tflops``).
     """
 
     iteration: int | None
@@ -47,6 +49,7 @@ class Progress:
     eta_seconds: float | None
     resumed_from: int | None = None
     last_checkpoint: int | None = None
+    mfu: float | None = None
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -100,6 +103,7 @@ def compute_progress(
         eta_seconds=eta,
         resumed_from=resumed_from,
         last_checkpoint=last_checkpoint,
+        mfu=_median([s.mfu for s in recent]),
     )
 
 
@@ -147,6 +151,7 @@ def summary_line(p: Progress) -> str:
         parts.append(f"{_si(p.tokens_per_sec)} tokens/s")
     parts += [
         f"{_num(p.tflops, '.2f')} TFLOPS/GPU",
+        *([f"MFU {p.mfu:.2f}%"] if p.mfu is not None else []),
         f"{_num(p.iter_ms, '.1f')} ms/it",
         f"ETA {format_duration(p.eta_seconds)}",
     ]
@@ -171,10 +176,10 @@ def run_note_markdown(p: Progress, *, title: str = "Training", lines: Sequence[s
         )
         ckpt = f"global_step{p.last_checkpoint}" if p.last_checkpoint is not None else "none yet"
         table = (
-            "\n\n| lm_loss | samples/s | tokens/s | TFLOPS/GPU | ms/it | last checkpoint |\n"
-            "|---|---|---|---|---|---|\n"
+            "\n\n| lm_loss | samples/s | tokens/s | TFLOPS/GPU | MFU % | ms/it | last checkpoint |\n"
+            "|---|---|---|---|---|---|---|\n"
             f"| {_num(p.lm_loss, '.4g')} | {_si(p.samples_per_sec)} | {_si(p.tokens_per_sec)} "
-            f"| {_num(p.tflops, '.2f')} | {_num(p.iter_ms, '.1f')} | {ckpt} |"
+            f"| {_num(p.tflops, '.2f')} | {_num(p.mfu, '.2f')} | {_num(p.iter_ms, '.1f')} | {ckpt} |"
         )
     bullets = "".join(f"\n- {line}" for line in lines)
     if p.resumed_from:

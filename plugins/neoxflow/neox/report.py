@@ -132,7 +132,11 @@ def build_summary(
         "throughput": {
             "samples_per_sec": samples,
             "tokens_per_sec": samples * seq_length if samples is not None and seq_length else None,
+            # NeoX's "approx flops per GPU": hardware FLOPs (activation recomputation counted)
             "tflops_per_gpu": _median(s.tflops for s in steps),
+            # NeoX's own MFU and HFU (percent), printed when the config sets peak_theoretical_tflops
+            "mfu_percent": _median(s.mfu for s in steps),
+            "hfu_percent": _median(s.hfu for s in steps),
             "iter_ms": _median(s.elapsed_ms for s in steps),
             "basis": "median over all logged intervals of the last attempt",
         },

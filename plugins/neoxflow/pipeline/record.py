@@ -70,6 +70,7 @@ PER_SLICE_KEYS = frozenset(
         "log_interval",
         "steps_per_print",
         "wall_clock_breakdown",
+        "peak_theoretical_tflops",
         "num_workers",
         "distributed_backend",
         "data_path",

@@ -139,11 +139,8 @@ def render_run(story: Mapping[str, Any], *, base: str = "") -> str:
         ("Verdict", run.get("verdict") or NOT_RECORDED),
         ("ETA", dur(eta)),
         ("Tokens/s", num(thr.get("tokens_per_sec"), ",.0f")),
-        ("TFLOPS/GPU", num(thr.get("tflops_per_gpu"), ".3g")),
-        (
-            f"MFU (peak {num(thr.get('peak_tflops'), 'g')} TFLOPS)",
-            num(None if thr.get("mfu") is None else thr["mfu"] * 100, ".3g", " %"),
-        ),
+        ("TFLOPS/GPU (NeoX: recomputation counted)", num(thr.get("tflops_per_gpu"), ".3g")),
+        ("MFU (NeoX's, from the profile's GPU peak)", num(thr.get("mfu_percent"), ".3g", " %")),
         (
             "GPU-hours (jobs from submission)",
             num(usage.get("gpu_hours"), ".3g") + f" ({usage.get('gpus') or '?'} GPUs)",

@@ -8,7 +8,6 @@ runs and its XComs. An anonymous request gets 401, a user without access to the 
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -22,8 +21,6 @@ from neoxflow.ui import page, sources, story
 
 PREFIX = "/neoxflow"
 DAG_IDS = ("pythia_pretrain", "pythia_pretrain_continue")
-#: peak dense TFLOPS of one GPU for the MFU figure (an environment override of story's A100 default)
-PEAK_ENV = "NEOXFLOW_PEAK_TFLOPS"
 
 READ_RUNS = [
     Depends(requires_access_dag("GET", DagAccessEntity.RUN)),
@@ -33,19 +30,11 @@ READ_RUNS = [
 app = FastAPI(title="neoxflow Training view", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _peak() -> float | None:
-    raw = os.environ.get(PEAK_ENV, "").strip()
-    try:
-        return float(raw) if raw else story.DEFAULT_PEAK_TFLOPS
-    except ValueError:
-        return story.DEFAULT_PEAK_TFLOPS
-
-
 def _story(session, dag_id: str, run_id: str) -> dict[str, Any]:
     dag_run = sources.find_dag_run(session, dag_id, run_id)
     if dag_run is None:
         raise HTTPException(status_code=404, detail=f"no DAG run {run_id!r} of {dag_id!r}")
-    told = story.build_story(sources.gather(session, dag_run), now=time.time(), peak_tflops=_peak())
+    told = story.build_story(sources.gather(session, dag_run), now=time.time())
     told["dag_runs_of_record"] = sources.runs_of_record(session, dag_id, told["run"]["run_name"])
     return told
 

@@ -30,8 +30,6 @@ TRAIN = "train.train_slice"
 #: a slice that started more than this after the previous one ended shows a gap (seconds)
 GAP_MIN_S = 1.0
 _STAMP = re.compile(r"neoxflow: job \d+ started=\S+ \S+ nodes=(\S+)")
-#: default peak dense BF16 TFLOPS of one GPU for MFU (A100, which the Pythia suite was trained on)
-DEFAULT_PEAK_TFLOPS = 312.0
 #: tries whose end fired an alert to every configured channel (dags/pythia_pretrain.py default_args)
 ALERTING_STATES = {"failed": "failure", "up_for_retry": "retry"}
 
@@ -238,9 +236,7 @@ def checkpoints_of(src: Mapping[str, Any], summary: Any, report: Any) -> list[di
     return sorted(rows, key=lambda r: (r["iteration"] is None, r["iteration"] or 0, r["tag"]))
 
 
-def build_story(
-    src: Mapping[str, Any], *, now: float, peak_tflops: float | None = DEFAULT_PEAK_TFLOPS
-) -> dict[str, Any]:
+def build_story(src: Mapping[str, Any], *, now: float) -> dict[str, Any]:
     run = src.get("dag_run") or {}
     plan = _x(src, "prepare.plan")
     plan = plan if isinstance(plan, Mapping) else {}
@@ -268,6 +264,7 @@ def build_story(
             "samples_per_sec": progress.samples_per_sec,
             "tokens_per_sec": progress.tokens_per_sec,
             "tflops_per_gpu": progress.tflops,
+            "mfu_percent": progress.mfu,
             "iter_ms": progress.iter_ms,
             "basis": "median over the last logged intervals (job logs)",
         }
@@ -281,7 +278,8 @@ def build_story(
     elif eta is None and last_iteration is not None and train_iters and thr.get("iter_ms"):
         eta = (train_iters - last_iteration) * float(thr["iter_ms"]) / 1000.0
     tflops = _num(thr.get("tflops_per_gpu"))
-    mfu = tflops / peak_tflops if tflops is not None and peak_tflops else None
+    # NeoX's own MFU (peak_theoretical_tflops from the profile's cluster.gpu_peak_tflops): not recomputed here
+    mfu = _num(thr.get("mfu_percent"))
 
     gpus = gpus_of(plan)
     # each job from its submission to its end (any time queued counts: an upper bound of its allocation)
@@ -328,8 +326,7 @@ def build_story(
             "samples_per_sec": _num(thr.get("samples_per_sec")),
             "tflops_per_gpu": tflops,
             "iter_ms": _num(thr.get("iter_ms")),
-            "mfu": mfu,
-            "peak_tflops": peak_tflops,
+            "mfu_percent": mfu,
             "basis": thr.get("basis"),
         },
         "eta_s": eta,
