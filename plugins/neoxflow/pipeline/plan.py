@@ -30,6 +30,8 @@ from neoxflow.data.fsx import FsxTaskError, client_token, import_task_request
 from neoxflow.data.render import (
     ArraySpec,
     RenderedArray,
+    array_directive,
+    manifest_digest,
     render_fetch_array,
     render_stage_array,
     render_tokenize_array,
@@ -197,7 +199,7 @@ def _job_plan(spec: ArraySpec, rendered: RenderedArray) -> dict[str, Any]:
         "remote_dir": posixpath.dirname(spec.job_dir),
         "script": rendered.script,
         "files": {},
-        "array": f"0-{rendered.array_tasks - 1}%{min(spec.parallelism, rendered.array_tasks)}",
+        "array": array_directive(rendered.array_tasks, spec.parallelism),
         "array_lines": rendered.lines,
         "array_parallelism": spec.parallelism,
         "manifest": {"path": rendered.manifest_path, "sha256": rendered.manifest_sha256},
@@ -231,7 +233,7 @@ def manifest_texts(plan: dict[str, Any]) -> dict[str, str]:
     lay = RunLayout(**plan["layout"])
     moving, tokenize = _data_entries(dataset_selection(plan["dataset"]), profile, lay)
     texts = {format_manifest(moving), format_manifest(tokenize)}
-    by_hash = {hashlib.sha256(text.encode()).hexdigest(): text for text in texts}
+    by_hash = {manifest_digest(text): text for text in texts}
     out: dict[str, str] = {}
     for path, sha in plan["manifests"].items():
         if sha not in by_hash:
