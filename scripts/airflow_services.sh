@@ -5,9 +5,10 @@
 #
 # All Airflow state lives under one folder ($NEOXFLOW_AIRFLOW_HOME, default <repo>/.state/airflow): logs/,
 # run/<component>.pid, the shared JWT secret, the database password (db.password, mode 600) and api.env
-# (the URL and admin login consumers read). Every component is started here with setsid and a pid file;
-# `down` ends exactly those process groups (after checking the pid still runs the airflow component we
-# started), never anything else.
+# (the URL and admin login consumers read). Every component runs under a supervisor (this script's
+# `supervise`: it starts the component again when it exits by itself, as systemd would), started with setsid
+# and a pid file; `down` ends exactly those process groups (after checking the pid still runs the supervisor
+# we started), never anything else.
 #
 # PostgreSQL: a private server per Airflow home, started and stopped by this script (never Debian's
 # system cluster or its service). initdb refuses to run as root and the server's user must reach its data
@@ -25,7 +26,8 @@
 #   scripts/airflow_services.sh down               Airflow components first, then PostgreSQL
 #   scripts/airflow_services.sh status             exit 0 only when every component runs and reports healthy
 #   scripts/airflow_services.sh restart COMPONENT [seconds-down]   fault injection for tests
-#   scripts/airflow_services.sh kill COMPONENT     fault injection: SIGKILL its process group (a crash)
+#   scripts/airflow_services.sh kill COMPONENT     fault injection: SIGKILL its process group, supervisor
+#                                                  included (a lost machine: it does not come back)
 #   scripts/airflow_services.sh env                print the environment the components run with
 #
 # Connections and cluster settings come from the local cluster (<repo>/.state/cluster/env.sh, written by
@@ -214,15 +216,13 @@ db_conn() {  # the running server's connection string for Airflow
 # --- processes we own ---------------------------------------------------------------------------------
 pid_of() { [[ -s $RUN/$1.pid ]] && tr -dc '0-9' <"$RUN/$1.pid"; }
 
-alive() {  # component: the pid in its pid file still runs `airflow <its command>`
-  # (the api-server retitles itself "airflow api_server -- host:..."; setproctitle also clobbers
-  # /proc/<pid>/environ, so the command line is all there is to check; scheduler and scheduler-2 have the
-  # same one: their pid files tell them apart)
-  local pid cmd
+alive() {  # component: the pid in its pid file still runs this script's supervisor of that component
+  # (the pid file names the supervisor, the leader of the component's process group; the supervisor's command
+  # line is all there is to check: the api-server retitles itself and setproctitle clobbers /proc/<pid>/environ)
+  local pid
   pid=$(pid_of "$1") || return 1
   [[ -n $pid && -r /proc/$pid/cmdline ]] || return 1
-  cmd=$(command_of "$1")
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE -- "airflow (${cmd}|${cmd//-/_})( |$)"
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "airflow_services.sh supervise $1 "
 }
 
 stop_component() {  # component: TERM the leader, then the process group it leads (setsid: pgid == pid)
@@ -353,7 +353,7 @@ EOF
 }
 
 # --- start and wait -----------------------------------------------------------------------------------
-start_component() {
+start_component() {  # component: its supervisor, in a session (process group) of its own, with a pid file
   local c=$1
   alive "$c" && return
   local args extra
@@ -361,8 +361,48 @@ start_component() {
   [[ $c == api-server ]] && args+=(--host 127.0.0.1 --port "$PORT" --workers 1)
   mapfile -t extra < <(instance_env "$c")
   log "starting $c"
-  setsid env "${extra[@]}" "$VENV/bin/airflow" "${args[@]}" </dev/null >>"$LOG/$c.log" 2>&1 &
+  setsid env "${extra[@]}" bash "$REPO/scripts/airflow_services.sh" supervise "$c" "$VENV/bin/airflow" "${args[@]}" \
+    </dev/null >>"$LOG/$c.log" 2>&1 &
   echo $! >"$RUN/$c.pid"
+}
+
+# A component that exits by itself is started again, as systemd (Restart=on-failure) or Kubernetes do in a
+# deployment: with two schedulers, Airflow 3.3.2 can crash one on a duplicate asset_active row when a task
+# emits events for a new Asset through an AssetAlias (seen in CI: the scheduler's loop ended with
+# UniqueViolation "asset_active_pkey"), and a scheduler that stays dead leaves the other alone, or none once
+# a test kills it. Each exit is written to crashes.log; RESTART_BURST quick exits in a row (each within
+# RESTART_WINDOW_S of its start) give up, as systemd's start limit does. TERM (stop_component) stops the
+# component without a restart; `kill` SIGKILLs the whole process group, supervisor included: a lost machine.
+RESTART_DELAY_S=2
+RESTART_BURST=5
+RESTART_WINDOW_S=60
+
+cmd_supervise() {  # component command...: run the command in the foreground of this process group
+  local c=$1 child="" stopping=0 quick=0 started rc
+  shift
+  trap 'stopping=1; [[ -n $child ]] && kill -TERM "$child" 2>/dev/null' TERM INT
+  while :; do
+    started=$SECONDS
+    "$@" &
+    child=$!
+    # a trapped signal ends `wait` early: wait again until the child has really gone
+    while :; do
+      rc=0
+      wait "$child" || rc=$?
+      kill -0 "$child" 2>/dev/null || break
+    done
+    ((stopping)) && exit 0
+    if ((SECONDS - started < RESTART_WINDOW_S)); then quick=$((quick + 1)); else quick=1; fi
+    printf '%s %s exited by itself with status %s after %ss\n' "$(date -u +%FT%TZ)" "$c" "$rc" \
+      "$((SECONDS - started))" >>"$LOG/crashes.log"
+    if ((quick >= RESTART_BURST)); then
+      log "$c exited $quick times in a row within ${RESTART_WINDOW_S}s of starting: not restarting it"
+      exit 1
+    fi
+    log "$c exited by itself (status $rc): starting it again in ${RESTART_DELAY_S}s"
+    sleep "$RESTART_DELAY_S"
+    ((stopping)) && exit 0
+  done
 }
 
 health() { curl -fsS --max-time 5 "http://127.0.0.1:$PORT/api/v2/monitor/health"; }
@@ -380,20 +420,14 @@ PY
 }
 
 wait_until() {  # description timeout command...
-  local what=$1 t=$2 c; shift 2
-  local end=$((SECONDS + t)) restarted=" "
+  local what=$1 t=$2 c
+  shift 2
+  local end=$((SECONDS + t))
   until "$@" >/dev/null 2>&1; do
-    # a component killed on purpose (`kill`) has no pid file and is not waited for. One that exited by
-    # itself is started again once, as a supervisor (systemd, Kubernetes) does in production: with two
-    # schedulers Airflow 3.3.2 can crash one on a duplicate asset_active row. It is written to crashes.log
-    # (tests read it); a second exit while waiting is an error.
+    # a component killed on purpose (`kill`) has no pid file and is not waited for; one whose supervisor
+    # gave up (see cmd_supervise) will not come back
     for c in $(started_components); do
-      alive "$c" && continue
-      [[ $restarted == *" $c "* ]] && die "$c exited again while waiting for $what (log: $LOG/$c.log)"
-      log "warning: $c exited by itself (log: $LOG/$c.log); starting it again"
-      printf '%s %s exited while waiting for %s\n' "$(date -u +%FT%TZ)" "$c" "$what" >>"$LOG/crashes.log"
-      restarted+="$c "
-      start_component "$c"
+      alive "$c" || die "$c stopped while waiting for $what (logs: $LOG/$c.log, $LOG/crashes.log)"
     done
     ((SECONDS < end)) || die "$what not reached in ${t}s (logs: $LOG)"
     sleep 1
@@ -460,7 +494,7 @@ cmd_restart() {  # component [seconds-down]
   log "$c restarted"
 }
 
-cmd_kill() {  # component: a crash, not a shutdown: SIGKILL to its whole process group, no clean-up
+cmd_kill() {  # component: a lost machine, not a shutdown: SIGKILL to its whole process group, no clean-up
   local c=$1 pid i
   known_component "$c"
   if ! alive "$c"; then  # it died before the fault we meant to inject: say how, from its own log
@@ -480,6 +514,7 @@ case ${1:-} in
   status) cmd_status ;;
   restart) shift; [[ $# -ge 1 ]] || die "usage: $0 restart COMPONENT [seconds-down]"; cmd_restart "$@" ;;
   kill) shift; [[ $# -eq 1 ]] || die "usage: $0 kill COMPONENT"; cmd_kill "$1" ;;
+  supervise) shift; [[ $# -ge 2 ]] || die "usage: $0 supervise COMPONENT COMMAND..."; cmd_supervise "$@" ;;
   env) load_env; env | grep -E '^(AIRFLOW_|AIRFLOW__|NEOXFLOW_|SLURM_CONF)' | grep -v -E 'SECRET|JWT|_CONN' | sort ;;
   *) echo "usage: $0 up | down | status | restart COMPONENT [seconds-down] | kill COMPONENT | env" >&2; exit 2 ;;
 esac
