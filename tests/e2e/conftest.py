@@ -72,6 +72,11 @@ def services(cluster_env) -> Services:
         yield Services(airflow_rest.from_env_file(E2E_HOME / "api.env"), env, E2E_HOME)
     finally:
         subprocess.run(down, env=env, capture_output=True, timeout=180)
+        # components their supervisor started again (an Airflow crash, not a fault a test injected): said
+        # in the session's output so a flaky Airflow shows in CI's log
+        crashes = E2E_HOME / "logs" / "services" / "crashes.log"
+        if crashes.exists():
+            print(f"\n[e2e] components that exited by themselves and were restarted:\n{crashes.read_text()}")
 
 
 @pytest.fixture
