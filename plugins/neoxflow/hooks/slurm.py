@@ -167,6 +167,11 @@ class SlurmSSHHook:
 class AsyncSlurmSSHHook:
     """Non-blocking Slurm client for triggers: ONE reused asyncssh connection, reconnected on failure
     with jittered exponential backoff. ``connections_opened`` counts handshakes (the benchmark reads it).
+
+    The provider's hook pins the ``host_key`` extra as a ``host KEY`` known_hosts line; on a login node
+    with a non-default SSH port that still matches, because asyncssh looks a host up again without its port
+    when no ``[host]:port`` entry exists (``SSHKnownHosts.match``). A wrong key is refused all the same
+    (tests/cluster/test_slurm_operator.py, against the local cluster's sshd on a non-default port).
     """
 
     def __init__(self, ssh_conn_id: str, *, cmd_timeout: float = 60.0, max_backoff: float = 60.0):
@@ -178,7 +183,7 @@ class AsyncSlurmSSHHook:
 
     async def _connection(self):
         if self._conn is None:
-            hook = _PortAwareSSHHookAsync(ssh_conn_id=self.ssh_conn_id)
+            hook = SSHHookAsync(ssh_conn_id=self.ssh_conn_id)
             self._conn = await hook.get_conn()
             self.connections_opened += 1
         return self._conn
@@ -255,17 +260,3 @@ def _paramiko_missing_host_key(err: BaseException) -> bool:
     import paramiko
 
     return isinstance(err, paramiko.SSHException) and str(err).endswith("not found in known_hosts")
-
-
-class _PortAwareSSHHookAsync(SSHHookAsync):
-    """The provider's async hook pins ``host_key`` as ``host KEY``; OpenSSH (and asyncssh) record a host on
-    a non-default port as ``[host]:port``, so a pinned key would never match there. Add that form."""
-
-    def _parse_extras(self, conn: Any) -> None:
-        super()._parse_extras(conn)
-        port = self.port or conn.port
-        if isinstance(self.known_hosts, bytes) and port and int(port) != 22:
-            host = self.host or conn.host
-            line = self.known_hosts.decode()
-            key = line.split(" ", 1)[1]
-            self.known_hosts = f"{line}\n[{host}]:{port} {key}\n".encode()
