@@ -404,6 +404,57 @@ class Progress:
         return self.clock() - self.started
 
 
+@dataclass(frozen=True)
+class CopyOptions:
+    """How every mover's copy loop reads: the read size, the retries per stall, the first retry delay
+    (it doubles) and the seconds between progress lines. The same flags on every mover's command line."""
+
+    chunk_size: int = MiB
+    retries: int = 5
+    backoff: float = 2.0
+    progress_interval: float = 10.0
+
+    @staticmethod
+    def add_arguments(parser: Any) -> None:
+        parser.add_argument("--chunk-size", type=parse_size, default=MiB, help="read size (default 1MiB)")
+        parser.add_argument("--retries", type=int, default=5, help="retries per stall (default 5)")
+        parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay, s (doubles)")
+        parser.add_argument(
+            "--progress-interval", type=float, default=10.0, help="seconds between progress lines"
+        )
+
+    @classmethod
+    def from_args(cls, args: Any) -> CopyOptions:
+        return cls(args.chunk_size, args.retries, args.backoff, args.progress_interval)
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+#: the defaults of every flag above, for callers that do not parse a command line
+DEFAULT_COPY = CopyOptions()
+
+
+def copy_into(source: Source, sink: Sink, *, name: str, label: str, options: CopyOptions) -> Progress:
+    """:func:`pump` ``source`` into ``sink`` with ``options``, printing progress as ``<label> <name>``;
+    return the progress (its ``elapsed()`` is the copy's time)."""
+    progress = Progress(f"{label} {name}", interval=options.progress_interval)
+    pump(
+        source,
+        sink.write,
+        sink.restart,
+        name=name,
+        chunk_size=options.chunk_size,
+        retries=options.retries,
+        backoff=options.backoff,
+        progress=progress,
+    )
+    return progress
+
+
 def pump(
     source: Source,
     write: Callable[[bytes], None],
@@ -474,6 +525,16 @@ def peak_rss_mb() -> float:
 def emit_result(**fields: Any) -> None:
     """One machine-readable line on stdout, for the Airflow side to collect per-shard numbers."""
     print(RESULT_PREFIX + json.dumps(fields, sort_keys=True), flush=True)
+
+
+def run_shard(name: str, move: Callable[[], dict[str, Any]]) -> int:
+    """Move one shard: its errors name it, its result fields become the ``NEOXFLOW_RESULT`` line."""
+    try:
+        result = move()
+    except DataMoveError as exc:
+        raise type(exc)(f"shard {name}: {exc}", status=exc.status) from None
+    emit_result(**result, peak_rss_mb=round(peak_rss_mb(), 1))
+    return EXIT_OK
 
 
 def run_main(body: Callable[[], int]) -> int:

@@ -210,9 +210,7 @@ def _with_retries(fn, *, retries: int, backoff: float, what: str):
     raise AssertionError("unreachable")
 
 
-def annotate_in_place(
-    client, source: datamove.S3Source, *, name: str, chunk_size: int, retries: int, backoff: float
-):
+def annotate_in_place(client, source: datamove.S3Source, *, name: str, options: datamove.CopyOptions):
     """Source and destination are the same S3 object: hash it and add the metadata by a self-copy."""
     head = datamove.head_object(client, source.bucket, source.key)
     if head is None:
@@ -225,9 +223,9 @@ def annotate_in_place(
         hasher.update,
         lambda: None,
         name=name,
-        chunk_size=chunk_size,
-        retries=retries,
-        backoff=backoff,
+        chunk_size=options.chunk_size,
+        retries=options.retries,
+        backoff=options.backoff,
     )
     meta = {"sha256": hasher.hexdigest(), "size": str(size)}
     client.copy_object(
@@ -247,11 +245,8 @@ def fetch(
     name: str,
     client=None,
     part_size: int = DEFAULT_PART_SIZE,
-    chunk_size: int = MiB,
-    retries: int = 5,
-    backoff: float = 2.0,
     timeout: float = 60.0,
-    progress_interval: float = 10.0,
+    options: datamove.CopyOptions = datamove.DEFAULT_COPY,
 ) -> dict:
     """Copy ``source_uri`` to ``dest_uri`` (``s3://``) unless already there; return the result fields."""
     client = client if client is not None else datamove.s3_client()
@@ -261,9 +256,7 @@ def fetch(
     result = {"action": "fetch", "name": name, "source": source_uri, "s3_uri": dest_uri}
 
     if isinstance(source, datamove.S3Source) and (source.bucket, source.key) == (bucket, key):
-        status, sha, size = annotate_in_place(
-            client, source, name=name, chunk_size=chunk_size, retries=retries, backoff=backoff
-        )
+        status, sha, size = annotate_in_place(client, source, name=name, options=options)
         return {
             **result,
             "status": status,
@@ -274,7 +267,9 @@ def fetch(
 
     head = datamove.head_object(client, bucket, key)
     if existing_is_complete(head):
-        source_size = _with_retries(source.size, retries=retries, backoff=backoff, what=f"HEAD {source_uri}")
+        source_size = _with_retries(
+            source.size, retries=options.retries, backoff=options.backoff, what=f"HEAD {source_uri}"
+        )
         if source_size is None or source_size == head["ContentLength"]:
             why = "source size unknown, object complete" if source_size is None else "same size as the source"
             datamove.log(
@@ -292,18 +287,8 @@ def fetch(
         )
 
     sink = MultipartSink(client, bucket, key, part_size=part_size, source=source_uri)
-    progress = datamove.Progress(f"fetch {name}", interval=progress_interval)
     try:
-        datamove.pump(
-            source,
-            sink.write,
-            sink.restart,
-            name=name,
-            chunk_size=chunk_size,
-            retries=retries,
-            backoff=backoff,
-            progress=progress,
-        )
+        progress = datamove.copy_into(source, sink, name=name, label="fetch", options=options)
         meta = sink.finish()
     except BaseException:
         sink.abort()
@@ -336,15 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PART_SIZE,
         help="multipart part size, e.g. 64MiB (S3 needs >= 5MiB except for the last part)",
     )
-    parser.add_argument(
-        "--chunk-size", type=datamove.parse_size, default=MiB, help="read size (default 1MiB)"
-    )
-    parser.add_argument("--retries", type=int, default=5, help="retries per stall (default 5)")
-    parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds (doubles)")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds")
-    parser.add_argument(
-        "--progress-interval", type=float, default=10.0, help="seconds between progress lines"
-    )
+    datamove.CopyOptions.add_arguments(parser)
     return parser
 
 
@@ -364,22 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source, dest = args.source, args.dest
             name = args.name or dest.rstrip("/").rsplit("/", 1)[-1]
-        try:
-            result = fetch(
-                source,
-                dest,
-                name=name,
-                part_size=args.part_size,
-                chunk_size=args.chunk_size,
-                retries=args.retries,
-                backoff=args.backoff,
-                timeout=args.timeout,
-                progress_interval=args.progress_interval,
-            )
-        except datamove.DataMoveError as exc:
-            raise type(exc)(f"shard {name}: {exc}", status=exc.status) from None
-        datamove.emit_result(**result, peak_rss_mb=round(datamove.peak_rss_mb(), 1))
-        return datamove.EXIT_OK
+        copy = {
+            "part_size": args.part_size,
+            "timeout": args.timeout,
+            "options": datamove.CopyOptions.from_args(args),
+        }
+        return datamove.run_shard(name, lambda: fetch(source, dest, name=name, **copy))
 
     return datamove.run_main(body)
 

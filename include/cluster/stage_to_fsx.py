@@ -151,10 +151,7 @@ def stage(
     *,
     name: str,
     client=None,
-    chunk_size: int = MiB,
-    retries: int = 5,
-    backoff: float = 2.0,
-    progress_interval: float = 10.0,
+    options: datamove.CopyOptions = datamove.DEFAULT_COPY,
 ) -> dict:
     """Make ``final`` an exact, verified copy of ``s3_uri``; return the result fields."""
     client = client if client is not None else datamove.s3_client()
@@ -174,19 +171,9 @@ def stage(
     os.makedirs(folder, exist_ok=True)
     temp = f"{final}.tmp.{os.getpid()}"
     source = datamove.S3Source(client, s3_uri)
-    progress = datamove.Progress(f"stage {name}", interval=progress_interval)
     sink = FileSink(temp)
     try:
-        datamove.pump(
-            source,
-            sink.write,
-            sink.restart,
-            name=name,
-            chunk_size=chunk_size,
-            retries=retries,
-            backoff=backoff,
-            progress=progress,
-        )
+        progress = datamove.copy_into(source, sink, name=name, label="stage", options=options)
         got = sink.hasher.hexdigest()
         if sink.size != size or got != digest:
             raise PermanentError(
@@ -223,14 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", help="s3://bucket/key to stage (instead of --manifest)")
     parser.add_argument("--dest", help="absolute destination path on FSx (with --source)")
     parser.add_argument("--name", help="name used in messages (default: file name of --dest)")
-    parser.add_argument(
-        "--chunk-size", type=datamove.parse_size, default=MiB, help="read size (default 1MiB)"
-    )
-    parser.add_argument("--retries", type=int, default=5, help="retries per stall (default 5)")
-    parser.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds (doubles)")
-    parser.add_argument(
-        "--progress-interval", type=float, default=10.0, help="seconds between progress lines"
-    )
+    datamove.CopyOptions.add_arguments(parser)
     return parser
 
 
@@ -249,20 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             name = args.name or os.path.basename(final)
         if not os.path.isabs(final):
             raise PermanentError(f"shard {name}: destination {final!r} is not an absolute path")
-        try:
-            result = stage(
-                s3_uri,
-                final,
-                name=name,
-                chunk_size=args.chunk_size,
-                retries=args.retries,
-                backoff=args.backoff,
-                progress_interval=args.progress_interval,
-            )
-        except datamove.DataMoveError as exc:
-            raise type(exc)(f"shard {name}: {exc}", status=exc.status) from None
-        datamove.emit_result(**result, peak_rss_mb=round(datamove.peak_rss_mb(), 1))
-        return datamove.EXIT_OK
+        options = datamove.CopyOptions.from_args(args)
+        return datamove.run_shard(name, lambda: stage(s3_uri, final, name=name, options=options))
 
     return datamove.run_main(body)
 

@@ -901,12 +901,19 @@ def test_objects_beyond_the_copyobject_limit_use_a_managed_multipart_copy(
     source, shards_dir, s3, bucket, monkeypatch
 ):
     """In-process: pretend CopyObject's 5 GiB limit is 0 so the multipart-copy branch runs on a small file."""
+    import datamove
     import fetch_to_s3
 
     monkeypatch.setattr(fetch_to_s3, "COPY_OBJECT_LIMIT", 0)
     name = "c4-train.00002-of-01024.json.gz"
+    quick = datamove.CopyOptions(backoff=0.01)
     result = fetch_to_s3.fetch(
-        source.url_for(name), f"s3://{bucket}/{name}", name=name, client=s3, part_size=16 * 1024, backoff=0.01
+        source.url_for(name),
+        f"s3://{bucket}/{name}",
+        name=name,
+        client=s3,
+        part_size=16 * 1024,
+        options=quick,
     )
     assert result["status"] == "fetched" and result["parts"] > 1
     obj = s3.get_object(Bucket=bucket, Key=name)
