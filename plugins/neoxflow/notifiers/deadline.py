@@ -17,8 +17,7 @@ from typing import Any
 
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-from neoxflow.notifiers.base import deliver_all, make_alert
-from neoxflow.notifiers.factory import alert_notifiers
+from neoxflow.notifiers.factory import send_alert
 
 
 def _human(seconds: float) -> str:
@@ -67,28 +66,20 @@ async def deadline_callback(
     *,
     kind: str = "deadline",
     interval_s: float | None = None,
-    sns_topic_arn: str | None = None,
-    slack_conn_id: str | None = None,
-    smtp_conn_id: str | None = None,
-    smtp_to: str | list[str] | None = None,
-    aws_conn_id: str | None = "aws_default",
     detail: str | None = None,
     context: Mapping[str, Any] | None = None,
+    **channels: Any,
 ) -> dict[str, str]:
     """Send the deadline alert on every configured channel; returns ``{channel: status}`` (the trigger
-    event's body, so the outcome is visible in the triggerer log and the callback record)."""
+    event's body, so the outcome is visible in the triggerer log and the callback record).
+
+    :param channels: ``sns_topic_arn``, ``slack_conn_id``, ``smtp_conn_id``, ``smtp_to``, ``aws_conn_id``
+        as :func:`run_deadline` recorded them; the deployment's channels complete them (:func:`send_alert`).
+    """
     context = context or {}
     dag_run = context.get("dag_run") or {}
     if detail is None and interval_s is not None:
         state = dag_run.get("state") if isinstance(dag_run, Mapping) else None
         detail = f"run still {state or 'going'} {_human(interval_s)} after it was queued"
-    notifiers = alert_notifiers(
-        kind,
-        sns_topic_arn=sns_topic_arn,
-        slack_conn_id=slack_conn_id,
-        smtp_conn_id=smtp_conn_id,
-        smtp_to=smtp_to,
-        aws_conn_id=aws_conn_id,
-    )
-    alert = await asyncio.to_thread(make_alert, kind, context, detail=detail)
-    return await asyncio.to_thread(deliver_all, alert, notifiers)
+    # the SNS/Slack/SMTP clients block: off the triggerer's event loop
+    return await asyncio.to_thread(send_alert, kind, context, detail=detail, **channels)
