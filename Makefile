@@ -22,6 +22,7 @@ venv:
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m pylint plugins include
 
 cluster-up: venv
 	@scripts/localcluster.sh up $(if $(filter 1,$(ACCOUNTING)),--accounting,)
