@@ -18,6 +18,8 @@ pytest_run() {  # label, pytest args...
 
 echo "=== ruff ==="
 "$PY" -m ruff check . || failed+=("ruff")
+echo "=== pylint duplicate-code ==="
+"$PY" -m pylint plugins include || failed+=("pylint duplicate-code")
 
 pytest_run "unit" -q tests/unit -m "not slow"
 
