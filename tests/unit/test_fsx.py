@@ -1,4 +1,4 @@
-"""FSx data repository task mode (neoxflow.data.fsx).
+"""FSx data repository task mode (neoxflow.data.fsx, hooks.fsx, triggers.fsx, operators.fsx).
 
 moto 5.2.5 implements FSx file systems but not data repository tasks (HTTP 500 NotImplementedError), so
 these tests extend an in-process moto server with the two calls, as a small fake backend patched onto
@@ -19,13 +19,15 @@ from neoxflow.data.fsx import (
     RUNNING,
     SUCCESS,
     UNKNOWN,
-    FsxDataRepository,
+    DraTaskState,
     FsxTaskError,
     classify_task,
     client_token,
     import_task_request,
     repository_paths,
 )
+from neoxflow.hooks.fsx import FsxDataRepository
+from neoxflow.triggers.fsx import FsxImportTaskTrigger
 from tests.fakes.fsx_dra import serve_fsx_dra
 
 FS_ID = "fs-0123456789abcdef0"
@@ -195,13 +197,12 @@ def test_busy_file_system_is_a_retryable_error_and_unknown_tasks_are_refused(fsx
 
 
 def test_trigger_serialises_to_primitives_and_back():
-    from neoxflow.data.fsx import FsxImportTaskTrigger
 
     trigger = FsxImportTaskTrigger(
         task_id="task-1", aws_conn_id="c", region_name="eu-west-1", poll_interval=5
     )
     path, kwargs = trigger.serialize()
-    assert path == "neoxflow.data.fsx.FsxImportTaskTrigger"
+    assert path == "neoxflow.triggers.fsx.FsxImportTaskTrigger"
     assert json.loads(json.dumps(kwargs)) == kwargs
     again = FsxImportTaskTrigger(**kwargs)
     assert again.serialize() == (path, kwargs)
@@ -212,7 +213,6 @@ async def _events(trigger) -> list[dict]:
 
 
 async def test_trigger_waits_for_the_task_to_end(fsx_server):
-    from neoxflow.data.fsx import FsxImportTaskTrigger
 
     task_id = _repo().start_import(import_task_request(FS_ID, ["/fsx/data"], token="tok-trig"))
     events = await _events(
@@ -227,7 +227,6 @@ async def test_trigger_waits_for_the_task_to_end(fsx_server):
 
 
 async def test_trigger_reports_failure_and_missing_tasks(fsx_server):
-    from neoxflow.data.fsx import FsxImportTaskTrigger
 
     task_id = _repo().start_import(import_task_request(FS_ID, ["/fsx/broken"], token="tok-trig-broken"))
     events = await _events(
@@ -242,16 +241,14 @@ async def test_trigger_reports_failure_and_missing_tasks(fsx_server):
 
 async def test_trigger_gives_up_as_unknown_never_as_success(monkeypatch):
     """An endpoint that answers nothing useful: after max_unknown polls the event says unknown."""
-    from neoxflow.data import fsx
-
     calls = []
 
     def describe(self, task_id):
         calls.append(task_id)
-        return fsx.DraTaskState(task_id, "", UNKNOWN, "no answer")
+        return DraTaskState(task_id, "", UNKNOWN, "no answer")
 
-    monkeypatch.setattr(fsx.FsxDataRepository, "describe", describe)
-    trigger = fsx.FsxImportTaskTrigger(task_id="task-x", poll_interval=0, max_unknown=3)
+    monkeypatch.setattr(FsxDataRepository, "describe", describe)
+    trigger = FsxImportTaskTrigger(task_id="task-x", poll_interval=0, max_unknown=3)
     events = await _events(trigger)
     assert [e["status"] for e in events] == [UNKNOWN] and len(calls) == 3
 

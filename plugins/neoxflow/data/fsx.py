@@ -6,25 +6,21 @@ the association's path, and Lustre loads their contents lazily on first read. Th
 ``stage_to_fsx.py`` array job when the cluster has a DRA; the copy-based job stays the default because
 it also works without one and verifies checksums.
 
-There is no FSx hook in the amazon provider, so this uses ``AwsBaseHook(client_type="fsx")``. The pure
-parts (request building, path mapping, idempotency token, status classification) are separate from the
-two calls that touch AWS: an operator starts the task on a worker (with a deterministic client token,
-so a retry gets the same task), then defers to :class:`FsxImportTaskTrigger`, which polls
-:meth:`FsxDataRepository.describe` in the triggerer without holding a worker slot.
+This module holds the pure parts (request building, path mapping, idempotency token, status
+classification). The two calls that touch AWS are :class:`neoxflow.hooks.fsx.FsxDataRepository`'s; an
+operator (:mod:`neoxflow.operators.fsx`) starts the task on a worker (with a deterministic client token,
+so a retry gets the same task), then defers to :class:`neoxflow.triggers.fsx.FsxImportTaskTrigger`,
+which polls the hook in the triggerer without holding a worker slot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
-
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 IMPORT_TASK_TYPE = "IMPORT_METADATA_FROM_REPOSITORY"
 REPORT_FORMAT = "REPORT_CSV_20191124"
@@ -48,12 +44,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 _FS_ID = re.compile(r"fs-[0-9a-f]{8,17}")
 _PATH_PART = re.compile(r"[A-Za-z0-9_.+=@,-]+")
 # Errors worth trying again later (another task is running on the file system, throttling).
-_RETRYABLE_CODES = {
-    "DataRepositoryTaskExecuting",
-    "ThrottlingException",
-    "ServiceLimitExceeded",
-    "InternalServerError",
-}
 
 
 class FsxTaskError(RuntimeError):
@@ -182,124 +172,3 @@ def classify_task(task: Mapping[str, Any]) -> DraTaskState:
     else:
         message = f"import task {task_id} ended {lifecycle}" + (f": {reason}" if reason else "")
     return DraTaskState(task_id, lifecycle, status, message, total, succeeded, failed)
-
-
-def _error_code(exc: BaseException) -> str:
-    return str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
-
-
-class FsxDataRepository:
-    """The two AWS calls of the DRA mode, through the amazon provider's connection handling.
-
-    :param aws_conn_id: Airflow AWS connection (its ``endpoint_url`` extra points tests at moto).
-    :param region_name: overrides the connection's region.
-    """
-
-    def __init__(self, *, aws_conn_id: str | None = "aws_default", region_name: str | None = None):
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-
-    @cached_property
-    def hook(self):
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        return AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="fsx", region_name=self.region_name)
-
-    @property
-    def client(self):
-        return self.hook.conn
-
-    def start_import(self, request: Mapping[str, Any]) -> str:
-        """Create the task from :func:`import_task_request` output; return its TaskId."""
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self.client.create_data_repository_task(**request)
-        except ClientError as exc:
-            code = _error_code(exc)
-            raise FsxTaskError(
-                f"create_data_repository_task on {request.get('FileSystemId')}: {code}: {exc}",
-                retryable=code in _RETRYABLE_CODES,
-            ) from None
-        return str(answer["DataRepositoryTask"]["TaskId"])
-
-    def describe(self, task_id: str) -> DraTaskState:
-        """Current state of one task. An empty answer is UNKNOWN (ask again), never success."""
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self.client.describe_data_repository_tasks(TaskIds=[task_id])
-        except ClientError as exc:
-            code = _error_code(exc)
-            if code == "DataRepositoryTaskNotFound":
-                raise FsxTaskError(f"data repository task {task_id} does not exist") from None
-            return DraTaskState(task_id, "", UNKNOWN, f"describe {task_id} failed ({code}); asking again")
-        tasks = [t for t in answer.get("DataRepositoryTasks", []) if t.get("TaskId") == task_id]
-        if not tasks:
-            return DraTaskState(task_id, "", UNKNOWN, f"describe {task_id} returned no task; asking again")
-        return classify_task(tasks[0])
-
-
-class FsxImportTaskTrigger(BaseTrigger):
-    """Waits in the triggerer for a data repository task to end, holding no worker slot.
-
-    Yields one event ``{"status": ..., "task_id": ..., "message": ..., ...}`` (see :class:`DraTaskState`)
-    when the task is final, or ``status="unknown"`` after ``max_unknown`` answers in a row that were
-    empty or failed - never a guessed success. The boto3 call runs in a thread (``asyncio.to_thread``)
-    so the triggerer's event loop is never blocked; it is a short request, not a long poll.
-
-    :param task_id: the data repository task id (``task-...``).
-    :param aws_conn_id: Airflow AWS connection id.
-    :param region_name: optional region override.
-    :param poll_interval: seconds between describe calls.
-    :param max_unknown: consecutive unknown answers before giving the decision back to the operator.
-    """
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        poll_interval: float = 30.0,
-        max_unknown: int = 10,
-    ):
-        super().__init__()
-        self.task_id = task_id
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.poll_interval = poll_interval
-        self.max_unknown = max_unknown
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "task_id": self.task_id,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "poll_interval": self.poll_interval,
-                "max_unknown": self.max_unknown,
-            },
-        )
-
-    async def run(self):
-        repo = FsxDataRepository(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-        unknown = 0
-        while True:
-            try:
-                state = await asyncio.to_thread(repo.describe, self.task_id)
-            except FsxTaskError as exc:
-                yield TriggerEvent({"status": FAILED, "task_id": self.task_id, "message": str(exc)})
-                return
-            except Exception as exc:  # noqa: BLE001 - a failed poll is not a verdict
-                state = DraTaskState(self.task_id, "", UNKNOWN, f"describe {self.task_id} raised {exc!r}")
-            if state.final:
-                yield TriggerEvent(state.to_dict())
-                return
-            unknown = unknown + 1 if state.status == UNKNOWN else 0
-            if unknown >= self.max_unknown:
-                yield TriggerEvent(state.to_dict())
-                return
-            self.log.info("%s", state.message)
-            await asyncio.sleep(self.poll_interval)

@@ -15,16 +15,10 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
-from neoxflow.data.fsx import (
-    CANCELLED,
-    FAILED,
-    SUCCESS,
-    FsxDataRepository,
-    FsxImportTaskTrigger,
-    client_token,
-    import_task_request,
-)
+from neoxflow.data.fsx import CANCELLED, FAILED, SUCCESS, client_token, import_task_request
+from neoxflow.hooks.fsx import FsxDataRepository
 from neoxflow.operators.pipeline import PLAN_TASK, pull_plan
+from neoxflow.triggers.fsx import FsxImportTaskTrigger
 
 STATE_KEY = "fsx_import_task"
 
