@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neoxflow.data.shards import ManifestEntry, TokenizeEntry, format_manifest
+from neoxflow.paths import TEMPLATES_DIR
 from neoxflow.slurm.validate import (
     UnsafeValueError,
     check_env,
@@ -33,7 +34,6 @@ from neoxflow.slurm.validate import (
     check_sbatch_option,
 )
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "include" / "templates"
 MAX_ARRAY_SIZE = 100_000
 #: Slurm's default ``MaxArraySize`` (indices 0..1000): what a plan assumes; the submit reads the cluster's.
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001

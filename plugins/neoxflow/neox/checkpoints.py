@@ -28,7 +28,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+
+from neoxflow.paths import CLUSTER_CODE
 
 __all__ = [
     "Checkpoint",
@@ -341,7 +342,7 @@ def _listing_script():
 
     name = "neoxflow_ckpt_listing"
     if name not in sys.modules:
-        path = Path(__file__).resolve().parents[3] / "include" / "cluster" / "ckpt_listing.py"
+        path = CLUSTER_CODE / "ckpt_listing.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -41,12 +41,8 @@ from typing import Any
 import yaml
 
 from neoxflow.data.shards import ShardSelectionError, validate_url_template
+from neoxflow.paths import CONFIG_DIR, REPO_ROOT
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
-
-#: Repository root: plugins/neoxflow/neox/config.py -> parents[3]. The same relative layout holds in an
-#: Astro-style Airflow image (plugins/ and include/ side by side).
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONFIG_DIR = REPO_ROOT / "include" / "configs"
 
 #: The ten Pythia sizes, smallest first (file names under include/configs/pythia/).
 PYTHIA_SIZES: tuple[str, ...] = ("14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B")

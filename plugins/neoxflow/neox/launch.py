@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neoxflow.neox.config import REPO_ROOT, ConfigError, ConfigValidationError, Profile, RunConfig
+from neoxflow.neox.config import ConfigError, ConfigValidationError, Profile, RunConfig
+from neoxflow.paths import TEMPLATES_DIR as TEMPLATE_DIR
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
 
-TEMPLATE_DIR = REPO_ROOT / "include" / "templates"
 PRODUCTION_TEMPLATE = "train.sbatch"
 LOCAL_TEMPLATE = "train_local.sbatch"
 

@@ -23,7 +23,6 @@ import json
 import posixpath
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from neoxflow.data.fsx import FsxTaskError, client_token, import_task_request
@@ -48,10 +47,10 @@ from neoxflow.data.shards import (
     tokenizer_entry,
 )
 from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
+from neoxflow.paths import CLUSTER_CODE
 from neoxflow.pipeline.request import RunRequest
 from neoxflow.slurm.validate import check_remote_path
 
-CLUSTER_CODE = Path(__file__).resolve().parents[3] / "include" / "cluster"
 q = shlex.quote
 #: The data steps that are Slurm arrays over a manifest.
 ARRAY_STEPS = ("fetch", "stage", "tokenize")
