@@ -31,6 +31,7 @@ def test_every_job_of_the_plan_carries_the_profiles_scheduling_options(plan_with
     p = plan_with_scheduling
     scripts = {step: p["data"][step]["script"] for step in plan_module.ARRAY_STEPS}
     scripts["train"] = p["train"]["script"]
+    scripts["export"] = p["export"]["script"]  # rendered by the plan with export's own function
     for name, script in scripts.items():
         for key, value in SCHEDULING.items():
             assert f"#SBATCH --{key}={value}\n" in script, f"{name} lacks --{key}"

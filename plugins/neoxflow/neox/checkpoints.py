@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 from neoxflow.paths import CLUSTER_CODE
 
+from neoxflow.neox.precision import neox_precision
+
 __all__ = [
     "Checkpoint",
     "Expectation",
@@ -46,6 +48,8 @@ __all__ = [
 ]
 
 LISTING_FORMAT = 1
+#: Precision as written by NeoX (``bfloat16``) or DeepSpeed (``bf16``) -> the name the layout rule uses.
+PRECISION_SPELLINGS = {"fp16": "fp16", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
 _TAG = re.compile(r"^global_step(\d+)$")
 _LAYER = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 
@@ -77,7 +81,9 @@ class Expectation:
         >= 1 = pipeline engine (NeoX's default for Pythia, even with one stage).
     :param data_parallel: world_size / (max(pipe, 1) x model_parallel).
     :param zero_stage: ``zero_optimization.stage``; >= 1 means optimizer shards per dp rank.
-    :param precision: ``fp16``, ``bf16`` or ``fp32``; bf16 shards its optimizer like ZeRO.
+    :param precision: ``fp16``, ``bf16`` or ``fp32``; bf16 shards its optimizer like ZeRO. NeoX's own
+        spelling ``bfloat16`` (its ``precision`` field) is taken as ``bf16``, DeepSpeed's (the
+        ``bf16_`` file prefix).
     :param num_layers: when given (pipeline engine only), the exact layer-file indices are required
         (GPT2ModelPipe layout: 0 embedding, 2..L+1 transformer layers, L+3 final norm, L+4 output
         layer when ``no_weight_tying``); when None, every tensor rank must have the same non-empty set.
@@ -103,8 +109,11 @@ class Expectation:
                 f"Expectation.zero_stage {self.zero_stage} is not covered by the completeness rule "
                 "(stage 3 shards model states per dp rank; NeoX does not support it with pipelines)"
             )
-        if self.precision not in ("fp16", "bf16", "fp32"):
-            raise ValueError(f"Expectation.precision must be fp16, bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISION_SPELLINGS:
+            raise ValueError(
+                f"Expectation.precision must be fp16, bf16 (or bfloat16) or fp32, got {self.precision!r}"
+            )
+        object.__setattr__(self, "precision", PRECISION_SPELLINGS[self.precision])
 
     @classmethod
     def standin(cls) -> Expectation:
@@ -124,14 +133,7 @@ class Expectation:
             )
         zero = config.get("zero_optimization") or {}
         stage = int(zero.get("stage", 0) or 0) if isinstance(zero, Mapping) else 0
-        precision = config.get("precision")
-        if precision not in ("fp16", "bf16", "fp32"):
-            if _enabled(config.get("bf16")):
-                precision = "bf16"
-            elif _enabled(config.get("fp16")):
-                precision = "fp16"
-            else:
-                precision = "fp32"
+        precision = neox_precision(config)  # as NeoX derives it; raises on a conflict
         num_layers = config.get("num_layers")
         return cls(
             model_parallel=mp,
@@ -161,12 +163,6 @@ class Expectation:
         if self.no_weight_tying:
             indices.append(n + 4)
         return indices
-
-
-def _enabled(section: object) -> bool:
-    if isinstance(section, Mapping):
-        return bool(section.get("enabled", False))
-    return bool(section)
 
 
 # ------------------------------------------------------------------------------------------- the rule

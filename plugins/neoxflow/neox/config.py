@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from neoxflow.data.shards import ShardSelectionError, validate_url_template
+from neoxflow.neox.precision import precision_problems
 from neoxflow.paths import CONFIG_DIR, REPO_ROOT
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
 
@@ -481,8 +482,9 @@ def validate_config(
     Checks: unknown and removed keys (``gas``); the batch rule ``train_batch_size = micro x GAS x dp``
     with a whole, positive dp; heads and hidden size divisible by model parallel, hidden by heads;
     attention_config covering num_layers; seq_length sane; checkpoint_factor <= train_iters; numbers
-    that are strings (``"1e-08"``); precision flags; ZeRO stage vs pipeline; save/load set, absolute,
-    equal and (with ``run_name``) the per-run folder; data path set; vocab file absolute and readable
+    that are strings (``"1e-08"``); precision, fp16 and bf16 as NeoX derives them (neox/precision.py);
+    ZeRO stage vs pipeline; save/load set, absolute, equal and (with ``run_name``) the per-run folder;
+    data path set; vocab file absolute and readable
     (``check_vocab_file=False`` where the Airflow side cannot see the cluster's file system).
     """
     errors: list[ConfigError] = []
@@ -585,15 +587,7 @@ def validate_config(
     if eps is not None and (not _is_number(eps) or eps <= 0):
         add(ConfigError("optimizer.params.eps", f"must be a positive number, got {eps!r}"))
 
-    fp16_on = bool(_get(cfg, "fp16.enabled"))
-    bf16_on = bool(_get(cfg, "bf16.enabled"))
-    if fp16_on and bf16_on:
-        add(ConfigError("bf16", "fp16 and bf16 are both enabled; choose one"))
-    precision = cfg.get("precision")
-    if precision is not None and precision not in ("fp16", "fp32", "bfloat16"):
-        add(ConfigError("precision", f"must be fp16, fp32 or bfloat16, got {precision!r}"))
-    elif (precision == "fp16" and bf16_on) or (precision in ("bfloat16", "fp32") and fp16_on):
-        add(ConfigError("precision", f"{precision!r} conflicts with the enabled fp16/bf16 block"))
+    errors.extend(ConfigError(key, why) for key, why in precision_problems(cfg))  # neox/precision.py
 
     stage = _get(cfg, "zero_optimization.stage")
     if stage is not None:

@@ -46,8 +46,10 @@ from neoxflow.data.shards import (
     format_manifest,
     tokenizer_entry,
 )
+from neoxflow.neox.checkpoints import Expectation
 from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
 from neoxflow.paths import CLUSTER_CODE
+from neoxflow.pipeline.export_job import planned_export
 from neoxflow.pipeline.request import RunRequest
 from neoxflow.slurm.validate import check_remote_path
 
@@ -345,6 +347,36 @@ def train_plan(request: RunRequest, profile: Profile, cfg: RunConfig, lay: RunLa
     return {"job_name": job_name, "template": template, "script": render_batch_script(spec, template)}
 
 
+def slice_checks(profile: Profile, cfg: RunConfig, time_limit: str | None) -> None:
+    """The checks ``train_slice`` runs on the run's config before each slice (its save iterations must be
+    plannable: linear ``checkpoint_scale``, a whole ``checkpoint_factor``), run now for the first one."""
+    from neoxflow.neox import slices
+    from neoxflow.neox.launch import parse_time_limit
+
+    try:
+        slices.plan_slice_for_config(
+            cfg.config,
+            resume_iteration=0,
+            times=None,
+            time_limit_s=parse_time_limit(time_limit or profile.cluster.time_limit),
+            stop_before_limit_s=profile.cluster.stop_before_limit_s,
+        )
+    except ValueError as err:
+        raise ValueError(f"training slices: {err}") from None
+
+
+def checkpoint_expectation(profile: Profile, config: dict[str, Any], world_size: int) -> Expectation:
+    """What a complete checkpoint of the run holds (resume, export and report judge checkpoints by it).
+    Built by the plan too, so a config whose layout the rule does not cover (ZeRO stage 3) is refused
+    before anything runs rather than when the first resume asks."""
+    if profile.cluster.template == "train_local.sbatch":
+        return Expectation.standin()
+    try:
+        return Expectation.from_neox_config(config, world_size)
+    except ValueError as err:
+        raise ValueError(f"checkpoint layout: {err}") from None
+
+
 def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     """Everything a run will do, from the trigger form: validated, rendered, JSON-serialisable."""
     from neoxflow.pipeline.request import parse_request
@@ -360,8 +392,10 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
     train = train_plan(request, profile, cfg, lay)
+    slice_checks(profile, cfg, request.time_limit)
+    checkpoint_expectation(profile, cfg.config, cfg.nodes * cfg.gpus_per_node)  # refuses what it cannot judge
     data = data_plans(request, profile, lay)
-    return {
+    plan = {
         "request": {
             k: v
             for k, v in conf.items()
@@ -402,3 +436,5 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
         "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
         "dry_run": request.dry_run,
     }
+    plan["export"] = planned_export(plan, profile, cfg)  # the same function plan_export renders with
+    return plan

@@ -15,7 +15,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from neoxflow.data.shards import shard_stem
 from neoxflow.hooks.slurm import SlurmSSHHook
 from neoxflow.pipeline import continuation, lock, record
-from neoxflow.pipeline.plan import cluster_code_files, dataset_selection, manifest_texts, plan_run
+from neoxflow.pipeline.export_job import export_job
+from neoxflow.pipeline.plan import (
+    checkpoint_expectation,
+    cluster_code_files,
+    dataset_selection,
+    manifest_texts,
+    plan_run,
+)
 
 log = logging.getLogger(__name__)
 DRY_RUN_MANIFEST_LINES = 8  # a dry run's log shows the head of each manifest, not 1025 lines
@@ -71,6 +78,15 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
             plan["train"]["job_name"],
             plan["train"]["template"],
             plan["train"]["script"],
+        )
+        export = plan["export"]
+        log.info(
+            "--- export: %s/%s (shown for %s; at export time: %s)\n%s",
+            export["remote_dir"],
+            export["job_name"],
+            ", ".join(export["tags"]),
+            export["tags_at_export"],
+            export["script"],
         )
         for step, job in plan["data"].items():
             if isinstance(job, dict) and "script" in job:
@@ -432,14 +448,11 @@ def checkpoint_listing(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def expectation(plan: dict[str, Any]):
-    from neoxflow.neox.checkpoints import Expectation
     from neoxflow.neox.config import load_profile
 
-    profile = load_profile(plan["profile"])
-    if profile.cluster.template == "train_local.sbatch":
-        return Expectation.standin()
+    world_size = plan["config"]["nodes"] * plan["config"]["gpus_per_node"]
     cfg = json.loads(plan["config"]["rendered"])
-    return Expectation.from_neox_config(cfg, plan["config"]["nodes"] * plan["config"]["gpus_per_node"])
+    return checkpoint_expectation(load_profile(plan["profile"]), cfg, world_size)
 
 
 def prepare_resume(
@@ -507,42 +520,19 @@ def prepare_resume(
 
 
 def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
-    """The export job for every complete checkpoint of the run (the cluster script skips verified ones)."""
+    """The export job for every complete checkpoint of the run (the cluster script skips verified ones):
+    the plan's own ``export_job``, which rendered it for the run's last checkpoint at plan time."""
     from neoxflow.neox.config import load_profile
-    from neoxflow.neox.export import ExportSpec, export_tags, render_export_job
+    from neoxflow.neox.export import export_tags
 
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     tags = export_tags(checkpoint_listing(plan), expectation(plan))
     if not tags:
         raise AirflowSkipException("no complete checkpoint to export")
-    profile = load_profile(plan["profile"])
-    lay = plan["layout"]
-    job_name = f"nxf-export-{plan['run_name']}"[:128]
-    spec = ExportSpec(
-        job_name=job_name,
-        log_dir=posixpath.join(lay["jobs_dir"], job_name),
-        scripts_dir=lay["code_dir"],
-        save_dir=lay["checkpoint_dir"],
-        bucket=plan["s3"]["bucket"],
-        prefix=posixpath.join(plan["s3"]["prefix"].strip("/"), "checkpoints"),
-        run=plan["run_name"],
-        tags=tags,
-        keep_last=profile.export_keep_last,
-        python=profile.cluster.python,
-        sbatch=profile.cluster.scheduling(),
-    )
-    log.info("Exporting %d checkpoint(s) to s3://%s/%s/%s/", len(tags), spec.bucket, spec.prefix, spec.run)
-    return {
-        "job_name": job_name,
-        "remote_dir": lay["jobs_dir"],
-        "script": render_export_job(spec),
-        "files": {},
-        "array": None,
-        "output": None,
-        "tags": list(tags),
-        "s3_prefix": f"s3://{spec.bucket}/{spec.prefix}/{spec.run}/",
-    }
+    job = export_job(plan, load_profile(plan["profile"]), tags)
+    log.info("Exporting %d checkpoint(s) to %s", len(tags), job["s3_prefix"])
+    return job
 
 
 def report(plan: dict[str, Any] | None, ti) -> dict[str, Any]:
