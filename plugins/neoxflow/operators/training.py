@@ -43,6 +43,7 @@ from neoxflow.neox.report import build_summary
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
+from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
     expectation_from_dict,
@@ -50,9 +51,16 @@ from neoxflow.triggers.checkpoint import (
     new_complete_checkpoints,
     parse_listing,
 )
+from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
 
-__all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
+__all__ = [
+    "SLICES_KEY",
+    "NeoXTrainOperator",
+    "TrainingStalled",
+    "checkpoint_asset",
+    "exit_code_of",
+]
 
 DEFAULT_ALIAS = "neoxflow-checkpoints"
 #: events after which the job still runs and the watch re-defers
@@ -180,6 +188,17 @@ class NeoXTrainOperator(SlurmOperator):
         if self.neox_log_path:
             return self.neox_log_path.replace("{job_id}", str(record["job_id"]))
         return record.get("log_path")
+
+    def _read(self, path: str) -> bytes:
+        return self.hook.read_file(path)
+
+    def _keep_streamed(self, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        """Before deferring again: the output the ended trigger streamed, into this log (slurm/logstream)."""
+        if self.deferrable and event.get("log_start") is not None:
+            start, end = int(event["log_start"]), int(event.get("log_offset") or 0)
+            copy_segment(
+                self.hook.run, self._log_path(record) or "", start, end, str(record.get("job_id")), self.log
+            )
 
     def _resolve_lock(self, context: Context) -> None:
         """Which lease the watch renews (again after each deferral: self does not survive it)."""
@@ -371,7 +390,7 @@ class NeoXTrainOperator(SlurmOperator):
         """Non-deferrable mode: run the same trigger loop here, event after event."""
         checkpoints = list(checkpoints or [])
         while True:
-            event = asyncio.run(_first_event(trigger))
+            event = restore_event(asyncio.run(_first_event(trigger)), self._read)
             if event.get("event") not in WATCH_GOES_ON:
                 return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
@@ -409,11 +428,13 @@ class NeoXTrainOperator(SlurmOperator):
         record: dict[str, Any] | None = None,
         checkpoints: list[dict[str, Any]] | None = None,
     ) -> Any:
+        event = restore_event(event, self._read)  # the trigger's bulky state, from its file
         carry = event.get("carry") or {}
         record = dict(record or carry.get("record") or {})
         checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
         if kind in WATCH_GOES_ON:  # the job goes on: watch it again from where this left off
+            self._keep_streamed(record, event)
             self._resolve_lock(context)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
             if kind == "lock_lost":
@@ -492,6 +513,7 @@ class NeoXTrainOperator(SlurmOperator):
             self.log.info("Slice done, more to train: %s; %s", why, verdict.reason)
             self._end_slice(context, record, watch, verdict, facts, how)
             if self.carry_on:
+                self._keep_streamed(record, event)
                 return self._next_slice(context, checkpoints)
             return self._result(context, record, checkpoints, watch, more_to_do=True, reason=why)
         self._end_slice(context, record, watch, verdict, facts, kind or "failed")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +58,7 @@ from neoxflow.neox.progress import Progress, compute_progress, stall_reason, sum
 from neoxflow.neox.report import downsample
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.logstream import LogStream
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
     checkpoint_to_dict,
@@ -66,7 +66,8 @@ from neoxflow.triggers.checkpoint import (
     fetch_listing,
     new_complete_checkpoints,
 )
-from neoxflow.triggers.slurm_job import TAIL_LINES, SlurmJobTrigger
+from neoxflow.triggers.event_state import event_status, offload_event
+from neoxflow.triggers.slurm_job import SlurmJobTrigger
 
 __all__ = ["SLICE_END_MARKER", "NeoXTrainingTrigger", "WatchState", "lock_renewal_due"]
 
@@ -75,6 +76,7 @@ SLICE_END_MARKER = "NEOXFLOW slice_end"
 RECENT_STEPS = 10  # log intervals kept for the throughput medians (progress.compute_progress window)
 MAX_LOSS_POINTS = 500  # loss-curve points carried between deferrals (down-sampled beyond that)
 MAX_ERRORS = 5
+MAX_PROGRESS_LINES = 20  # progress lines per poll: one per NeoX logging interval, the newest if more
 LOCK_RETRY_S = 60.0  # a renewal that could not run (SSH error) is tried again this much later
 
 
@@ -382,21 +384,31 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.log.error("%s", message)
         return {"holder": answer.holder, "until": answer.until, "message": message}
 
-    def _lines(self, data: bytes, tail: deque[str], watch: WatchState) -> bytes:
-        """Log complete lines, remember the slice-end marker; return the unfinished last line."""
-        *lines, rest = data.split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            tail.append(line)
+    def _lines(self, stream: LogStream, lines: list[str], watch: WatchState) -> None:
+        """Log one poll's complete lines (bounded by the stream), remember the slice-end marker."""
+        for line in lines:
             if SLICE_END_MARKER in line:
                 watch.slice_end = line.strip()[-300:]
+        for line in stream.to_log(lines):
             self.log.info("[slurm %s] %s", self.job_id, line)
-        return rest
+
+    def _absorb(self, watch: WatchState, events: list[Event]) -> None:
+        """Fold one poll's events into the watch, with a progress line at each NeoX logging interval
+        (each ``iteration X/Y`` line; of a poll that brought more, the newest MAX_PROGRESS_LINES)."""
+        steps = sum(isinstance(e, TrainStep) for e in events)
+        seen = 0
+        for event in events:
+            if watch.absorb([event]):
+                seen += 1
+                if steps - seen < MAX_PROGRESS_LINES:
+                    progress = summary_line(watch.progress(self.train_iters, self.seq_length))
+                    self.log.info("[progress] %s", progress)
 
     def _payload(self, kind: str, watch: WatchState, offset: int, **extra: Any) -> dict[str, Any]:
         progress = watch.progress(self.train_iters, self.seq_length)
         return self._event(
             kind,
+            log_start=self.log_offset,
             log_offset=offset,
             watch=watch.to_dict(),
             progress=summary_line(progress),
@@ -404,13 +416,19 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             **extra,
         )
 
+    async def _fire(self, hook, payload: dict[str, Any]) -> TriggerEvent:
+        """The event, its bulky state written beside the log (Airflow logs each event whole); an
+        ``error`` event (the cluster unreachable, a host key refused) goes out as it is."""
+        if payload.get("event") == "error":
+            return TriggerEvent(payload)
+        return TriggerEvent(await offload_event(hook, self.log_path, payload, self.log))
+
     # -- the loop --------------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
         watch = WatchState.from_dict(self.watch)
         follower = LogFollower(offset=self.log_offset)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        partial = b""
+        stream = LogStream(self.log_path)
         last_progress = watch.last_progress_at or time.time()
         unknown_since: float | None = None
         silent_since: float | None = None
@@ -431,17 +449,20 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     failures, unreachable_since = 0, None
                 except Exception as err:
                     if is_host_key_error(err):
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "error", watch, follower.offset, message=f"SSH host key rejected: {err}"
-                            )
+                            ),
                         )
                         return
                     failures += 1
                     unreachable_since = unreachable_since or time.monotonic()
                     if time.monotonic() - unreachable_since > self.unreachable_timeout:
                         message = f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}"
-                        yield TriggerEvent(self._payload("error", watch, follower.offset, message=message))
+                        yield await self._fire(
+                            hook, self._payload("error", watch, follower.offset, message=message)
+                        )
                         return
                     wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
                     self.log.warning("Poll of job %s failed (%s); retrying in %.1fs", self.job_id, err, wait)
@@ -451,23 +472,21 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                 now = time.time()
                 commit_seen = False
                 if chunk:
-                    partial = self._lines(partial + chunk, tail, watch)
+                    self._lines(stream, stream.feed(chunk), watch)
                     before = follower.lines
                     events = follower.feed(chunk)
                     follower.state = LogState()  # the watch keeps what matters, bounded
                     if follower.lines > before:
                         watch.lines += follower.lines - before
                         last_progress = now
-                    if watch.absorb(events):
-                        self.log.info("%s", summary_line(watch.progress(self.train_iters, self.seq_length)))
+                    self._absorb(watch, events)
                     commit_seen = any(isinstance(e, CheckpointCommitted) for e in events)
                 more_log = len(chunk) >= request.max_log_bytes
 
                 if status.final:
                     if more_log:
                         continue  # read the rest of the log before the verdict
-                    if partial:
-                        self._lines(partial + b"\n", tail, watch)
+                    self._lines(stream, stream.flush(), watch)
                     watch.absorb(follower.flush())
                     extra: dict[str, Any] = {}
                     try:
@@ -477,39 +496,46 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     if found:
                         watch.last_checkpoint = found[-1]["iteration"]
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "final",
                             watch,
                             follower.offset,
-                            status=status.to_dict(),
+                            status=event_status(status),
                             checkpoints=found,
-                            tail=list(tail),
+                            tail=list(stream.tail),
                             polls=polls,
                             connections=hook.connections_opened,
                             **extra,
-                        )
+                        ),
                     )
                     return
                 if status.outcome is Outcome.HELD:
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
-                            "held", watch, follower.offset, status=status.to_dict(), tail=list(tail)
-                        )
+                            "held",
+                            watch,
+                            follower.offset,
+                            status=event_status(status),
+                            tail=list(stream.tail),
+                        ),
                     )
                     return
                 silent_since, silent = self._silence(status, silent_since)
                 if silent:
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "controller_silent",
                             watch,
                             follower.offset,
-                            status=status.to_dict(),
+                            status=event_status(status),
                             message=silent,
-                        )
+                        ),
                     )
                     return
                 if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
@@ -517,15 +543,16 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     waited = time.monotonic() - unknown_since
                     if waited > self.unknown_timeout:
                         message = f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})"
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "lost",
                                 watch,
                                 follower.offset,
-                                status=status.to_dict(),
-                                tail=list(tail),
+                                status=event_status(status),
+                                tail=list(stream.tail),
                                 message=message,
-                            )
+                            ),
                         )
                         return
                 else:
@@ -535,10 +562,11 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     lost = await self._renew_lock(hook, watch, now)
                     if lost is not None:
                         watch.last_progress_at = last_progress
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
-                                "lock_lost", watch, follower.offset, status=status.to_dict(), **lost
-                            )
+                                "lock_lost", watch, follower.offset, status=event_status(status), **lost
+                            ),
                         )
                         return
 
@@ -564,7 +592,8 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                             len(found),
                             summary_line(watch.progress(self.train_iters, self.seq_length)),
                         )
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "checkpoint",
                                 watch,
@@ -573,23 +602,24 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                                 path=newest["path"],
                                 tag=newest["tag"],
                                 checkpoints=found,
-                                status=status.to_dict(),
-                            )
+                                status=event_status(status),
+                            ),
                         )
                         return
 
                 if running and self.stall_window and not more_log and now - last_progress > self.stall_window:
                     watch.last_progress_at = last_progress
                     reason = stall_reason(last_progress, now, self.stall_window)
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "stalled",
                             watch,
                             follower.offset,
                             reason=reason,
-                            status=status.to_dict(),
-                            tail=list(tail),
-                        )
+                            status=event_status(status),
+                            tail=list(stream.tail),
+                        ),
                     )
                     return
                 if not more_log:
