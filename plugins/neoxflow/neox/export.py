@@ -53,6 +53,21 @@ _EXTRA_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "c
 MAX_TAGS = 10_000
 
 
+def export_prefix(s3_prefix: str) -> str:
+    """The key prefix a run's checkpoints are exported under: ``<the profile's s3 prefix>/checkpoints``."""
+    return f"{s3_prefix.strip('/')}/checkpoints"
+
+
+def run_checkpoints_s3_uri(bucket: str, s3_prefix: str, run: str) -> str:
+    """Where the export puts a run's checkpoints: ``s3://<bucket>/<prefix>/checkpoints/<run>``."""
+    return f"s3://{bucket}/{export_prefix(s3_prefix)}/{run}"
+
+
+def checkpoint_s3_uri(bucket: str, s3_prefix: str, run: str, tag: str) -> str:
+    """Where the export puts one checkpoint: ``s3://<bucket>/<prefix>/checkpoints/<run>/<tag>``."""
+    return f"{run_checkpoints_s3_uri(bucket, s3_prefix, run)}/{tag}"
+
+
 @dataclass(frozen=True)
 class ExportSpec:
     """One export job; every field is validated by :meth:`checked`.

@@ -58,6 +58,7 @@ __all__ = [
     "SLICES_KEY",
     "NeoXTrainOperator",
     "TrainingStalled",
+    "asset_extra",
     "checkpoint_asset",
     "exit_code_of",
 ]
@@ -96,6 +97,27 @@ def checkpoint_asset(run: str, ckpt: Mapping[str, Any]) -> Asset:
     return Asset(name=f"neoxflow/{run}/{ckpt['tag']}", uri=f"file://{ckpt['path']}", group="checkpoint")
 
 
+def asset_extra(ckpt: Mapping[str, Any], job_id: Any, s3_checkpoints: str | None) -> dict[str, Any]:
+    """What a checkpoint's Asset event says of it: iteration, the last lm_loss logged at or before it (the
+    watch's), the job that wrote it, its size, and its S3 copy: ``pending`` at emission (the export runs
+    after training) at the URI the export will use, or ``none`` when the run exports nowhere."""
+    s3 = (
+        {"state": "pending", "uri": f"{s3_checkpoints.rstrip('/')}/{ckpt['tag']}"}
+        if s3_checkpoints
+        else {"state": "none", "uri": None}
+    )
+    loss = ckpt.get("loss")
+    job = ckpt.get("job_id") or job_id
+    return {
+        "iteration": int(ckpt["iteration"]),
+        "loss": float(loss) if loss is not None else None,
+        "job_id": str(job) if job is not None else None,
+        "size_bytes": int(ckpt.get("size_bytes", 0)),
+        "path": ckpt["path"],
+        "s3": s3,
+    }
+
+
 def _merge(known: list[dict[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Add checkpoints by iteration (a trigger may run twice: events must be idempotent)."""
     by_iter = {int(c["iteration"]): dict(c) for c in known}
@@ -124,6 +146,8 @@ class NeoXTrainOperator(SlurmOperator):
         (the DAG's lock task). Neither: no renewal.
     :param lock_dir: the lease's folder (templated); default ``<save_dir>.lock``, the plan's rule.
     :param lock_lease_s: the lease each renewal grants; the same as the acquisition's.
+    :param s3_checkpoints: ``s3://bucket/prefix/checkpoints/<run>`` where the export copies the checkpoints
+        (named in their Asset events as the pending S3 copy); None: not exported.
     :param carry_on: when a slice ends cleanly short of train_iters, submit the next slice at once and
         keep watching (one DAG run trains to the end) instead of returning ``more_to_do``.
     """
@@ -159,6 +183,7 @@ class NeoXTrainOperator(SlurmOperator):
         lock_dir: str | None = None,
         lock_lease_s: int = DEFAULT_LEASE_S,
         carry_on: bool = False,
+        s3_checkpoints: str | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("outlets", [AssetAlias(asset_alias)])
@@ -179,6 +204,7 @@ class NeoXTrainOperator(SlurmOperator):
         self.lock_dir = lock_dir
         self.lock_lease_s = lock_lease_s
         self.carry_on = carry_on
+        self.s3_checkpoints = s3_checkpoints
         self._lock: dict[str, Any] = {}
         #: the run's checkpoints from earlier slices of this task, handed to the next slice's watch
         self._carried_checkpoints: list[dict[str, Any]] = []
@@ -297,18 +323,10 @@ class NeoXTrainOperator(SlurmOperator):
         return newest
 
     def _emit_assets(self, context: Context, run: str, checkpoints, job_id: Any) -> None:
-        """One Asset event per checkpoint; then raise the watermark past them."""
+        """One Asset event per checkpoint (its extra: asset_extra); then raise the watermark past them."""
         events = context["outlet_events"][AssetAlias(self.asset_alias)]
         for ckpt in checkpoints:
-            events.add(
-                checkpoint_asset(run, ckpt),
-                extra={
-                    "iteration": int(ckpt["iteration"]),
-                    "path": ckpt["path"],
-                    "size_bytes": int(ckpt.get("size_bytes", 0)),
-                    "job_id": str(job_id),
-                },
-            )
+            events.add(checkpoint_asset(run, ckpt), extra=asset_extra(ckpt, job_id, self.s3_checkpoints))
         store = context.get("task_state_store")
         if checkpoints and store is not None:
             store.set(ASSET_WATERMARK_KEY, {"iteration": max(int(c["iteration"]) for c in checkpoints)})

@@ -522,7 +522,7 @@ def prepare_resume(
 def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
     """The export job for every complete checkpoint of the run (the cluster script skips verified ones)."""
     from neoxflow.neox.config import load_profile
-    from neoxflow.neox.export import ExportSpec, export_tags, render_export_job
+    from neoxflow.neox.export import ExportSpec, export_prefix, export_tags, render_export_job
 
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
@@ -538,7 +538,7 @@ def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
         scripts_dir=lay["code_dir"],
         save_dir=lay["checkpoint_dir"],
         bucket=plan["s3"]["bucket"],
-        prefix=posixpath.join(plan["s3"]["prefix"].strip("/"), "checkpoints"),
+        prefix=export_prefix(plan["s3"]["prefix"]),
         run=plan["run_name"],
         tags=tags,
         keep_last=profile.export_keep_last,

@@ -148,6 +148,16 @@ class WatchState:
                 self.errors.append(event)
         return stepped
 
+    def loss_at(self, iteration: int) -> float | None:
+        """The last lm_loss NeoX logged at or before ``iteration`` (None if none is remembered)."""
+        known = [(i, v) for i, v in self.loss_points if i <= iteration]
+        known += [
+            (s.iteration, s.lm_loss)
+            for s in self.recent
+            if s.iteration <= iteration and s.lm_loss is not None
+        ]
+        return max(known)[1] if known else None
+
     def log_state(self) -> LogState:
         """A `LogState` good enough for `training_verdict` and `compute_progress`."""
         return LogState(
@@ -342,7 +352,11 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             0 if floor is None else floor + 1,
         )
         found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), floor)
-        return [checkpoint_to_dict(c) for c in found]
+        # what the checkpoint's Asset event tells (operators/training.py): its loss and its job
+        return [
+            {**checkpoint_to_dict(c), "loss": watch.loss_at(c.iteration), "job_id": self.job_id}
+            for c in found
+        ]
 
     async def _renew_lock(self, hook, watch: WatchState, now: float) -> dict[str, Any] | None:
         """Renew the run's lease if due; the ``lock_lost`` event's fields when someone else holds it.
