@@ -290,3 +290,13 @@ def test_the_plan_is_summarised_in_one_line(monkeypatch, tmp_path):
     line = plan_summary(plan_run({"run_name": "r1", "profile": "local", "dry_run": True}))
     assert "\n" not in line and len(line) < 400
     assert line.startswith("Plan of r1: Pythia ") and "DRY RUN" in line and "XCom" in line
+
+
+def test_a_state_too_big_for_one_command_goes_inline():
+    import os
+
+    from neoxflow.triggers.event_state import write_command
+
+    with pytest.raises(ValueError, match="do not fit"):
+        write_command("/fsx/j.out.event.json", os.urandom(200_000))  # random bytes do not compress
+    assert len(write_command("/fsx/j.out.event.json", json.dumps(long_run_watch()).encode())) < 20_000

@@ -20,6 +20,7 @@ retryably rather than judging a run on half its state.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import shlex
 from collections.abc import Callable, Mapping
@@ -37,6 +38,8 @@ __all__ = [
 
 #: the payload keys that go to the file
 BULKY = ("watch", "carry", "tail")
+#: base64 characters of state in one write command, at most
+MAX_COMMAND_DATA = 100_000
 #: array tasks listed in an event's status, at most
 MAX_EVENT_TASKS = 8
 
@@ -67,12 +70,15 @@ def state_path(log_path: str) -> str:
 
 
 def write_command(path: str, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically (a temporary file, then rename); no stdin needed."""
-    encoded = base64.b64encode(data).decode()
-    tmp = f"{path}.tmp"
+    """Write ``data`` to ``path`` atomically (a temporary file, then rename), gzip'd and base64'd into
+    the command itself (no stdin needed); ValueError when the command would not fit into one argument
+    (Linux takes 128 kB per argument, and sshd runs the command as ``sh -c <command>``)."""
+    encoded = base64.b64encode(gzip.compress(data, mtime=0)).decode()
+    if len(encoded) > MAX_COMMAND_DATA:
+        raise ValueError(f"{len(data)} bytes of state do not fit into one command")
+    tmp = shlex.quote(f"{path}.tmp.") + "$$"  # one per shell: two triggerers may write at once (HA)
     return (
-        f"printf %s {shlex.quote(encoded)} | base64 -d > {shlex.quote(tmp)} && "
-        f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+        f"printf %s {shlex.quote(encoded)} | base64 -d | gzip -dc > {tmp} && mv -f {tmp} {shlex.quote(path)}"
     )
 
 
@@ -86,7 +92,7 @@ async def offload_event(hook: Any, log_path: str | None, payload: dict[str, Any]
     data = json.dumps({"log_offset": offset, **bulky}, separators=(",", ":")).encode()
     try:
         status, _, err = await hook.run(write_command(path, data))
-    except Exception as error:  # the event still goes out, whole
+    except Exception as error:  # the event still goes out, whole (too big, or the SSH command failed)
         status, err = -1, str(error).encode()
     if status != 0:
         log.warning(

@@ -2,7 +2,8 @@
 
 Each poll is the Slurm layer's ONE probe command (squeue + scontrol + sacct + the next chunk of the log
 by byte offset), on one reused asyncssh connection. The chunk is parsed by `LogFollower` (NeoX's line
-format); progress lines go to the task log. Every ``list_every`` polls, and at once when a
+format); its lines (bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX
+logging interval go to the task log. Every ``list_every`` polls, and at once when a
 ``Checkpoint global_stepN is ready now!`` line shows up, one more command lists the save folder
 (ckpt_listing.py) and the completeness rule decides which checkpoints are real.
 
@@ -10,7 +11,9 @@ The trigger returns (and the operator re-defers) at each new complete checkpoint
 across deferrals must stay small: the byte offset and a `WatchState` (recent log intervals, a
 down-sampled loss curve, the newest complete checkpoint) - never every step of a 143k-iteration run.
 
-Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_offset``, ``watch``, ``progress``):
+Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_start``/``log_offset`` (the bytes
+this watch streamed), ``progress`` and ``watch``/``carry``/``tail``; those three travel in a file beside
+the log and the event holds a ``state`` pointer instead, see :mod:`neoxflow.triggers.event_state`):
 
 - ``checkpoint``: new complete checkpoint(s) appeared (``iteration``/``path`` of the newest,
   ``checkpoints`` all of them); the job is still running.
