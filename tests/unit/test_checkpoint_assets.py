@@ -4,9 +4,10 @@ will use)."""
 
 from __future__ import annotations
 
+from neoxflow.neox.checkpoint_assets import asset_extra
 from neoxflow.neox.export import ExportSpec, checkpoint_s3_uri, export_prefix
 from neoxflow.neox.logparse import TrainStep
-from neoxflow.operators.training import NeoXTrainOperator, asset_extra
+from neoxflow.operators.training import NeoXTrainOperator
 from neoxflow.triggers.training import WatchState
 from tests.unit.test_training_watch import (
     RECORD,

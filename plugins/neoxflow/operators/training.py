@@ -34,8 +34,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Context
+from airflow.sdk import AssetAlias, Context
 
+from neoxflow.neox.checkpoint_assets import asset_extra, checkpoint_asset
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
@@ -54,14 +55,7 @@ from neoxflow.triggers.checkpoint import (
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
 
-__all__ = [
-    "SLICES_KEY",
-    "NeoXTrainOperator",
-    "TrainingStalled",
-    "asset_extra",
-    "checkpoint_asset",
-    "exit_code_of",
-]
+__all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
 
 DEFAULT_ALIAS = "neoxflow-checkpoints"
 #: events after which the job still runs and the watch re-defers
@@ -90,32 +84,6 @@ def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def checkpoint_asset(run: str, ckpt: Mapping[str, Any]) -> Asset:
-    """The Asset of one complete checkpoint: name ``neoxflow/<run>/<tag>``, URI ``file://<path>``."""
-    return Asset(name=f"neoxflow/{run}/{ckpt['tag']}", uri=f"file://{ckpt['path']}", group="checkpoint")
-
-
-def asset_extra(ckpt: Mapping[str, Any], job_id: Any, s3_checkpoints: str | None) -> dict[str, Any]:
-    """What a checkpoint's Asset event says of it: iteration, the last lm_loss logged at or before it (the
-    watch's), the job that wrote it, its size, and its S3 copy: ``pending`` at emission (the export runs
-    after training) at the URI the export will use, or ``none`` when the run exports nowhere."""
-    s3 = (
-        {"state": "pending", "uri": f"{s3_checkpoints.rstrip('/')}/{ckpt['tag']}"}
-        if s3_checkpoints
-        else {"state": "none", "uri": None}
-    )
-    loss = ckpt.get("loss")
-    job = ckpt.get("job_id") or job_id
-    return {
-        "iteration": int(ckpt["iteration"]),
-        "loss": float(loss) if loss is not None else None,
-        "job_id": str(job) if job is not None else None,
-        "size_bytes": int(ckpt.get("size_bytes", 0)),
-        "path": ckpt["path"],
-        "s3": s3,
-    }
 
 
 def _merge(known: list[dict[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
