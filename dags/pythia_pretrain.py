@@ -54,8 +54,8 @@ def build(dag_id: str, description: str) -> DAG:
         deadline=run_deadline(timedelta(hours=RUN_DEADLINE_H), **CHANNELS) if RUN_DEADLINE_H > 0 else None,
     ) as dag:
         with TaskGroup("prepare"):
-
-            @task(retries=0)
+            # a task returning a big dict logs a one-line summary instead of "Returned value was: {...}"
+            @task(retries=0, show_return_value_in_logs=False)
             def plan(params=None, run_id=None):
                 return tasks.make_plan(params, run_id or "")
 
@@ -95,7 +95,7 @@ def build(dag_id: str, description: str) -> DAG:
                 task_id="merge_validate", plan_path=("data", "merge"), poll_interval=POLL
             )
 
-            @task(trigger_rule="none_failed")
+            @task(trigger_rule="none_failed", show_return_value_in_logs=False)
             def data_summary(plan):
                 return tasks.read_data_summary(plan)
 
@@ -106,7 +106,7 @@ def build(dag_id: str, description: str) -> DAG:
 
         with TaskGroup("train"):
 
-            @task(trigger_rule="none_failed")
+            @task(trigger_rule="none_failed", show_return_value_in_logs=False)
             def resume_point(plan):
                 return tasks.prepare_resume(plan)
 
@@ -134,7 +134,7 @@ def build(dag_id: str, description: str) -> DAG:
 
         with TaskGroup("export"):
 
-            @task(trigger_rule="none_failed")
+            @task(trigger_rule="none_failed", show_return_value_in_logs=False)
             def plan_export(plan):
                 return tasks.plan_export(plan)
 
@@ -144,7 +144,7 @@ def build(dag_id: str, description: str) -> DAG:
             )
             train >> export_plan >> export
 
-        @task(trigger_rule="all_done")
+        @task(trigger_rule="all_done", show_return_value_in_logs=False)
         def report(plan, ti=None):
             return tasks.report(plan, ti)
 

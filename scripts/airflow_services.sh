@@ -326,6 +326,11 @@ load_env() {
   export NEOXFLOW_RETRY_DELAY_S=${NEOXFLOW_RETRY_DELAY_S:-5}
   export NEOXFLOW_REPO=$REPO
   export PATH=$VENV/bin:$PATH
+  # the run note (plugins/neoxflow/notifiers/run_note.py) is written through the REST API as admin: the
+  # URL and the simple auth manager's own password file (the api-server writes it), never the password
+  export NEOXFLOW_AIRFLOW_API_URL="http://127.0.0.1:$PORT"
+  export NEOXFLOW_AIRFLOW_API_USER=admin
+  export NEOXFLOW_AIRFLOW_API_PASSWORD_FILE=$HOME_DIR/simple_auth_manager_passwords.json.generated
 }
 
 instance_env() {  # component: the ports a second instance on this host must not share with the first

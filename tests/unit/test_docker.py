@@ -558,3 +558,18 @@ def test_docs_connection_example_uses_the_secret_path():
     assert conn["extra"]["key_file"] == "/run/secrets/neoxflow_ssh_key"
     assert conn["extra"]["host_key"].startswith("ssh-ed25519 ")
     assert "no_host_key_check" not in conn["extra"]
+
+
+def test_the_scheduler_can_write_the_run_note_with_the_api_servers_password_file(tmp_path, compose_env):
+    """The run note works out of the box (issue 20 item 3): where tasks run (the scheduler, LocalExecutor)
+    the API's URL, user and the simple auth manager's password file (read-only) are set; no password."""
+    cfg = yaml.safe_load(compose_config(tmp_path, **compose_env).stdout)
+    scheduler = cfg["services"]["scheduler"]
+    env = scheduler["environment"]
+    assert env["NEOXFLOW_AIRFLOW_API_URL"] == "http://api-server:8080"
+    assert env["NEOXFLOW_AIRFLOW_API_USER"] == "admin"
+    password_file = env["NEOXFLOW_AIRFLOW_API_PASSWORD_FILE"]
+    assert password_file == env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    assert f"airflow-auth:{Path(password_file).parent}:ro" in scheduler["volumes"]
+    assert any(v.startswith("airflow-logs:/opt/airflow/logs") for v in scheduler["volumes"])
+    assert not [k for k in env if "PASSWORD" in k and k.endswith(("PASSWORD", "_PW"))]

@@ -28,6 +28,7 @@ from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.validate import UnsafeValueError
 from neoxflow.triggers.checkpoint import CheckpointTrigger, ListingError, listing_command, parse_listing
+from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import MAX_LOSS_POINTS, RECENT_STEPS, NeoXTrainingTrigger, WatchState
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +72,7 @@ class FakeHook:
         self.log, self.world = log, world
         self.polls = 0
         self.commands: list[str] = []
+        self.state_writes: list[str] = []
         self.offsets: list[int] = []
         self.connections_opened = 1
         self.cancelled: list[str] = []
@@ -83,7 +85,8 @@ class FakeHook:
         return state, data[request.log_offset : request.log_offset + request.max_log_bytes]
 
     async def run(self, command: str):
-        self.commands.append(command)
+        # the event's state file (triggers/event_state.py) is written beside the log: not a listing
+        (self.state_writes if ".event.json" in command else self.commands).append(command)
         done = subprocess.run(command, shell=True, capture_output=True)
         return done.returncode, done.stdout, done.stderr
 
@@ -111,9 +114,10 @@ def training_trigger(tmp_path: Path, **kwargs) -> NeoXTrainingTrigger:
 
 
 async def first_event(trigger, hook) -> dict:
+    """The trigger's first event as the operator sees it: its state read back from the file."""
     trigger._hook = lambda: hook
     async for event in trigger.run():
-        return event.payload
+        return restore_event(event.payload, lambda path: Path(path).read_bytes())
     raise AssertionError("no event")
 
 

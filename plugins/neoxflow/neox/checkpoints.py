@@ -29,9 +29,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from neoxflow.paths import CLUSTER_CODE
-
 from neoxflow.neox.precision import neox_precision
+from neoxflow.paths import CLUSTER_CODE
 
 __all__ = [
     "Checkpoint",

@@ -14,6 +14,7 @@ Slurm layer (:class:`~neoxflow.operators.slurm.SlurmOperator`).
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 from collections.abc import Mapping
@@ -51,6 +52,21 @@ _MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
 _PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
 _EXTRA_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "constraint", "exclude")
 MAX_TAGS = 10_000
+
+
+def export_prefix(s3_prefix: str) -> str:
+    """The key prefix a run's checkpoints are exported under: ``<the profile's s3 prefix>/checkpoints``."""
+    return posixpath.join(s3_prefix.strip("/"), "checkpoints")  # an empty prefix: "checkpoints"
+
+
+def run_checkpoints_s3_uri(bucket: str, s3_prefix: str, run: str) -> str:
+    """Where the export puts a run's checkpoints: ``s3://<bucket>/<prefix>/checkpoints/<run>``."""
+    return f"s3://{bucket}/{export_prefix(s3_prefix)}/{run}"
+
+
+def checkpoint_s3_uri(bucket: str, s3_prefix: str, run: str, tag: str) -> str:
+    """Where the export puts one checkpoint: ``s3://<bucket>/<prefix>/checkpoints/<run>/<tag>``."""
+    return f"{run_checkpoints_s3_uri(bucket, s3_prefix, run)}/{tag}"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,24 @@
 """Show training progress in the DAG run's note (the text the Airflow UI shows on the run).
 
-A task cannot write the note through the Execution API, so this goes through the public REST API with a
-dedicated connection, ``neoxflow_airflow_api`` (type http: host = the api-server's base URL, login and
-password of a user allowed to edit runs). Without that connection the note is left alone and the progress
-is only in the task log and the ``progress`` XCom. Failures never fail the task.
+A task cannot write the note through the Execution API, so this goes through the public REST API as a
+user allowed to edit runs, found in this order:
+
+1. the connection ``neoxflow_airflow_api`` (type http: host = the api-server's base URL, login and
+   password): the way on a real deployment, from its secrets backend;
+2. the environment ``NEOXFLOW_AIRFLOW_API_URL`` with ``NEOXFLOW_AIRFLOW_API_USER`` (default admin) and
+   ``NEOXFLOW_AIRFLOW_API_PASSWORD_FILE``, a JSON file ``{"<user>": "<password>"}`` as Airflow's simple
+   auth manager writes it: what ``make demo``, the e2e services and docker/compose.yaml set, so the note
+   works out of the box and no password is ever in an environment variable, a command line or a log.
+
+With neither, the note is left alone and the progress is only in the task log and the ``progress`` XCom.
+Failures never fail the task.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -51,15 +60,34 @@ def _request(
     return json.loads(text)
 
 
+def _login() -> tuple[str, str, str] | None:
+    """(base URL, user, password) of the API user that writes the note, or None (see the module doc)."""
+    conn = _connection()
+    if conn is not None:
+        return _base_url(conn), conn.login or "", conn.password or ""
+    url = os.environ.get("NEOXFLOW_AIRFLOW_API_URL")
+    password_file = os.environ.get("NEOXFLOW_AIRFLOW_API_PASSWORD_FILE")
+    if not url or not password_file:
+        return None
+    user = os.environ.get("NEOXFLOW_AIRFLOW_API_USER") or "admin"
+    try:
+        with open(password_file, encoding="utf-8") as handle:
+            password = json.load(handle)[user]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("No password for %s in NEOXFLOW_AIRFLOW_API_PASSWORD_FILE: %s", user, type(err).__name__)
+        return None
+    return url.rstrip("/"), user, str(password)
+
+
 def set_run_note(dag_id: str, run_id: str, markdown: str) -> bool:
     """PATCH the run's note; True when it was set."""
-    conn = _connection()
-    if conn is None:
-        log.debug("No %s connection: run note not updated", CONN_ID)
+    login = _login()
+    if login is None:
+        log.debug("No %s connection nor NEOXFLOW_AIRFLOW_API_URL: run note not updated", CONN_ID)
         return False
-    base = _base_url(conn)
+    base, user, password = login
     try:
-        token = _request("POST", f"{base}/auth/token", {"username": conn.login, "password": conn.password})[
+        token = _request("POST", f"{base}/auth/token", {"username": user, "password": password})[
             "access_token"
         ]
         quote = urllib.parse.quote

@@ -167,6 +167,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         """Set all this slice needs from the plan (again after each deferral: self does not survive)."""
         from neoxflow.neox.checkpoints import Expectation
         from neoxflow.neox.config import load_profile
+        from neoxflow.neox.export import run_checkpoints_s3_uri
         from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
         from neoxflow.pipeline.plan import run_config
         from neoxflow.pipeline.request import parse_request
@@ -211,6 +212,13 @@ class PretrainTrainOperator(NeoXTrainOperator):
         self.listing_script = posixpath.join(code_dir, "ckpt_listing.py")
         self.listing_python = profile.cluster.python
         self.run_name = request.run_name
+        s3 = plan.get("s3") or {}
+        # named in the checkpoints' Asset events as their pending S3 copy (the export's own rule)
+        self.s3_checkpoints = (
+            run_checkpoints_s3_uri(s3["bucket"], s3.get("prefix") or "", request.run_name)
+            if s3.get("bucket")
+            else None
+        )
         if template == "train_local.sbatch":
             self.expectation = expectation_to_dict(Expectation.standin())
         else:

@@ -34,8 +34,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Context
+from airflow.sdk import AssetAlias, Context
 
+from neoxflow.neox.checkpoint_assets import asset_extra, checkpoint_asset
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
@@ -43,6 +44,7 @@ from neoxflow.neox.report import build_summary
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
+from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
     expectation_from_dict,
@@ -50,6 +52,7 @@ from neoxflow.triggers.checkpoint import (
     new_complete_checkpoints,
     parse_listing,
 )
+from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
 
 __all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
@@ -83,11 +86,6 @@ def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def checkpoint_asset(run: str, ckpt: Mapping[str, Any]) -> Asset:
-    """The Asset of one complete checkpoint: name ``neoxflow/<run>/<tag>``, URI ``file://<path>``."""
-    return Asset(name=f"neoxflow/{run}/{ckpt['tag']}", uri=f"file://{ckpt['path']}", group="checkpoint")
-
-
 def _merge(known: list[dict[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Add checkpoints by iteration (a trigger may run twice: events must be idempotent)."""
     by_iter = {int(c["iteration"]): dict(c) for c in known}
@@ -116,6 +114,8 @@ class NeoXTrainOperator(SlurmOperator):
         (the DAG's lock task). Neither: no renewal.
     :param lock_dir: the lease's folder (templated); default ``<save_dir>.lock``, the plan's rule.
     :param lock_lease_s: the lease each renewal grants; the same as the acquisition's.
+    :param s3_checkpoints: ``s3://bucket/prefix/checkpoints/<run>`` where the export copies the checkpoints
+        (named in their Asset events as the pending S3 copy); None: not exported.
     :param carry_on: when a slice ends cleanly short of train_iters, submit the next slice at once and
         keep watching (one DAG run trains to the end) instead of returning ``more_to_do``.
     """
@@ -151,6 +151,7 @@ class NeoXTrainOperator(SlurmOperator):
         lock_dir: str | None = None,
         lock_lease_s: int = DEFAULT_LEASE_S,
         carry_on: bool = False,
+        s3_checkpoints: str | None = None,
         **kwargs: Any,
     ):
         kwargs.setdefault("outlets", [AssetAlias(asset_alias)])
@@ -171,6 +172,7 @@ class NeoXTrainOperator(SlurmOperator):
         self.lock_dir = lock_dir
         self.lock_lease_s = lock_lease_s
         self.carry_on = carry_on
+        self.s3_checkpoints = s3_checkpoints
         self._lock: dict[str, Any] = {}
         #: the run's checkpoints from earlier slices of this task, handed to the next slice's watch
         self._carried_checkpoints: list[dict[str, Any]] = []
@@ -180,6 +182,17 @@ class NeoXTrainOperator(SlurmOperator):
         if self.neox_log_path:
             return self.neox_log_path.replace("{job_id}", str(record["job_id"]))
         return record.get("log_path")
+
+    def _read(self, path: str) -> bytes:
+        return self.hook.read_file(path)
+
+    def _keep_streamed(self, record: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        """Before deferring again: the output the ended trigger streamed, into this log (slurm/logstream)."""
+        if self.deferrable and event.get("log_start") is not None:
+            start, end = int(event["log_start"]), int(event.get("log_offset") or 0)
+            copy_segment(
+                self.hook.run, self._log_path(record) or "", start, end, str(record.get("job_id")), self.log
+            )
 
     def _resolve_lock(self, context: Context) -> None:
         """Which lease the watch renews (again after each deferral: self does not survive it)."""
@@ -278,18 +291,10 @@ class NeoXTrainOperator(SlurmOperator):
         return newest
 
     def _emit_assets(self, context: Context, run: str, checkpoints, job_id: Any) -> None:
-        """One Asset event per checkpoint; then raise the watermark past them."""
+        """One Asset event per checkpoint (its extra: asset_extra); then raise the watermark past them."""
         events = context["outlet_events"][AssetAlias(self.asset_alias)]
         for ckpt in checkpoints:
-            events.add(
-                checkpoint_asset(run, ckpt),
-                extra={
-                    "iteration": int(ckpt["iteration"]),
-                    "path": ckpt["path"],
-                    "size_bytes": int(ckpt.get("size_bytes", 0)),
-                    "job_id": str(job_id),
-                },
-            )
+            events.add(checkpoint_asset(run, ckpt), extra=asset_extra(ckpt, job_id, self.s3_checkpoints))
         store = context.get("task_state_store")
         if checkpoints and store is not None:
             store.set(ASSET_WATERMARK_KEY, {"iteration": max(int(c["iteration"]) for c in checkpoints)})
@@ -371,7 +376,7 @@ class NeoXTrainOperator(SlurmOperator):
         """Non-deferrable mode: run the same trigger loop here, event after event."""
         checkpoints = list(checkpoints or [])
         while True:
-            event = asyncio.run(_first_event(trigger))
+            event = restore_event(asyncio.run(_first_event(trigger)), self._read)
             if event.get("event") not in WATCH_GOES_ON:
                 return self.execute_complete(context, event, record=record, checkpoints=checkpoints)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
@@ -409,11 +414,13 @@ class NeoXTrainOperator(SlurmOperator):
         record: dict[str, Any] | None = None,
         checkpoints: list[dict[str, Any]] | None = None,
     ) -> Any:
+        event = restore_event(event, self._read)  # the trigger's bulky state, from its file
         carry = event.get("carry") or {}
         record = dict(record or carry.get("record") or {})
         checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
         if kind in WATCH_GOES_ON:  # the job goes on: watch it again from where this left off
+            self._keep_streamed(record, event)
             self._resolve_lock(context)
             checkpoints = self._record_checkpoints(context, event, checkpoints)
             if kind == "lock_lost":
@@ -492,6 +499,7 @@ class NeoXTrainOperator(SlurmOperator):
             self.log.info("Slice done, more to train: %s; %s", why, verdict.reason)
             self._end_slice(context, record, watch, verdict, facts, how)
             if self.carry_on:
+                self._keep_streamed(record, event)
                 return self._next_slice(context, checkpoints)
             return self._result(context, record, checkpoints, watch, more_to_do=True, reason=why)
         self._end_slice(context, record, watch, verdict, facts, kind or "failed")

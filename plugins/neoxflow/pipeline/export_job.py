@@ -12,7 +12,7 @@ import posixpath
 from typing import Any
 
 from neoxflow.neox.config import Profile, RunConfig
-from neoxflow.neox.export import MAX_TAGS, ExportSpec, render_export_job
+from neoxflow.neox.export import MAX_TAGS, ExportSpec, export_prefix, render_export_job
 from neoxflow.neox.slices import save_iterations
 from neoxflow.slurm.validate import UnsafeValueError
 
@@ -44,7 +44,7 @@ def export_job(plan: dict[str, Any], profile: Profile, tags: tuple[str, ...]) ->
         scripts_dir=lay["code_dir"],
         save_dir=lay["checkpoint_dir"],
         bucket=plan["s3"]["bucket"],
-        prefix=posixpath.join(plan["s3"]["prefix"].strip("/"), "checkpoints"),
+        prefix=export_prefix(plan["s3"]["prefix"]),
         run=plan["run_name"],
         tags=tuple(tags),
         keep_last=profile.export_keep_last,

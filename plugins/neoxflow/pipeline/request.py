@@ -17,12 +17,16 @@ PYTHIA_SIZES = ["14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B
 PROFILES = ["local", "aws"]
 RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: The form's shape of a shard selection (data/shards.py checks the values): subset, all, a count, or a
-#: list of indices and ranges of up to 4 digits each.
-SHARDS_PATTERN = r"^(|subset|all|[0-9]{1,4}(-[0-9]{1,4})?(,[0-9]{1,4}(-[0-9]{1,4})?)*)$"
+#: list of indices and ranges of numbers from 0 to 1024 (a count of all C4 train shards is 1024).
+_SHARD_NUMBER = r"(10[01][0-9]|102[0-4]|[0-9]{1,3})"
+_SHARD_ITEM = rf"{_SHARD_NUMBER}(-{_SHARD_NUMBER})?"
+SHARDS_PATTERN = rf"^(|subset|all|{_SHARD_ITEM}(,{_SHARD_ITEM})*)$"
 #: What a blank field of the form means.
 BLANK = "Blank: the run of record's value when the run exists, else the profile's."
+#: The Pythia size list's first entry: no size chosen (the run of record's, else the profile's default).
+SIZE_DEFAULT = ""
 WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
-TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-9]{2}:[0-9]{2}")
+TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-5][0-9]:[0-5][0-9]")
 
 
 class RequestError(ValueError):
@@ -65,28 +69,42 @@ def form_params() -> dict[str, Any]:
             type="string",
             enum=PROFILES,
             title="Profile",
-            description="include/configs/profiles/<name>.yaml: cluster, storage, paths.",
+            description="local (the embedded test cluster) or aws: include/configs/profiles/<name>.yaml, the "
+            "cluster, storage and paths. Default: local.",
         ),
         "model_size": Param(
-            None,
-            type=["null", "string"],
-            enum=[None, *PYTHIA_SIZES],
+            SIZE_DEFAULT,
+            type="string",
+            enum=[SIZE_DEFAULT, *PYTHIA_SIZES],
+            values_display={SIZE_DEFAULT: "Default (the run's size, else the profile's)"},
             title="Pythia size",
-            description="Blank: the run of record's size when the run exists, else the profile's default.",
+            description="One of the Pythia sizes, 14M to 12B (GPT-NeoX's configs). The first entry, Default: "
+            "the run of record's size when the run exists, else the profile's default size.",
         ),
         "run_name": Param(
             "pythia-demo",
             type="string",
             pattern=f"^{RUN_NAME.pattern}$",
             title="Run name",
-            description="Names the checkpoint folder and the run of record: the same name continues the "
+            description="1 to 63 characters of a-z, 0-9 and -, starting with a letter or digit (no capitals, "
+            "no spaces). Names the checkpoint folder and the run of record: the same name continues the "
             "same run, as it was first planned (a change to what defines the model is refused).",
         ),
         "nodes": Param(
-            None, type=["null", "integer"], minimum=1, maximum=1024, title="Nodes", description=BLANK
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1024,
+            title="Nodes",
+            description="Slurm nodes per training job: a whole number from 1 to 1024. " + BLANK,
         ),
         "gpus_per_node": Param(
-            None, type=["null", "integer"], minimum=1, maximum=16, title="GPUs per node", description=BLANK
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=16,
+            title="GPUs per node",
+            description="GPUs (ranks) on each node: a whole number from 1 to 16. " + BLANK,
         ),
         "shards": Param(
             None,
@@ -94,27 +112,41 @@ def form_params() -> dict[str, Any]:
             pattern=SHARDS_PATTERN,
             maxLength=MAX_SELECTION_CHARS,
             title="C4 shards",
-            description="subset (first 4), a count (16), a list (0,5,7), a range (0-15) or all. "
-            "Blank: the run of record's shards when the run exists, else subset.",
+            description="Which of C4's 1024 train shards (numbered 0 to 1023): subset (the first 4), a "
+            "count (16: the first 16), a list (0,5,7), a range (0-15), lists and ranges (0-3,8-11) or all; "
+            "numbers up to 1024, no spaces. Blank: the run of record's shards if it exists, else subset.",
         ),
         "train_iters": Param(
-            None, type=["null", "integer"], minimum=1, title="Train iterations", description=BLANK
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=10_000_000,
+            title="Train iterations",
+            description="NeoX train_iters, the run's target: a whole number from 1 to 10000000. " + BLANK,
         ),
         "checkpoint_interval": Param(
-            None, type=["null", "integer"], minimum=1, title="Checkpoint every N", description=BLANK
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=10_000_000,
+            title="Checkpoint every N",
+            description="Iterations between checkpoints (NeoX checkpoint_factor): a whole number from 1 to "
+            "10000000, at most Train iterations. " + BLANK,
         ),
         "time_limit": Param(
             None,
             type=["null", "string"],
             pattern=f"^({TIME_LIMIT.pattern})?$",
             title="Time limit per slice",
-            description="Slurm time limit of one training job, e.g. 04:00:00. " + BLANK,
+            description="Slurm time limit of one training job (a slice): HH:MM:SS or D-HH:MM:SS, minutes and "
+            "seconds 00 to 59, e.g. 04:00:00 or 1-12:00:00. " + BLANK,
         ),
         "dry_run": Param(
             False,
             type="boolean",
             title="Dry run",
-            description="Render every script and config and show them; submit nothing.",
+            description="On: render every script and config and show them (the plan task's log and the "
+            "Training view); submit nothing. Default: off.",
         ),
     }
 

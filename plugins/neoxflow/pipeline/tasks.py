@@ -100,7 +100,20 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
                 else ""
             )
             log.info("--- manifest %s (%d lines)\n%s%s", path, len(lines), shown, more)
+    log.info("%s", plan_summary(plan))
     return plan
+
+
+def plan_summary(plan: dict[str, Any]) -> str:
+    """The plan in one line for the task log (the plan task does not log its return value: a screen of
+    dict; the whole plan is its XCom and the Training view shows it)."""
+    cfg = plan["config"]
+    return (
+        f"Plan of {plan['run_name']}: Pythia {cfg['size']} on {cfg['nodes']} node(s) x {cfg['gpus_per_node']}"
+        f" GPU(s), train_iters {cfg['train_iters']}, config {cfg['hash']} ({cfg['path']}), "
+        f"{len(plan['manifests'])} manifest(s), S3 s3://{plan['s3']['bucket']}/{plan['s3']['prefix']}"
+        f"{', DRY RUN' if plan['dry_run'] else ''}; the whole plan is the task's XCom"
+    )
 
 
 def _hook() -> SlurmSSHHook:

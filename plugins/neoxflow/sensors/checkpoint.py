@@ -18,7 +18,8 @@ from airflow.sdk import AssetAlias, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.operators.training import DEFAULT_ALIAS, checkpoint_asset
+from neoxflow.neox.checkpoint_assets import asset_extra, checkpoint_asset
+from neoxflow.operators.training import DEFAULT_ALIAS
 from neoxflow.triggers.checkpoint import (
     CheckpointTrigger,
     checkpoint_to_dict,
@@ -158,7 +159,7 @@ class CheckpointSensor(BaseSensorOperator):
         run = self.run_name or context["run_id"]
         context["outlet_events"][AssetAlias(self.asset_alias)].add(
             checkpoint_asset(run, result),
-            extra={"iteration": int(result["iteration"]), "path": result["path"]},
+            extra=asset_extra(result, None, None),  # the same keys as the training watch's events
         )
         self.log.info("Complete checkpoint %s at %s", result.get("tag"), result.get("path"))
         return result

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,13 +26,15 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.logstream import TAIL_LINES, LogStream
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.event_state import event_status
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-TAIL_LINES = 40
+__all__ = ["TAIL_LINES", "SlurmJobTrigger"]
 
 
 class SlurmJobTrigger(BaseTrigger):
@@ -134,8 +135,7 @@ class SlurmJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
         offset = self.log_offset
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        partial = b""
+        stream = LogStream(self.log_path)
         unknown_since: float | None = None
         silent_since: float | None = None
         unreachable_since: float | None = None
@@ -184,19 +184,17 @@ class SlurmJobTrigger(BaseTrigger):
 
                 if chunk:
                     offset += len(chunk)
-                    partial = self._stream(partial + chunk, tail)
+                    self._log_lines(stream.to_log(stream.feed(chunk)))
                 if status.final:
                     if len(chunk) >= request.max_log_bytes:
                         continue  # more output to read before the verdict
-                    if partial:
-                        tail.append(partial.decode("utf-8", "replace"))
-                        self.log.info("%s", partial.decode("utf-8", "replace"))
+                    self._log_lines(stream.to_log(stream.flush()))
                     yield TriggerEvent(
                         self._event(
                             "final",
-                            status=status.to_dict(),
+                            status=event_status(status),
                             log_offset=offset,
-                            tail=list(tail),
+                            tail=list(stream.tail),
                             polls=polls,
                             connections=hook.connections_opened,
                         )
@@ -204,14 +202,19 @@ class SlurmJobTrigger(BaseTrigger):
                     return
                 if status.outcome is Outcome.HELD:
                     yield TriggerEvent(
-                        self._event("held", status=status.to_dict(), log_offset=offset, tail=list(tail))
+                        self._event(
+                            "held", status=event_status(status), log_offset=offset, tail=list(stream.tail)
+                        )
                     )
                     return
                 silent_since, silent = self._silence(status, silent_since)
                 if silent:
                     yield TriggerEvent(
                         self._event(
-                            "controller_silent", status=status.to_dict(), log_offset=offset, message=silent
+                            "controller_silent",
+                            status=event_status(status),
+                            log_offset=offset,
+                            message=silent,
                         )
                     )
                     return
@@ -225,9 +228,9 @@ class SlurmJobTrigger(BaseTrigger):
                         yield TriggerEvent(
                             self._event(
                                 "lost",
-                                status=status.to_dict(),
+                                status=event_status(status),
                                 log_offset=offset,
-                                tail=list(tail),
+                                tail=list(stream.tail),
                                 message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s "
                                 f"({status.note})",
                             )
@@ -239,14 +242,10 @@ class SlurmJobTrigger(BaseTrigger):
         finally:
             await hook.close()
 
-    def _stream(self, data: bytes, tail: deque[str]) -> bytes:
-        """Log complete lines of job output; return the unfinished last line for the next chunk."""
-        *lines, rest = data.split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            tail.append(line)
+    def _log_lines(self, lines: list[str]) -> None:
+        """The job's output lines of one poll (already bounded by the stream) into the task log."""
+        for line in lines:
             self.log.info("[slurm %s] %s", self.job_id, line)
-        return rest
 
     def _event(self, kind: str, **payload: Any) -> dict[str, Any]:
         return {"event": kind, "job_id": self.job_id, **payload}

@@ -2,7 +2,8 @@
 
 Each poll is the Slurm layer's ONE probe command (squeue + scontrol + sacct + the next chunk of the log
 by byte offset), on one reused asyncssh connection. The chunk is parsed by `LogFollower` (NeoX's line
-format); progress lines go to the task log. Every ``list_every`` polls, and at once when a
+format); its lines (bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX
+logging interval go to the task log. Every ``list_every`` polls, and at once when a
 ``Checkpoint global_stepN is ready now!`` line shows up, one more command lists the save folder
 (ckpt_listing.py) and the completeness rule decides which checkpoints are real.
 
@@ -10,7 +11,9 @@ The trigger returns (and the operator re-defers) at each new complete checkpoint
 across deferrals must stay small: the byte offset and a `WatchState` (recent log intervals, a
 down-sampled loss curve, the newest complete checkpoint) - never every step of a 143k-iteration run.
 
-Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_offset``, ``watch``, ``progress``):
+Events (payload dicts, JSON-serialisable, each with ``job_id``, ``log_start``/``log_offset`` (the bytes
+this watch streamed), ``progress`` and ``watch``/``carry``/``tail``; those three travel in a file beside
+the log and the event holds a ``state`` pointer instead, see :mod:`neoxflow.triggers.event_state`):
 
 - ``checkpoint``: new complete checkpoint(s) appeared (``iteration``/``path`` of the newest,
   ``checkpoints`` all of them); the job is still running.
@@ -35,30 +38,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
 from neoxflow.hooks.slurm import is_host_key_error
-from neoxflow.neox.logparse import (
-    CheckpointCommitted,
-    ErrorLine,
-    Event,
-    LatestMissing,
-    LogFollower,
-    LogState,
-    ResumeInfo,
-    TrainStep,
-    event_from_dict,
-    event_to_dict,
-)
-from neoxflow.neox.progress import Progress, compute_progress, stall_reason, summary_line
-from neoxflow.neox.report import downsample
+from neoxflow.neox.logparse import CheckpointCommitted, Event, LogFollower, LogState, TrainStep
+from neoxflow.neox.progress import stall_reason, summary_line
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.logstream import LogStream
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.checkpoint import (
     checkpoint_to_dict,
@@ -66,15 +56,23 @@ from neoxflow.triggers.checkpoint import (
     fetch_listing,
     new_complete_checkpoints,
 )
-from neoxflow.triggers.slurm_job import TAIL_LINES, SlurmJobTrigger
+from neoxflow.triggers.event_state import event_status, offload_event
+from neoxflow.triggers.slurm_job import SlurmJobTrigger
+from neoxflow.triggers.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
 
-__all__ = ["SLICE_END_MARKER", "NeoXTrainingTrigger", "WatchState", "lock_renewal_due"]
+__all__ = [
+    "MAX_ERRORS",
+    "MAX_LOSS_POINTS",
+    "RECENT_STEPS",
+    "SLICE_END_MARKER",
+    "NeoXTrainingTrigger",
+    "WatchState",
+    "lock_renewal_due",
+]
 
 #: Printed by the batch templates after a clean stop before the time limit (train*.sbatch).
 SLICE_END_MARKER = "NEOXFLOW slice_end"
-RECENT_STEPS = 10  # log intervals kept for the throughput medians (progress.compute_progress window)
-MAX_LOSS_POINTS = 500  # loss-curve points carried between deferrals (down-sampled beyond that)
-MAX_ERRORS = 5
+MAX_PROGRESS_LINES = 20  # progress lines per poll: one per NeoX logging interval, the newest if more
 LOCK_RETRY_S = 60.0  # a renewal that could not run (SSH error) is tried again this much later
 
 
@@ -87,125 +85,6 @@ def lock_renewal_due(watch: WatchState, now: float, lease_s: float) -> bool:
     if watch.lock_retry_at is not None and now < watch.lock_retry_at:
         return False
     return watch.lock_renewed_at is None or now - watch.lock_renewed_at >= lease_s / 3
-
-
-@dataclass
-class WatchState:
-    """What the watch remembers between deferrals; bounded whatever the run's length.
-
-    ``last_checkpoint`` is the newest COMPLETE checkpoint reported so far; ``last_progress_at`` (epoch
-    seconds) the last time a new log line or checkpoint arrived, for stall detection.
-    """
-
-    recent: list[TrainStep] = field(default_factory=list)
-    loss_points: list[tuple[int, float]] = field(default_factory=list)
-    last_iteration: int | None = None
-    total: int | None = None
-    resumed_from: int | None = None
-    latest_missing: bool = False
-    committed: list[int] = field(default_factory=list)
-    errors: list[ErrorLine] = field(default_factory=list)
-    slice_end: str | None = None
-    last_checkpoint: int | None = None
-    last_progress_at: float | None = None
-    lines: int = 0
-    lock_renewed_at: float | None = None  # epoch s of this run's last lease renewal by the watch
-    lock_until: int | None = None  # the lease's expiry that renewal set
-    lock_retry_at: float | None = None  # after a failed renewal command: not before this
-    lock_lost: str | None = None  # the lock command's answer once someone else holds the lease
-
-    def absorb(self, events: Iterable[Event]) -> bool:
-        """Fold parsed events in; True when a training step was among them (worth a progress line)."""
-        stepped = False
-        for event in events:
-            if isinstance(event, TrainStep):
-                stepped = True
-                if self.recent and self.recent[-1].iteration == event.iteration:
-                    self.recent[-1] = event
-                else:
-                    self.recent.append(event)
-                del self.recent[:-RECENT_STEPS]
-                self.last_iteration = max(self.last_iteration or 0, event.iteration)
-                self.total = event.total
-                if event.lm_loss is not None:
-                    # a resumed attempt re-logs iterations: keep the newest value of each
-                    self.loss_points = [p for p in self.loss_points if p[0] < event.iteration]
-                    self.loss_points.append((event.iteration, event.lm_loss))
-                    if len(self.loss_points) > 2 * MAX_LOSS_POINTS:
-                        self.loss_points = downsample(self.loss_points, MAX_LOSS_POINTS)
-            elif isinstance(event, ResumeInfo):
-                self.resumed_from = event.iteration
-            elif isinstance(event, LatestMissing):
-                self.latest_missing = True
-            elif isinstance(event, CheckpointCommitted):
-                if event.iteration not in self.committed:
-                    self.committed = [*self.committed[-(MAX_ERRORS - 1) :], event.iteration]
-            elif isinstance(event, ErrorLine):
-                if len(self.errors) >= MAX_ERRORS:
-                    del self.errors[1]  # keep the first (usually the cause) and the newest
-                self.errors.append(event)
-        return stepped
-
-    def log_state(self) -> LogState:
-        """A `LogState` good enough for `training_verdict` and `compute_progress`."""
-        return LogState(
-            steps=list(self.recent),
-            committed=list(self.committed),
-            resumed_from=self.resumed_from,
-            latest_missing=self.latest_missing,
-            errors=list(self.errors),
-        )
-
-    def progress(self, train_iters: int | None = None, seq_length: int | None = None) -> Progress:
-        return compute_progress(
-            self.log_state(),
-            train_iters=train_iters,
-            seq_length=seq_length,
-            last_checkpoint=self.last_checkpoint,
-            window=RECENT_STEPS,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "recent": [event_to_dict(s) for s in self.recent],
-            "loss_points": [[i, v] for i, v in self.loss_points],
-            "last_iteration": self.last_iteration,
-            "total": self.total,
-            "resumed_from": self.resumed_from,
-            "latest_missing": self.latest_missing,
-            "committed": list(self.committed),
-            "errors": [event_to_dict(e) for e in self.errors],
-            "slice_end": self.slice_end,
-            "last_checkpoint": self.last_checkpoint,
-            "last_progress_at": self.last_progress_at,
-            "lines": self.lines,
-            "lock_renewed_at": self.lock_renewed_at,
-            "lock_until": self.lock_until,
-            "lock_retry_at": self.lock_retry_at,
-            "lock_lost": self.lock_lost,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> WatchState:
-        data = data or {}
-        return cls(
-            recent=[event_from_dict(s) for s in data.get("recent", [])],
-            loss_points=[(int(i), float(v)) for i, v in data.get("loss_points", [])],
-            last_iteration=data.get("last_iteration"),
-            total=data.get("total"),
-            resumed_from=data.get("resumed_from"),
-            latest_missing=bool(data.get("latest_missing", False)),
-            committed=list(data.get("committed", [])),
-            errors=[event_from_dict(e) for e in data.get("errors", [])],
-            slice_end=data.get("slice_end"),
-            last_checkpoint=data.get("last_checkpoint"),
-            last_progress_at=data.get("last_progress_at"),
-            lines=int(data.get("lines", 0)),
-            lock_renewed_at=data.get("lock_renewed_at"),
-            lock_until=data.get("lock_until"),
-            lock_retry_at=data.get("lock_retry_at"),
-            lock_lost=data.get("lock_lost"),
-        )
 
 
 def _utc(epoch: int | None) -> str:
@@ -340,7 +219,11 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             0 if floor is None else floor + 1,
         )
         found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), floor)
-        return [checkpoint_to_dict(c) for c in found]
+        # what the checkpoint's Asset event tells (operators/training.py): its loss and its job
+        return [
+            {**checkpoint_to_dict(c), "loss": watch.loss_at(c.iteration), "job_id": self.job_id}
+            for c in found
+        ]
 
     async def _renew_lock(self, hook, watch: WatchState, now: float) -> dict[str, Any] | None:
         """Renew the run's lease if due; the ``lock_lost`` event's fields when someone else holds it.
@@ -382,21 +265,31 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.log.error("%s", message)
         return {"holder": answer.holder, "until": answer.until, "message": message}
 
-    def _lines(self, data: bytes, tail: deque[str], watch: WatchState) -> bytes:
-        """Log complete lines, remember the slice-end marker; return the unfinished last line."""
-        *lines, rest = data.split(b"\n")
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            tail.append(line)
+    def _lines(self, stream: LogStream, lines: list[str], watch: WatchState) -> None:
+        """Log one poll's complete lines (bounded by the stream), remember the slice-end marker."""
+        for line in lines:
             if SLICE_END_MARKER in line:
                 watch.slice_end = line.strip()[-300:]
+        for line in stream.to_log(lines):
             self.log.info("[slurm %s] %s", self.job_id, line)
-        return rest
+
+    def _absorb(self, watch: WatchState, events: list[Event]) -> None:
+        """Fold one poll's events into the watch, with a progress line at each NeoX logging interval
+        (each ``iteration X/Y`` line; of a poll that brought more, the newest MAX_PROGRESS_LINES)."""
+        steps = sum(isinstance(e, TrainStep) for e in events)
+        seen = 0
+        for event in events:
+            if watch.absorb([event]):
+                seen += 1
+                if steps - seen < MAX_PROGRESS_LINES:
+                    progress = summary_line(watch.progress(self.train_iters, self.seq_length))
+                    self.log.info("[progress] %s", progress)
 
     def _payload(self, kind: str, watch: WatchState, offset: int, **extra: Any) -> dict[str, Any]:
         progress = watch.progress(self.train_iters, self.seq_length)
         return self._event(
             kind,
+            log_start=self.log_offset,
             log_offset=offset,
             watch=watch.to_dict(),
             progress=summary_line(progress),
@@ -404,13 +297,19 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             **extra,
         )
 
+    async def _fire(self, hook, payload: dict[str, Any]) -> TriggerEvent:
+        """The event, its bulky state written beside the log (Airflow logs each event whole); an
+        ``error`` event (the cluster unreachable, a host key refused) goes out as it is."""
+        if payload.get("event") == "error":
+            return TriggerEvent(payload)
+        return TriggerEvent(await offload_event(hook, self.log_path, payload, self.log))
+
     # -- the loop --------------------------------------------------------------------------------------
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
         watch = WatchState.from_dict(self.watch)
         follower = LogFollower(offset=self.log_offset)
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        partial = b""
+        stream = LogStream(self.log_path)
         last_progress = watch.last_progress_at or time.time()
         unknown_since: float | None = None
         silent_since: float | None = None
@@ -431,17 +330,20 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     failures, unreachable_since = 0, None
                 except Exception as err:
                     if is_host_key_error(err):
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "error", watch, follower.offset, message=f"SSH host key rejected: {err}"
-                            )
+                            ),
                         )
                         return
                     failures += 1
                     unreachable_since = unreachable_since or time.monotonic()
                     if time.monotonic() - unreachable_since > self.unreachable_timeout:
                         message = f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}"
-                        yield TriggerEvent(self._payload("error", watch, follower.offset, message=message))
+                        yield await self._fire(
+                            hook, self._payload("error", watch, follower.offset, message=message)
+                        )
                         return
                     wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
                     self.log.warning("Poll of job %s failed (%s); retrying in %.1fs", self.job_id, err, wait)
@@ -451,23 +353,21 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                 now = time.time()
                 commit_seen = False
                 if chunk:
-                    partial = self._lines(partial + chunk, tail, watch)
+                    self._lines(stream, stream.feed(chunk), watch)
                     before = follower.lines
                     events = follower.feed(chunk)
                     follower.state = LogState()  # the watch keeps what matters, bounded
                     if follower.lines > before:
                         watch.lines += follower.lines - before
                         last_progress = now
-                    if watch.absorb(events):
-                        self.log.info("%s", summary_line(watch.progress(self.train_iters, self.seq_length)))
+                    self._absorb(watch, events)
                     commit_seen = any(isinstance(e, CheckpointCommitted) for e in events)
                 more_log = len(chunk) >= request.max_log_bytes
 
                 if status.final:
                     if more_log:
                         continue  # read the rest of the log before the verdict
-                    if partial:
-                        self._lines(partial + b"\n", tail, watch)
+                    self._lines(stream, stream.flush(), watch)
                     watch.absorb(follower.flush())
                     extra: dict[str, Any] = {}
                     try:
@@ -477,39 +377,46 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     if found:
                         watch.last_checkpoint = found[-1]["iteration"]
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "final",
                             watch,
                             follower.offset,
-                            status=status.to_dict(),
+                            status=event_status(status),
                             checkpoints=found,
-                            tail=list(tail),
+                            tail=list(stream.tail),
                             polls=polls,
                             connections=hook.connections_opened,
                             **extra,
-                        )
+                        ),
                     )
                     return
                 if status.outcome is Outcome.HELD:
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
-                            "held", watch, follower.offset, status=status.to_dict(), tail=list(tail)
-                        )
+                            "held",
+                            watch,
+                            follower.offset,
+                            status=event_status(status),
+                            tail=list(stream.tail),
+                        ),
                     )
                     return
                 silent_since, silent = self._silence(status, silent_since)
                 if silent:
                     watch.last_progress_at = last_progress
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "controller_silent",
                             watch,
                             follower.offset,
-                            status=status.to_dict(),
+                            status=event_status(status),
                             message=silent,
-                        )
+                        ),
                     )
                     return
                 if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
@@ -517,15 +424,16 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     waited = time.monotonic() - unknown_since
                     if waited > self.unknown_timeout:
                         message = f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})"
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "lost",
                                 watch,
                                 follower.offset,
-                                status=status.to_dict(),
-                                tail=list(tail),
+                                status=event_status(status),
+                                tail=list(stream.tail),
                                 message=message,
-                            )
+                            ),
                         )
                         return
                 else:
@@ -535,10 +443,11 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     lost = await self._renew_lock(hook, watch, now)
                     if lost is not None:
                         watch.last_progress_at = last_progress
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
-                                "lock_lost", watch, follower.offset, status=status.to_dict(), **lost
-                            )
+                                "lock_lost", watch, follower.offset, status=event_status(status), **lost
+                            ),
                         )
                         return
 
@@ -564,7 +473,8 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                             len(found),
                             summary_line(watch.progress(self.train_iters, self.seq_length)),
                         )
-                        yield TriggerEvent(
+                        yield await self._fire(
+                            hook,
                             self._payload(
                                 "checkpoint",
                                 watch,
@@ -573,23 +483,24 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                                 path=newest["path"],
                                 tag=newest["tag"],
                                 checkpoints=found,
-                                status=status.to_dict(),
-                            )
+                                status=event_status(status),
+                            ),
                         )
                         return
 
                 if running and self.stall_window and not more_log and now - last_progress > self.stall_window:
                     watch.last_progress_at = last_progress
                     reason = stall_reason(last_progress, now, self.stall_window)
-                    yield TriggerEvent(
+                    yield await self._fire(
+                        hook,
                         self._payload(
                             "stalled",
                             watch,
                             follower.offset,
                             reason=reason,
-                            status=status.to_dict(),
-                            tail=list(tail),
-                        )
+                            status=event_status(status),
+                            tail=list(stream.tail),
+                        ),
                     )
                     return
                 if not more_log:

@@ -1,0 +1,142 @@
+"""A Slurm job's output in the Airflow task log: complete lines, as they are written, bounded per poll.
+
+Both watches (the plain job trigger of the data jobs and the training trigger) read the job's output file
+by byte offset, one chunk per poll. This turns each chunk into the lines to log: an unfinished last line
+waits for the next chunk (a chunk may end mid-line or mid-character), and one poll logs at most
+``max_lines`` lines and ``max_bytes`` bytes, so a job that prints a megabyte a second cannot flood the task
+log or the triggerer (Airflow 3 carries every trigger log line over a socket). What does not fit is
+replaced by one marker line naming how much was skipped and the file that holds it; the newest lines of
+the chunk are always kept, they say where the job is now.
+
+The worker uses the same stream (:func:`bounded_lines`) when it copies a finished deferral's output into
+its own log: Airflow 3.3 opens a trigger's log file afresh (truncated) for each deferral of the same try,
+so without that copy the output streamed before the last deferral would vanish from the task log.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MAX_BYTES", "MAX_LINES", "LogStream", "bounded_lines", "copy_segment", "skipped_marker"]
+
+MAX_LINES = 200  # lines logged per poll, at most
+MAX_BYTES = 64 * 1024  # bytes logged per poll, at most
+MAX_LINE_CHARS = 2000  # a longer line (a config dump) is cut to this with a note
+KEEP_NEWEST = 10  # of a chunk that does not fit, the newest lines are logged all the same
+TAIL_LINES = 40  # lines kept for a failure message
+
+
+def skipped_marker(lines: int, size: int, path: str | None) -> str:
+    where = f", see {path}" if path else ""
+    return f"... {lines} lines ({size} bytes) skipped{where}"
+
+
+def _cut(line: str) -> str:
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    return f"{line[:MAX_LINE_CHARS]} ... [{len(line) - MAX_LINE_CHARS} more characters]"
+
+
+def bounded_lines(
+    lines: Sequence[str],
+    path: str | None = None,
+    max_lines: int = MAX_LINES,
+    max_bytes: int = MAX_BYTES,
+) -> list[str]:
+    """The lines to log for one poll: all of them when they fit, else the oldest that fit, a
+    ``... M lines skipped, see <path>`` marker, and the newest ``KEEP_NEWEST``."""
+    lines = [_cut(line) for line in lines]
+    size = sum(len(line.encode()) + 1 for line in lines)
+    if len(lines) <= max_lines and size <= max_bytes:
+        return lines
+    newest = lines[-KEEP_NEWEST:] if max_lines > KEEP_NEWEST else []
+    budget_lines = max_lines - len(newest) - 1
+    budget_bytes = max_bytes - sum(len(line.encode()) + 1 for line in newest)
+    head: list[str] = []
+    used = 0
+    for line in lines[: len(lines) - len(newest)]:
+        cost = len(line.encode()) + 1
+        if len(head) >= budget_lines or used + cost > budget_bytes:
+            break
+        head.append(line)
+        used += cost
+    skipped = lines[len(head) : len(lines) - len(newest)]
+    skipped_bytes = sum(len(line.encode()) + 1 for line in skipped)
+    return [*head, skipped_marker(len(skipped), skipped_bytes, path), *newest]
+
+
+@dataclass
+class LogStream:
+    """Chunks of a job's output -> complete lines to log (bounded) and a tail for failure messages."""
+
+    path: str | None = None
+    max_lines: int = MAX_LINES
+    max_bytes: int = MAX_BYTES
+    partial: bytes = b""
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Every line this chunk completes (the unfinished last line waits for the next chunk)."""
+        *complete, self.partial = (self.partial + chunk).split(b"\n")
+        return self._take(raw.decode("utf-8", "replace") for raw in complete)
+
+    def flush(self) -> list[str]:
+        """At the job's end: the unfinished last line too."""
+        rest, self.partial = self.partial, b""
+        return self._take([rest.decode("utf-8", "replace")] if rest else [])
+
+    def to_log(self, lines: Sequence[str]) -> list[str]:
+        """What of one poll's lines goes to the task log (see :func:`bounded_lines`)."""
+        return bounded_lines(lines, self.path, self.max_lines, self.max_bytes)
+
+    def _take(self, lines: Iterable[str]) -> list[str]:
+        lines = list(lines)
+        self.tail.extend(lines)
+        return lines
+
+
+#: a finished deferral's output copied into the worker's log: at most this much of it
+SEGMENT_MAX_BYTES = 1 << 20
+SEGMENT_MAX_LINES = 1000
+
+
+def copy_segment(run: Any, path: str, start: int, end: int, job_id: str, log: Any) -> int:
+    """Copy the job's output bytes [start, end) - what one deferral's trigger streamed - into this
+    (the worker's) task log, bounded like the stream; returns the number of lines read.
+
+    Airflow 3.3 writes a trigger's log to ``<task log>.trigger.<triggerer id>.log`` and opens it afresh,
+    truncated, for every new trigger of the same try, so each re-deferral (the training watch re-defers at
+    every checkpoint) would wipe the output streamed so far; the worker's log is appended to.
+    ``run`` is the sync hook's ``run(command, check=...)``. Never raises: the log is a courtesy.
+    """
+    from neoxflow.slurm.commands import log_chunk_command
+
+    if not path or end <= start:
+        return 0
+    size = min(end - start, SEGMENT_MAX_BYTES)
+    try:
+        status, out, _ = run(log_chunk_command(path, end - size, size), check=False)
+    except Exception as err:
+        log.warning("Could not copy job %s's output %s [%d, %d): %s", job_id, path, start, end, err)
+        return 0
+    if status != 0:
+        return 0
+    lines = out.decode("utf-8", "replace").split("\n")
+    if size < end - start:  # the oldest part did not fit: say so, start at a line boundary
+        lines = [f"... earlier output ({end - start - size} bytes) skipped, see {path}", *lines[1:]]
+    if lines and lines[-1] == "":
+        lines.pop()
+    log.info(
+        "Job %s's output %s, bytes %d-%d, as the trigger streamed it (copied here: Airflow replaces a "
+        "trigger's log at each deferral):",
+        job_id,
+        path,
+        start,
+        end,
+    )
+    for line in bounded_lines(lines, path, SEGMENT_MAX_LINES, SEGMENT_MAX_BYTES):
+        log.info("[slurm %s] %s", job_id, line)
+    return len(lines)
