@@ -53,7 +53,7 @@ from neoxflow.triggers.checkpoint import (
     parse_listing,
 )
 from neoxflow.triggers.event_state import restore_event
-from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
+from neoxflow.triggers.training import WATCH_SETTINGS, NeoXTrainingTrigger, WatchState
 
 __all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
 
@@ -236,14 +236,7 @@ class NeoXTrainOperator(SlurmOperator):
             start_day=record["start_day"],
             log_path=self._log_path(record),
             log_offset=offset,
-            save_dir=self.save_dir,
-            listing_script=self.listing_script,
-            listing_python=self.listing_python,
-            expectation=self.expectation,
-            list_every=self.list_every,
-            stall_window=self.stall_window,
-            train_iters=self.train_iters,
-            seq_length=self.seq_length,
+            **{name: getattr(self, name) for name in WATCH_SETTINGS},
             watch=watch,
             carry={"record": dict(record), "checkpoints": list(checkpoints or [])},
             **self._lock,

@@ -93,6 +93,20 @@ def _utc(epoch: int | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+#: the watch's settings, the same attributes on the operator and the trigger: what the operator hands
+#: over and what the trigger serializes
+WATCH_SETTINGS = (
+    "save_dir",
+    "listing_script",
+    "listing_python",
+    "expectation",
+    "list_every",
+    "stall_window",
+    "train_iters",
+    "seq_length",
+)
+
+
 class NeoXTrainingTrigger(SlurmJobTrigger):
     """Follow a NeoX training job: Slurm state, log progress, complete checkpoints, stalls.
 
@@ -189,14 +203,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         classpath, kwargs = super().serialize()
         kwargs.update(
-            save_dir=self.save_dir,
-            listing_script=self.listing_script,
-            listing_python=self.listing_python,
-            expectation=self.expectation,
-            list_every=self.list_every,
-            stall_window=self.stall_window,
-            train_iters=self.train_iters,
-            seq_length=self.seq_length,
+            {name: getattr(self, name) for name in WATCH_SETTINGS},
             watch=self.watch,
             carry=self.carry,
             lock_dir=self.lock_dir,
