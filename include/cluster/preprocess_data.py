@@ -58,6 +58,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import mmidx  # noqa: E402
+import mmidx_dataset  # noqa: E402
 import numpy as np  # noqa: E402
 import rank_bpe  # noqa: E402
 
@@ -908,7 +909,7 @@ def run(
     keys = tuple(keys)
     stats = Stats(tokens={k: 0 for k in keys}, items={k: 0 for k in keys})
     Path(output_prefix).parent.mkdir(parents=True, exist_ok=True)
-    writers = [mmidx.DatasetWriter(output_prefix_for(output_prefix, k), dtype) for k in keys]
+    writers = [mmidx_dataset.DatasetWriter(output_prefix_for(output_prefix, k), dtype) for k in keys]
     init_args = (vocab_file, engine, append_eod, use_ftfy, dtype.str, list(keys), hf)
     pool = None
     next_log = log_interval

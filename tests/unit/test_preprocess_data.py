@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mmidx
+import mmidx_dataset
 import numpy as np
 import preprocess_data as pp
 import pytest
@@ -211,7 +211,7 @@ DOCS = [
 def test_every_format_gives_the_text_field_tokens(tmp_path, hf, name):
     path = _write_inputs(tmp_path, DOCS, name)
     stats = pp.run([str(path)], str(tmp_path / "out"), str(TOKENIZER), append_eod=True, log_interval=0)
-    r = mmidx.DatasetReader(tmp_path / "out_text_document")
+    r = mmidx_dataset.DatasetReader(tmp_path / "out_text_document")
     kept = [d for d in DOCS if d]  # empty dropped, whitespace-only kept
     assert r.dtype == np.uint16 and len(r) == len(kept) == r.num_docs == stats.items["text"]
     assert [r[i].tolist() for i in range(len(r))] == [hf.encode(d).ids + [0] for d in kept]
@@ -255,10 +255,10 @@ def test_multiple_inputs_keys_and_no_eod(tmp_path, hf):
     )
     b = _write_inputs(tmp_path, ["three"], "b.jsonl.gz")
     pp.run([str(a), str(b)], str(tmp_path / "o"), str(TOKENIZER), keys=("text",), log_interval=0)
-    r = mmidx.DatasetReader(tmp_path / "o_text_document")
+    r = mmidx_dataset.DatasetReader(tmp_path / "o_text_document")
     assert [r[i].tolist() for i in range(len(r))] == [hf.encode(t).ids for t in ("one", "two", "three")]
     pp.run([str(a)], str(tmp_path / "k"), str(TOKENIZER), keys=("text", "title"), log_interval=0)
-    titles = mmidx.DatasetReader(tmp_path / "k_title_document")
+    titles = mmidx_dataset.DatasetReader(tmp_path / "k_title_document")
     assert len(titles) == 1 and titles[0].tolist() == hf.encode("T1").ids  # empty title dropped
 
 
