@@ -71,24 +71,25 @@ def measure(argv: list[str], work: Path, label: str) -> dict:
     return result
 
 
-def build_part(cluster: Path, prefix: Path, docs: int) -> None:
-    """One part written by mmidx's writer: ``docs`` one-item documents of 1..100 tokens."""
+def build_part(prefix: Path, docs: int) -> None:
+    """One part written by this checkout's writer (``mmidx_dataset``): ``docs`` one-item documents of
+    1..100 tokens. The parts are input data, the same bytes whichever copy of the scripts is measured."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import mmidx, numpy as np\n"
+        "import sys; sys.path.insert(0, sys.argv[1]); import mmidx_dataset, numpy as np\n"
         "n = int(sys.argv[3]); sizes = (np.arange(n) * 37 % 100 + 1).astype(np.int64)\n"
         "tokens = (np.arange(int(sizes.sum())) % 50000).astype(np.uint16)\n"
-        "with mmidx.DatasetWriter(sys.argv[2], np.uint16) as w:\n"
+        "with mmidx_dataset.DatasetWriter(sys.argv[2], np.uint16) as w:\n"
         "    w.add_documents(tokens, sizes)\n"
     )
-    subprocess.run([sys.executable, "-c", code, str(cluster), str(prefix), str(docs)], check=True)
+    subprocess.run([sys.executable, "-c", code, str(CLUSTER), str(prefix), str(docs)], check=True)
 
 
-def build_parts(cluster: Path, folder: Path, count: int, docs: int) -> tuple[Path, int, int]:
+def build_parts(folder: Path, count: int, docs: int) -> tuple[Path, int, int]:
     """``count`` copies of one part, listed by a tokenize manifest (name, input, output prefix) as the
     tokenize job's are; returns the manifest and one part's .bin and .idx sizes."""
     folder.mkdir(parents=True)
     template = folder / "template_text_document"
-    build_part(cluster, template, docs)
+    build_part(template, docs)
     sizes = (Path(f"{template}.bin").stat().st_size, Path(f"{template}.idx").stat().st_size)
     lines = []
     for i in range(count):
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-merge-"))
     try:
-        small, part_bin, part_idx = build_parts(cluster, work / "small", MANY, k)
-        big = build_parts(cluster, work / "big", FEW, k_big)[0]
+        small, part_bin, part_idx = build_parts(work / "small", MANY, k)
+        big = build_parts(work / "big", FEW, k_big)[0]
         built = time.perf_counter() - started
         validate = [sys.executable, str(cluster / "validate_dataset.py")]
 

@@ -42,17 +42,17 @@ CLUSTER = REPO / "include" / "cluster"
 DEFAULT_TOKENIZER = REPO / "include" / "tokenizers" / "20B_tokenizer.json"
 
 sys.path.insert(0, str(CLUSTER))
-import mmidx  # noqa: E402
+import mmidx_dataset  # noqa: E402
 
 # Plain HF encode_batch baseline: the simplest correct script a user would write (same output format).
 HF_BASELINE = r"""
 import json, sys
 sys.path.insert(0, sys.argv[4])
-import mmidx, numpy as np
+import mmidx, mmidx_dataset, numpy as np
 from tokenizers import Tokenizer
 tok = Tokenizer.from_file(sys.argv[2])
 eod = tok.token_to_id("<|endoftext|>")
-w = mmidx.DatasetWriter(sys.argv[3], mmidx.best_fitting_dtype(tok.get_vocab_size()))
+w = mmidx_dataset.DatasetWriter(sys.argv[3], mmidx.best_fitting_dtype(tok.get_vocab_size()))
 def flush(batch):
     for enc in tok.encode_batch(batch):
         w.add_document(enc.ids + [eod])
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat > 1:
         for name, ws in walls.items():
             print(f"{name:<16} wall s per run: {', '.join(f'{w:.2f}' for w in ws)}")
-    tokens = mmidx.DatasetReader(results["ours"][2]).num_tokens
+    tokens = mmidx_dataset.DatasetReader(results["ours"][2]).num_tokens
     print(f"{'tool':<16} {'wall s':>8} {'M tok/s':>8} {'MB/s':>7} {'peak RSS MB':>12}  output")
     for name, (wall, rss, prefix) in results.items():
         same = "reference" if name == "ours" else (

@@ -32,6 +32,7 @@ import sys
 import time
 import uuid
 
+import byte_sources
 import datamove
 from datamove import MiB, PermanentError, SinkError, TransientError
 
@@ -210,7 +211,7 @@ def _with_retries(fn, *, retries: int, backoff: float, what: str):
     raise AssertionError("unreachable")
 
 
-def annotate_in_place(client, source: datamove.S3Source, *, name: str, options: datamove.CopyOptions):
+def annotate_in_place(client, source: byte_sources.S3Source, *, name: str, options: datamove.CopyOptions):
     """Source and destination are the same S3 object: hash it and add the metadata by a self-copy."""
     head = datamove.head_object(client, source.bucket, source.key)
     if head is None:
@@ -251,11 +252,11 @@ def fetch(
     """Copy ``source_uri`` to ``dest_uri`` (``s3://``) unless already there; return the result fields."""
     client = client if client is not None else datamove.s3_client()
     bucket, key = datamove.parse_s3_uri(dest_uri)
-    source = datamove.open_source(source_uri, s3=client, timeout=timeout)
+    source = byte_sources.open_source(source_uri, s3=client, timeout=timeout)
     started = time.monotonic()
     result = {"action": "fetch", "name": name, "source": source_uri, "s3_uri": dest_uri}
 
-    if isinstance(source, datamove.S3Source) and (source.bucket, source.key) == (bucket, key):
+    if isinstance(source, byte_sources.S3Source) and (source.bucket, source.key) == (bucket, key):
         status, sha, size = annotate_in_place(client, source, name=name, options=options)
         return {
             **result,

@@ -1,6 +1,6 @@
 """tiktoken's BPE for a Hugging Face byte-level BPE model, used only where it is proven exact.
 
-Why: every pre-token that :mod:`preprocess_data` meets for the first time is encoded by the model's BPE.
+Why: every pre-token that :mod:`tokenizer_engine` meets for the first time is encoded by the model's BPE.
 Through ``tokenizers`` that costs ~6 us a call (a ``Token`` object per id), most of it outside the BPE
 itself; tiktoken's ``encode_single_piece`` returns plain ids in ~1.6 us. But the two engines run
 different algorithms:

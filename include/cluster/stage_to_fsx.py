@@ -28,6 +28,7 @@ import os
 import re
 import sys
 
+import byte_sources
 import datamove
 from datamove import MiB, PermanentError, SinkError
 
@@ -170,7 +171,7 @@ def stage(
     folder = os.path.dirname(final) or "."
     os.makedirs(folder, exist_ok=True)
     temp = f"{final}.tmp.{os.getpid()}"
-    source = datamove.S3Source(client, s3_uri)
+    source = byte_sources.S3Source(client, s3_uri)
     sink = FileSink(temp)
     try:
         progress = datamove.copy_into(source, sink, name=name, label="stage", options=options)

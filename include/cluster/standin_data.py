@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
-import mmidx
+import mmidx_dataset
 import numpy as np
 
 MAX_BLOCK = 1 << 20
@@ -95,12 +95,12 @@ class SampleStream:
         return f"{self.prefixes[0]}_{name}_indexmap_{self.num_samples}ns_{self.seq_length}sl_{self.seed}s"
 
     @staticmethod
-    def _open(prefix: str) -> mmidx.DatasetReader:
+    def _open(prefix: str) -> mmidx_dataset.DatasetReader:
         if not os.path.exists(f"{prefix}.idx"):
             raise FileNotFoundError(
                 f"data_path {prefix!r}: {prefix}.idx not found (give the prefix without .bin/.idx)"
             )
-        return mmidx.DatasetReader(prefix)
+        return mmidx_dataset.DatasetReader(prefix)
 
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
         """(document order, cumulative token offsets) of epoch ``e``; a few are cached."""

@@ -87,7 +87,7 @@ def the_ti(dagrun):
 @pytest.fixture(scope="module")
 def fsx_root(cluster_env) -> Path:
     """A private FSx root: tokenizer and a small tokenized dataset where the local profile expects them."""
-    import mmidx
+    import mmidx_dataset
     import tokenizers
 
     root = Path(cluster_env["NEOXFLOW_FSX"]) / "test-training" / uuid.uuid4().hex[:8]
@@ -98,7 +98,7 @@ def fsx_root(cluster_env) -> Path:
     rng = np.random.default_rng(0)
     words = "the old farmer walked to the river every morning and a young girl painted the red house".split()
     Path(profile.data_path(DATASET_ID)).parent.mkdir(parents=True)
-    with mmidx.DatasetWriter(profile.data_path(DATASET_ID), np.uint16) as writer:
+    with mmidx_dataset.DatasetWriter(profile.data_path(DATASET_ID), np.uint16) as writer:
         for _ in range(600):
             text = " ".join(rng.choice(words, size=int(rng.integers(20, 60))))
             writer.add_document(tok.encode(text).ids + [0])

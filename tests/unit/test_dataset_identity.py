@@ -64,7 +64,7 @@ def sh(script: str) -> subprocess.CompletedProcess:
 def test_the_merge_job_checks_the_tokenizer_then_builds_once(tmp_path):
     import shutil
 
-    import mmidx
+    import mmidx_dataset
     import numpy as np
 
     from tests.conftest import REPO, TOKENIZER
@@ -88,7 +88,7 @@ def test_the_merge_job_checks_the_tokenizer_then_builds_once(tmp_path):
     for name in dataset_selection(p["dataset"]).names():
         prefix = f"{lay['tokens_dir']}/{shard_stem(name)}_text_document"
         Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-        with mmidx.DatasetWriter(prefix, np.uint16) as writer:
+        with mmidx_dataset.DatasetWriter(prefix, np.uint16) as writer:
             writer.add_document([5, 6, 7, 0])
     built = sh(script)
     assert built.returncode == 0, built.stderr

@@ -5,6 +5,7 @@ import struct
 
 import merge_datasets
 import mmidx
+import mmidx_dataset
 import numpy as np
 import pytest
 import validate_dataset
@@ -12,7 +13,7 @@ import validate_dataset
 
 def _shard(path, docs, dtype=np.uint16):
     """docs: list of documents, each a list of items (token lists)."""
-    with mmidx.DatasetWriter(path, dtype) as w:
+    with mmidx_dataset.DatasetWriter(path, dtype) as w:
         for doc in docs:
             for item in doc:
                 w.add_item(item)
@@ -29,7 +30,7 @@ def shards(tmp_path):
 
 def test_merge_shifts_doc_idx_by_previous_items(tmp_path, shards):
     summary = merge_datasets.merge(list(shards), str(tmp_path / "out" / "merged"))
-    r = mmidx.DatasetReader(tmp_path / "out" / "merged")
+    r = mmidx_dataset.DatasetReader(tmp_path / "out" / "merged")
     assert r.doc_idx.tolist() == [0, 1, 3, 4, 5, 7]
     assert [r[i].tolist() for i in range(len(r))] == [[1, 2], [3], [4, 5], [6], [7, 8, 9], [10], [11]]
     assert summary["documents"] == 5 == r.num_docs and summary["tokens"] == 11 == r.num_tokens
@@ -208,7 +209,7 @@ def test_merge_cli_positional_inputs_come_before_the_manifest(tmp_path, manifest
         f"{tmp_path}/tok/c4-00000_text_document",
         f"{tmp_path}/tok/c4-00001_text_document",
     ]
-    r = mmidx.DatasetReader(tmp_path / "m")
+    r = mmidx_dataset.DatasetReader(tmp_path / "m")
     assert r[0].tolist() == [42] and r.doc_idx.tolist() == [0, 1, 2, 4, 5, 6, 8]
 
 

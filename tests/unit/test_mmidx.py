@@ -3,12 +3,13 @@
 import struct
 
 import mmidx
+import mmidx_dataset
 import numpy as np
 import pytest
 
 
 def _write(prefix, docs, dtype=np.uint16):
-    with mmidx.DatasetWriter(prefix, dtype) as w:
+    with mmidx_dataset.DatasetWriter(prefix, dtype) as w:
         for doc in docs:
             w.add_document(doc)
     return str(prefix)
@@ -42,7 +43,7 @@ def test_best_fitting_dtype(vocab, dtype):
 def test_round_trip(tmp_path):
     docs = [[1, 2, 3], [65535], [], list(range(1000))]
     prefix = _write(tmp_path / "d", docs)
-    r = mmidx.DatasetReader(prefix)
+    r = mmidx_dataset.DatasetReader(prefix)
     assert len(r) == 4 and r.num_docs == 4 and r.num_tokens == 1004
     assert [r[i].tolist() for i in range(4)] == docs
     assert r[-1].tolist() == docs[-1]
@@ -55,27 +56,27 @@ def test_round_trip(tmp_path):
 def test_add_documents_equals_one_by_one(tmp_path):
     docs = [[5, 6], [7], [8, 9, 10]]
     a = _write(tmp_path / "a", docs)
-    with mmidx.DatasetWriter(tmp_path / "b", np.uint16) as w:
+    with mmidx_dataset.DatasetWriter(tmp_path / "b", np.uint16) as w:
         w.add_documents(np.array([5, 6, 7, 8, 9, 10]), np.array([2, 1, 3]))
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes(), a
 
 
 def test_multi_item_documents(tmp_path):
-    with mmidx.DatasetWriter(tmp_path / "m", np.int32) as w:
+    with mmidx_dataset.DatasetWriter(tmp_path / "m", np.int32) as w:
         w.add_item([1, 2])
         w.add_item([3])
         w.end_document()
         w.add_item([4])
         w.end_document()
-    r = mmidx.DatasetReader(tmp_path / "m")
+    r = mmidx_dataset.DatasetReader(tmp_path / "m")
     assert r.doc_idx.tolist() == [0, 2, 3] and r.num_docs == 2 and len(r) == 3
     assert r[2].tolist() == [4] and r.dtype == np.int32
 
 
 def test_writer_error_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        with mmidx.DatasetWriter(tmp_path / "x", np.uint16) as w:
+        with mmidx_dataset.DatasetWriter(tmp_path / "x", np.uint16) as w:
             w.add_document([1, 2])
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -84,7 +85,7 @@ def test_writer_error_leaves_nothing(tmp_path):
 def test_writer_replaces_existing_output_atomically(tmp_path):
     _write(tmp_path / "x", [[1]])
     _write(tmp_path / "x", [[2, 3]])
-    assert mmidx.DatasetReader(tmp_path / "x")[0].tolist() == [2, 3]
+    assert mmidx_dataset.DatasetReader(tmp_path / "x")[0].tolist() == [2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin", "x.idx"]
 
 
@@ -140,7 +141,7 @@ def test_scan_index_rejects_the_same_corruption_at_any_chunk_size(good, offset, 
 
 @pytest.mark.parametrize("chunk_items", [1, 2, 3, None])
 def test_scan_index_counts(tmp_path, chunk_items):
-    with mmidx.DatasetWriter(tmp_path / "s", np.int32) as w:
+    with mmidx_dataset.DatasetWriter(tmp_path / "s", np.int32) as w:
         for doc in ([[1, 2], [3]], [], [[4, 5, 6]], [[]], [[7]]):
             for item in doc:
                 w.add_item(item)
@@ -200,26 +201,26 @@ def test_reader_rejects_short_bin(good):
     raw = open(f"{good}.bin", "rb").read()
     open(f"{good}.bin", "wb").write(raw[:-1])
     with pytest.raises(mmidx.CorruptDatasetError, match="truncated"):
-        mmidx.DatasetReader(good)
+        mmidx_dataset.DatasetReader(good)
 
 
 def test_missing_files_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.idx"):
-        mmidx.DatasetReader(tmp_path / "nope")
+        mmidx_dataset.DatasetReader(tmp_path / "nope")
 
 
 def test_two_writers_of_one_dataset_never_share_a_temporary_file(tmp_path):
     """Two jobs building the same dataset at once (two runs with one selection) each write their own
     temporary files; the last rename wins and the result is whole."""
     docs = [[1, 2, 3], [4, 5]]
-    a = mmidx.DatasetWriter(tmp_path / "d", np.uint16)
-    b = mmidx.DatasetWriter(tmp_path / "d", np.uint16)
+    a = mmidx_dataset.DatasetWriter(tmp_path / "d", np.uint16)
+    b = mmidx_dataset.DatasetWriter(tmp_path / "d", np.uint16)
     assert a._bin_tmp != b._bin_tmp and a._idx_tmp != b._idx_tmp
     for writer in (a, b):
         for doc in docs:
             writer.add_document(doc)
     a.close()
     b.close()
-    reader = mmidx.DatasetReader(tmp_path / "d")
+    reader = mmidx_dataset.DatasetReader(tmp_path / "d")
     assert [list(reader[i]) for i in range(2)] == docs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin", "d.idx"]

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mmidx
+import jsonl_blocks
+import mmidx_dataset
 import numpy as np
 import preprocess_data as pp
+import pretokenizer
 import pytest
+import tokenizer_engine
 
 from tests.conftest import TOKENIZER
 
@@ -56,7 +59,7 @@ def hf():
 
 @pytest.fixture(scope="module")
 def fast():
-    return pp.FastExactEncoder(str(TOKENIZER))
+    return tokenizer_engine.FastExactEncoder(str(TOKENIZER))
 
 
 def test_fast_encoder_equals_hf_encode_on_adversarial_text(fast, hf):
@@ -67,14 +70,14 @@ def test_fast_encoder_equals_hf_encode_on_adversarial_text(fast, hf):
 def test_encode_many_bytes_equals_encode_per_document(fast, hf):
     """The batch path (what the workers run) packs exactly HF's ids, document by document."""
     texts = ADVERSARIAL + _fuzz(300, seed=11)
-    packed = pp.FastExactEncoder(str(TOKENIZER)).encode_many_bytes(texts)
+    packed = tokenizer_engine.FastExactEncoder(str(TOKENIZER)).encode_many_bytes(texts)
     assert [np.frombuffer(b, dtype=np.uint16).tolist() for b in packed] == [hf.encode(t).ids for t in texts]
 
 
 def test_stdlib_re_fallback_pattern_is_exact_too(monkeypatch, hf):
     """Without the 'regex' package, chunk misses use ``re`` with spelled-out Unicode classes."""
-    monkeypatch.setattr(pp, "unicode_split_pattern", pp.stdlib_unicode_split_pattern)
-    enc = pp.FastExactEncoder(str(TOKENIZER))
+    monkeypatch.setattr(tokenizer_engine, "unicode_split_pattern", pretokenizer.stdlib_unicode_split_pattern)
+    enc = tokenizer_engine.FastExactEncoder(str(TOKENIZER))
     for text in ADVERSARIAL + _fuzz(200, seed=9):
         assert enc.encode(text) == hf.encode(text).ids, repr(text)
 
@@ -108,7 +111,7 @@ def test_whitespace_runs_fuzz(fast, hf):
 def test_split_path_for_other_added_tokens_is_exact_too(hf):
     """Tokenizers whose normalized added tokens are not runs of spaces split them out first, then
     pre-tokenize each part (the 20B tokenizer's runs of 2..24 spaces are folded into one pattern)."""
-    enc = pp.FastExactEncoder(str(TOKENIZER))
+    enc = tokenizer_engine.FastExactEncoder(str(TOKENIZER))
     assert enc._split_fast_runs is not None and enc._chunks_runs is not None
     enc._split_fast_runs = enc._chunks_runs = None
     for text in ADVERSARIAL + _fuzz(300, seed=21):
@@ -120,7 +123,7 @@ def test_fast_pattern_takes_text_it_classifies_right_and_chunks_take_the_rest(hf
     "other": right for Latin, Cyrillic, CJK, punctuation and emoji, so such text is split by it (no
     chunks) and comes out exactly as the tokenizer makes it. A letter outside the BMP (mathematical
     fraktur) would be "other" to it: text holding one takes the chunk path, still exact."""
-    enc = pp.FastExactEncoder(str(TOKENIZER))
+    enc = tokenizer_engine.FastExactEncoder(str(TOKENIZER))
     rng = random.Random(29)
     pool = ["it", "’s", "’", " ", " ", "“", "—", "€", "½", "5", "🙂", "\u200d", "!", "'s", "  ", "\n", "café",
             "Привет", "東京", "…", "x"]  # fmt: skip
@@ -137,13 +140,13 @@ def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
     """If our patterns disagreed with the tokenizer on a character's class (here: the check is made
     to fail for U+3000), documents holding it go to plain ``encode`` (still exact); others keep the
     fast path."""
-    real = pp.FastExactEncoder._verify_char
+    real = tokenizer_engine.FastExactEncoder._verify_char
     monkeypatch.setattr(
-        pp.FastExactEncoder,
+        tokenizer_engine.FastExactEncoder,
         "_verify_char",
         lambda self, c, pieces=None: c != "\u3000" and real(self, c, pieces),
     )
-    enc = pp.FastExactEncoder(str(TOKENIZER))
+    enc = tokenizer_engine.FastExactEncoder(str(TOKENIZER))
     texts = ["plain words", "ideographic\u3000space", "more plain words", "x \u3000 y", "café"]
     assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
     assert enc.fallback_docs == 2
@@ -151,8 +154,8 @@ def test_unverified_character_falls_back_to_the_tokenizer(monkeypatch, hf):
 
 def test_piece_cache_is_bounded_and_stays_exact(monkeypatch, hf):
     """Peak memory must not grow with the shard: the cache keeps its oldest (most frequent) half."""
-    monkeypatch.setattr(pp, "PIECE_CACHE_MAX", 200)
-    enc = pp.FastExactEncoder(str(TOKENIZER))
+    monkeypatch.setattr(tokenizer_engine, "PIECE_CACHE_MAX", 200)
+    enc = tokenizer_engine.FastExactEncoder(str(TOKENIZER))
     texts = _fuzz(300, seed=13) + [" ".join(f"w{i}x{j}" for j in range(50)) for i in range(20)]
     assert [enc.encode(t) for t in texts] == [hf.encode(t).ids for t in texts]
     assert len(enc._cache) <= 200
@@ -211,7 +214,7 @@ DOCS = [
 def test_every_format_gives_the_text_field_tokens(tmp_path, hf, name):
     path = _write_inputs(tmp_path, DOCS, name)
     stats = pp.run([str(path)], str(tmp_path / "out"), str(TOKENIZER), append_eod=True, log_interval=0)
-    r = mmidx.DatasetReader(tmp_path / "out_text_document")
+    r = mmidx_dataset.DatasetReader(tmp_path / "out_text_document")
     kept = [d for d in DOCS if d]  # empty dropped, whitespace-only kept
     assert r.dtype == np.uint16 and len(r) == len(kept) == r.num_docs == stats.items["text"]
     assert [r[i].tolist() for i in range(len(r))] == [hf.encode(d).ids + [0] for d in kept]
@@ -220,12 +223,12 @@ def test_every_format_gives_the_text_field_tokens(tmp_path, hf, name):
 @pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
 @pytest.mark.parametrize("name", ["b.jsonl", "b.jsonl.gz"])
 def test_blocks_are_whole_lines_with_their_numbers(tmp_path, monkeypatch, size, name):
-    monkeypatch.setattr(pp, "READ_CHUNK", 5)  # chunk edges everywhere, also inside lines
+    monkeypatch.setattr(jsonl_blocks, "READ_CHUNK", 5)  # chunk edges everywhere, also inside lines
     lines = [b"short", b"", b"x" * 100, b"tail without newline"]
     payload = b"\n".join(lines)
     path = tmp_path / name
     path.write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
-    blocks = list(pp.read_blocks([str(path)], size=size))
+    blocks = list(jsonl_blocks.read_blocks([str(path)], size=size))
     assert b"".join(b.data for b in blocks) == payload
     assert all(b.data.endswith(b"\n") for b in blocks[:-1])  # cut after a newline only
     numbered = [
@@ -240,7 +243,7 @@ def test_workers_and_batches_do_not_change_bytes(tmp_path, monkeypatch):
     docs = ADVERSARIAL + _fuzz(300, seed=11)
     path = _write_inputs(tmp_path, docs, "in.jsonl")
     pp.run([str(path)], str(tmp_path / "one"), str(TOKENIZER), append_eod=True, log_interval=0, engine="hf")
-    monkeypatch.setattr(pp, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(jsonl_blocks, "BLOCK_BYTES", 300)
     pp.run([str(path)], str(tmp_path / "two"), str(TOKENIZER), append_eod=True, workers=2, log_interval=0)
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"one_text_document{ext}").read_bytes() == (
@@ -255,10 +258,10 @@ def test_multiple_inputs_keys_and_no_eod(tmp_path, hf):
     )
     b = _write_inputs(tmp_path, ["three"], "b.jsonl.gz")
     pp.run([str(a), str(b)], str(tmp_path / "o"), str(TOKENIZER), keys=("text",), log_interval=0)
-    r = mmidx.DatasetReader(tmp_path / "o_text_document")
+    r = mmidx_dataset.DatasetReader(tmp_path / "o_text_document")
     assert [r[i].tolist() for i in range(len(r))] == [hf.encode(t).ids for t in ("one", "two", "three")]
     pp.run([str(a)], str(tmp_path / "k"), str(TOKENIZER), keys=("text", "title"), log_interval=0)
-    titles = mmidx.DatasetReader(tmp_path / "k_title_document")
+    titles = mmidx_dataset.DatasetReader(tmp_path / "k_title_document")
     assert len(titles) == 1 and titles[0].tolist() == hf.encode("T1").ids  # empty title dropped
 
 
@@ -328,15 +331,17 @@ PARSE_LINES = [
 def test_block_parse_equals_the_line_by_line_reference(seed):
     rng = random.Random(seed)
     lines = [rng.choice(PARSE_LINES) for _ in range(rng.randint(1, 40))]
-    block = pp.Block("x.jsonl", 1 + seed, b"\n".join(lines) + rng.choice([b"", b"\n"]))
-    assert pp.parse_block(block, ["text"]) == pp.parse_block_by_line(block, ["text"])
+    block = jsonl_blocks.Block("x.jsonl", 1 + seed, b"\n".join(lines) + rng.choice([b"", b"\n"]))
+    assert jsonl_blocks.parse_block(block, ["text"]) == jsonl_blocks.parse_block_by_line(block, ["text"])
 
 
 def test_plain_lines_do_not_take_the_line_by_line_path(monkeypatch):
-    block = pp.Block("x.jsonl", 7, b"\n".join(PARSE_LINES[:6] + PARSE_LINES[8:]) + b"\n")
-    expected = pp.parse_block_by_line(block, ["text"])
-    monkeypatch.setattr(pp, "parse_block_by_line", lambda *a: pytest.fail("took the line-by-line path"))
-    assert pp.parse_block(block, ["text"]) == expected
+    block = jsonl_blocks.Block("x.jsonl", 7, b"\n".join(PARSE_LINES[:6] + PARSE_LINES[8:]) + b"\n")
+    expected = jsonl_blocks.parse_block_by_line(block, ["text"])
+    monkeypatch.setattr(
+        jsonl_blocks, "parse_block_by_line", lambda *a: pytest.fail("took the line-by-line path")
+    )
+    assert jsonl_blocks.parse_block(block, ["text"]) == expected
     assert expected[0] == 6 and expected[2] == [[7, 9, 12, 13, 14]]
 
 
@@ -430,7 +435,7 @@ class _RecordingPool:
 
 
 def _blocks(sizes):
-    return [pp.Block("x.jsonl", i, b"x" * size) for i, size in enumerate(sizes)]
+    return [jsonl_blocks.Block("x.jsonl", i, b"x" * size) for i, size in enumerate(sizes)]
 
 
 def test_read_ahead_is_ordered_and_bounded_by_bytes():
@@ -447,3 +452,38 @@ def test_a_large_block_at_the_head_lets_the_others_run_ahead_by_its_size():
     # behind the slow block: the 400-byte budget plus its 5000 bytes, not just the budget
     assert pool.queued_before_first_get == 5000 + (400 + 5000)
     assert pool.peak <= 400 + 2 * 5000 + 100
+
+
+# Records the thread settings in the environment when numpy is first imported (its BLAS pool starts then).
+_NUMPY_IMPORT_WATCH = """
+import importlib.abc, os, sys
+seen = {}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:
+            seen.update({k: os.environ.get(k) for k in sys.argv[3:]})
+        return None
+sys.meta_path.insert(0, Watch())
+sys.path.insert(0, sys.argv[1])
+__import__(sys.argv[2])
+print(seen)
+"""
+_THREAD_SETTINGS = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+@pytest.mark.parametrize("module", ["preprocess_data", "tokenizer_engine"])
+def test_thread_settings_are_made_before_numpy_is_imported(module):
+    """The script, and the engine imported on its own, set one thread per worker before anything imports
+    numpy (an idle BLAS pool per worker costs cores), whatever sibling module imports it."""
+    cluster = Path(pp.__file__).parent
+    env = {k: v for k, v in os.environ.items() if k not in _THREAD_SETTINGS}
+    out = subprocess.run(
+        [sys.executable, "-c", _NUMPY_IMPORT_WATCH, str(cluster), module, *_THREAD_SETTINGS],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == repr(_THREAD_SETTINGS)

@@ -14,15 +14,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "include" / "cluster"))
 
-import preprocess_data as pp  # noqa: E402
+import pretokenizer  # noqa: E402
 import rank_bpe  # noqa: E402
+import tokenizer_engine  # noqa: E402
 
 tiktoken = pytest.importorskip("tiktoken")
 from tokenizers import Tokenizer, models  # noqa: E402
 
 from tests.conftest import TOKENIZER  # noqa: E402
 
-B2U = pp._bytes_to_unicode()
+B2U = pretokenizer.bytes_to_unicode()
 BYTE_LEVEL = {b: ord(c) for b, c in B2U.items()}
 
 
@@ -118,8 +119,8 @@ def test_encoder_keeps_the_models_bpe_when_not_proven(tmp_path, neox20b):
     merges[100], merges[101] = merges[101], merges[100]  # ids no longer grow with rule rank
     path = tmp_path / "tok.json"
     path.write_text(json.dumps(broken), encoding="utf-8")
-    enc = pp.make_encoder(str(path))
-    assert isinstance(enc, pp.FastExactEncoder) and "do not grow" in enc.rank_bpe_unproven
+    enc = tokenizer_engine.make_encoder(str(path))
+    assert isinstance(enc, tokenizer_engine.FastExactEncoder) and "do not grow" in enc.rank_bpe_unproven
     assert "the tokenizer's own" in enc.describe()
     reference = Tokenizer.from_file(str(path))
     for text in ("Hello world, it's 2026!", "  spaced   out\n\ttext", "naïve café 東京"):

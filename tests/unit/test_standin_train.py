@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-import mmidx
+import mmidx_dataset
 import numpy as np
 import pytest
 import standin_checkpoint as ck
@@ -57,7 +57,7 @@ def dataset(tmp_path_factory) -> str:
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     rng = np.random.default_rng(0)
     prefix = str(tmp_path_factory.mktemp("data") / "demo_text_document")
-    with mmidx.DatasetWriter(prefix, np.uint16) as writer:
+    with mmidx_dataset.DatasetWriter(prefix, np.uint16) as writer:
         for _ in range(400):
             sentences = [
                 f"{rng.choice(SUBJECTS).capitalize()} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
@@ -323,7 +323,7 @@ def test_split_bounds_like_neox():
 
 def test_sample_stream_covers_each_epoch_once_and_is_deterministic(dataset):
     stream = SampleStream([dataset], seq_length=32, seed=7, num_samples=100000)
-    reader = mmidx.DatasetReader(dataset)
+    reader = mmidx_dataset.DatasetReader(dataset)
     train_docs = np.concatenate([reader[i] for i in range(388)]).astype(np.int64)
     epoch0 = stream.stream_tokens(0, stream.tokens_per_epoch)
     assert stream.tokens_per_epoch == len(train_docs)
