@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from neoxflow.errors import SlurmJobFailed, failure_message
 from neoxflow.notifiers.message import KINDS, SUBJECT_LIMIT, build_alert, split_error, task_url
 from neoxflow.notifiers.scrub import MASK, scrub
-from neoxflow.operators.slurm import SlurmJobFailed, failure_message
 
 BASE = "https://airflow.example.org/"
 RUN_ID = "manual__2026-03-01T10:00:00+00:00"

@@ -19,10 +19,10 @@ from airflow.sdk import AssetAlias
 from airflow.sdk.exceptions import TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
+from neoxflow.errors import SlurmJobFailed
 from neoxflow.neox.checkpoints import Expectation
 from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, render_export_job
 from neoxflow.neox.logparse import TrainStep
-from neoxflow.operators.slurm import SlurmJobFailed
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled, exit_code_of
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome

@@ -10,7 +10,10 @@ from typing import Any
 
 from airflow.sdk import Asset
 
-__all__ = ["asset_extra", "checkpoint_asset"]
+__all__ = ["DEFAULT_ALIAS", "asset_extra", "checkpoint_asset"]
+
+#: the AssetAlias the training operator and the checkpoint sensor attach checkpoint events to
+DEFAULT_ALIAS = "neoxflow-checkpoints"
 
 
 def checkpoint_asset(run: str, ckpt: Mapping[str, Any]) -> Asset:

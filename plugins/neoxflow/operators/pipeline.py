@@ -16,7 +16,8 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from neoxflow.data.render import SLURM_DEFAULT_MAX_ARRAY_SIZE, array_directive, array_tasks
-from neoxflow.operators.slurm import SlurmJobFailed, SlurmOperator
+from neoxflow.errors import SlurmJobFailed
+from neoxflow.operators.slurm import SlurmOperator
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled
 from neoxflow.slurm import commands
 from neoxflow.slurm.states import Outcome

@@ -36,13 +36,14 @@ from typing import Any
 
 from airflow.sdk import AssetAlias, Context
 
-from neoxflow.neox.checkpoint_assets import asset_extra, checkpoint_asset
+from neoxflow.errors import SlurmJobFailed, failure_message
+from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
 from neoxflow.neox.report import build_summary
 from neoxflow.notifiers.run_note import set_run_note
-from neoxflow.operators.slurm import STATE_KEY, SlurmJobFailed, SlurmOperator, failure_message
+from neoxflow.operators.slurm import STATE_KEY, SlurmOperator
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
 from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
@@ -57,7 +58,6 @@ from neoxflow.triggers.training import WATCH_SETTINGS, NeoXTrainingTrigger, Watc
 
 __all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
 
-DEFAULT_ALIAS = "neoxflow-checkpoints"
 #: events after which the job still runs and the watch re-defers
 WATCH_GOES_ON = ("checkpoint", "lock_lost", "controller_silent")
 #: task_state_store key: the newest checkpoint iteration whose Asset event was emitted (or, before the

@@ -18,8 +18,7 @@ from airflow.sdk import AssetAlias, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.neox.checkpoint_assets import asset_extra, checkpoint_asset
-from neoxflow.operators.training import DEFAULT_ALIAS
+from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
 from neoxflow.triggers.checkpoint import (
     CheckpointTrigger,
     checkpoint_to_dict,

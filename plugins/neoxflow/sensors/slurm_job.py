@@ -13,8 +13,8 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context
 
+from neoxflow.errors import SlurmJobFailed, failure_message
 from neoxflow.hooks.slurm import SlurmSSHHook
-from neoxflow.operators.slurm import SlurmJobFailed, failure_message
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.validate import check_job_id
