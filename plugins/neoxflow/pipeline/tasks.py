@@ -15,7 +15,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from neoxflow.data.shards import shard_stem
 from neoxflow.hooks.slurm import SlurmSSHHook
 from neoxflow.pipeline import continuation, lock, record
-from neoxflow.pipeline.plan import cluster_code_files, dataset_selection, manifest_texts, plan_run
+from neoxflow.pipeline.plan import (
+    cluster_code_files,
+    dataset_selection,
+    manifest_texts,
+    plan_choices_line,
+    plan_run,
+)
 
 log = logging.getLogger(__name__)
 DRY_RUN_MANIFEST_LINES = 8  # a dry run's log shows the head of each manifest, not 1025 lines
@@ -59,6 +65,7 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
         planned.fixed_hash,
         "created now" if created else "continued" if recorded is not None else "none yet (dry run)",
     )
+    log.info(plan_choices_line(plan["config"]))
     if plan["dry_run"]:
         log.info(
             "DRY RUN of %s - nothing will be submitted. Rendered NeoX config (%s):\n%s",
