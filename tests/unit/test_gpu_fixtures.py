@@ -60,8 +60,6 @@ _RAW_LOSS = re.compile(r"\|\s*iteration\s+(\d+)/\s*\d+\s*\|.*?\| lm_loss: ([0-9.
 
 #: issue 21: the shipped size file (recomputation on) against the plan's memory-aware choice, one H200
 RECOMPUTE = [("h200-x1", "recompute-160m"), ("h200-x1", "recompute-410m")]
-#: where the GPU machine's checkout had gpu_check/peak_memory (the ranks' PYTHONPATH in the rendered script)
-RECOMPUTE_PEAK_DIR = "/work/main/.wt21/gpu_check/peak_memory"
 _RAW_PEAK = re.compile(r"gpu_check: max_memory_allocated (\d+) bytes")
 _RAW_SAMPLES = re.compile(r"samples/sec: ([0-9.]+) \|\s*iteration\s+(\d+)/")
 
@@ -674,6 +672,15 @@ def test_check_judges_the_captured_runs_as_it_did_on_the_gpu(machine, scenario):
         assert any("verdict is failed" in f for f in failed.failures)
 
 
+def _captured_pythonpath(scenario: str) -> str:
+    """Where the GPU machine's copy of the repository had gpu_check/peak_memory: the ranks' PYTHONPATH as
+    the captured batch script exported it (a path of that machine, so it is read, not written here)."""
+    script = (_dir("h200-x1", scenario) / "shipped.sbatch").read_text(encoding="utf-8")
+    path = re.search(r"^export PYTHONPATH=(\S+)$", script, re.M).group(1)
+    assert path.endswith("/gpu_check/peak_memory")
+    return path
+
+
 def _gpu_check_profile(check, scenario: str, spec, *, keep_peak_tflops: bool = False, gpu_memory_gib=None):
     """The profile check.py rendered the scenario's configs with on the GPU machine (its paths there).
 
@@ -690,7 +697,7 @@ def _gpu_check_profile(check, scenario: str, spec, *, keep_peak_tflops: bool = F
         env={
             "CXX": check.emulate.SYSTEM_CXX,
             "NCCL_NVLS_ENABLE": "0",
-            **({"PYTHONPATH": str(RECOMPUTE_PEAK_DIR)} if spec.compare else {}),
+            **({"PYTHONPATH": _captured_pythonpath(scenario)} if spec.compare else {}),
         },
         recompute=spec.recompute,
         gpu_memory_gib=gpu_memory_gib,
