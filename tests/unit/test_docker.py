@@ -558,3 +558,16 @@ def test_docs_connection_example_uses_the_secret_path():
     assert conn["extra"]["key_file"] == "/run/secrets/neoxflow_ssh_key"
     assert conn["extra"]["host_key"].startswith("ssh-ed25519 ")
     assert "no_host_key_check" not in conn["extra"]
+
+
+def test_the_production_image_builds_what_the_aws_profile_says_it_provides():
+    """issue 21: the plan renders flash attention and NeoX's fused softmax for the aws profile because its
+    cluster.image_provides says the image has them; the image must build both (and neox_launch checks
+    again at start)."""
+    from neoxflow.neox.config import load_profile
+
+    assert load_profile("aws", env={}).cluster.image_provides == ("flash_attn", "fused_kernels")
+    text = NEOX_DOCKERFILE.read_text()
+    assert re.search(r"pip install --no-build-isolation flash-attn==\d", text)
+    assert 'python -c "from megatron.fused_kernels import load; load()"' in text
+    assert "import flash_attn" in text  # the build's own import check
