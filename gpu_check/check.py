@@ -47,6 +47,7 @@ from neoxflow.neox.checkpoints import Expectation, complete_checkpoints, resume_
 from neoxflow.neox.config import build_run_config, config_hash, merge_config, render_config  # noqa: E402
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script  # noqa: E402
 from neoxflow.neox.logparse import LogState, clean_line, parse_text, training_verdict  # noqa: E402
+from neoxflow.neox.memory import estimate_memory  # noqa: E402
 from neoxflow.neox.progress import compute_progress, summary_line  # noqa: E402
 from neoxflow.neox.report import analyse_run  # noqa: E402
 from neoxflow.neox.slices import SliceTimes, exited_at, plan_slice_for_config  # noqa: E402
@@ -94,6 +95,19 @@ PYTHIA_160M_OVERRIDES: dict[str, Any] = {
 }
 
 
+#: Issue 21's comparison: the shipped size file at global batch 32 on one GPU (micro batch cap 32 x 1),
+#: 50 iterations, one save at the end. Nothing about attention or fusion: the plan fits them to the image.
+RECOMPUTE_OVERRIDES: dict[str, Any] = {
+    "train_batch_size": 32,
+    "checkpoint_factor": 50,
+    "extra_save_iters": None,
+    "use_wandb": False,
+}
+#: sitecustomize.py printing torch's peak allocated memory at exit (put on the ranks' PYTHONPATH)
+PEAK_MEMORY_DIR = Path(__file__).resolve().parent / "peak_memory"
+_PEAK = re.compile(r"gpu_check: max_memory_allocated (\d+) bytes")
+
+
 #: The pace the slice planner is given in ``tiny-slices`` (not a measurement: fixed numbers, so that the
 #: budgets below decide the stop). With the default 5 % slack, stopping after iteration S (resumed at R,
 #: k saves) is expected at 1.05 x (10 + (S - R) x 1.0 + k x 2.0) s: 56.7 s for S = 40 (saves 20, 40),
@@ -119,6 +133,8 @@ class Leg:
     slice_budget_s: float | None = None
     #: where that plan must stop the slice (None: at train_iters, no exit_interval)
     stop_at: int | None = None
+    #: the profile's neox.recompute for this leg (None: the scenario's)
+    recompute: str | None = None
 
     @property
     def end(self) -> int:
@@ -144,6 +160,10 @@ class Scenario:
     overrides: dict[str, Any]
     legs: tuple[Leg, ...]
     loss_check: LossCheck | None = None
+    #: the profile's neox.recompute (issue 21): "on" keeps the size file's recomputation as shipped
+    recompute: str = "auto"
+    #: two legs to compare (as shipped, memory-aware): tokens/s, MFU, lm_loss, peak memory vs estimate
+    compare: tuple[str, str] | None = None
 
 
 SCENARIOS = {
@@ -163,7 +183,31 @@ SCENARIOS = {
             TINY_OVERRIDES,
             (Leg("fresh", 60, 0, (20, 40, 60), 420), Leg("resume", 80, 60, (20, 40, 60, 80), 300)),
         ),
-        Scenario("pythia-160m", "160M", 1, PYTHIA_160M_OVERRIDES, (Leg("fresh", 50, 0, (50,), 420),)),
+        Scenario(
+            "pythia-160m",
+            "160M",
+            1,
+            PYTHIA_160M_OVERRIDES,
+            (Leg("fresh", 50, 0, (50,), 420),),
+            recompute="on",
+        ),
+        # issue 21: the size file as shipped (recomputation on) against the plan's memory-aware choice for
+        # this GPU, same global batch and data, each in its own save folder; attention and fusion are
+        # rendered by the plan from what this machine's Python has (neither flash-attn nor fused kernels)
+        *(
+            Scenario(
+                f"recompute-{size.lower()}",
+                size,
+                1,
+                RECOMPUTE_OVERRIDES,
+                (
+                    Leg("shipped", 50, 0, (50,), 540, run="shipped", recompute="on"),
+                    Leg("memory-aware", 50, 0, (50,), 540, run="memory", recompute="auto"),
+                ),
+                compare=("shipped", "memory-aware"),
+            )
+            for size in ("160M", "410M")
+        ),
         # issue 17, item 10: the slice stop on real NeoX. Two uninterrupted runs to 80 (fresh save folders)
         # measure the run-to-run noise; the same request in two slices (stopped at 40 by the planner's
         # exit_interval, then resumed from `latest` with the same train_iters) must match them.
@@ -500,7 +544,13 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
         gpus=scenario.gpus,
         size=scenario.size,
         overrides=scenario.overrides,
-        env={"CXX": emulate.SYSTEM_CXX, "NCCL_NVLS_ENABLE": "0"},
+        env={
+            "CXX": emulate.SYSTEM_CXX,
+            "NCCL_NVLS_ENABLE": "0",
+            **({"PYTHONPATH": str(PEAK_MEMORY_DIR)} if scenario.compare else {}),
+        },
+        recompute=scenario.recompute,
+        gpu_memory_gib=args.gpu_memory_gib,
     )
     emulate.stage_fsx(profile, data_prefix=args.data_prefix, tokenizer=args.tokenizer)
     summary: dict[str, Any] = {
@@ -515,9 +565,10 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
     for k, leg in enumerate(scenario.legs):
         print(f"== {scenario.name} / {leg.name}: train_iters {leg.train_iters}", flush=True)
         run_name = f"gpucheck-{scenario.name}" + (f"-{leg.run}" if leg.run else "")
+        leg_profile = dataclasses.replace(profile, recompute=leg.recompute or scenario.recompute)
         run = build_run_config(
             scenario.size,
-            profile,
+            leg_profile,
             run_name,
             overrides={"train_iters": leg.train_iters},
             dataset_id=emulate.DATASET_ID,
@@ -582,11 +633,14 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
                 "gas": run.config.get("gradient_accumulation_steps"),
             },
             resume_plan={"action": plan.action, "iteration": plan.iteration, "reason": plan.reason},
+            recompute=run.recompute.to_dict() if run.recompute else None,
             **findings.facts,
             failures=findings.failures,
         )
         shutil.copyfile(result.log_path, arts / f"{leg.name}.log")
         texts[leg.name] = Path(result.log_path).read_text(encoding="utf-8", errors="replace")
+        if scenario.compare:
+            leg_summary.update(memory_facts(texts[leg.name], run.config, scenario.gpus))
         save_dirs[leg.name] = run.paths.checkpoint_dir
         (arts / f"{leg.name}.listing.json").write_text(json.dumps(result.listing, indent=1) + "\n")
         watch = {
@@ -630,8 +684,50 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace, arts: Path, job_b
             + ("OK" if not cmp["failures"] else "FAILED: " + "; ".join(cmp["failures"])),
             flush=True,
         )
+    if scenario.compare:
+        summary["comparison"] = compare_legs(summary, texts, scenario.compare)
+        print(f"== {scenario.name}: {json.dumps(summary['comparison'])}", flush=True)
     (arts / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def memory_facts(text: str, cfg: dict, gpus: int) -> dict[str, Any]:
+    """The plan's memory estimate for the config this leg ran, beside torch's peak allocated memory (the
+    sitecustomize line) and NeoX's own MFU (median after the first log interval)."""
+    est = estimate_memory(cfg, data_parallel=gpus)
+    chosen = est.with_recompute if cfg.get("checkpoint_activations") else est.without_recompute
+    peaks = [int(v) for v in _PEAK.findall(text)]
+    peak = max(peaks) if peaks else None
+    mfu = [step.mfu for step in LogState.from_events(parse_text(text)).steps]
+    return {
+        "memory_estimate_bytes": chosen,
+        "max_memory_allocated_bytes": peak,
+        "estimate_over_measured": round(chosen / peak, 4) if peak else None,
+        "neox_mfu_median_after_warmup": _median(mfu[1:]),
+        "checkpoint_activations": bool(cfg.get("checkpoint_activations")),
+    }
+
+
+def compare_legs(summary: dict[str, Any], texts: dict[str, str], names: tuple[str, str]) -> dict[str, Any]:
+    """Tokens/s of the two legs and their ratio, lm_loss at every iteration both logged and the largest
+    difference, and each leg's estimate against its measured peak memory."""
+    legs = {leg["leg"]: leg for leg in summary["legs"]}
+    if not all(name in legs and name in texts for name in names):
+        return {"failures": ["not every leg of the comparison ran"]}
+    base, new = (legs[name] for name in names)
+    curves = [dict(LogState.from_events(parse_text(texts[name])).loss_curve()) for name in names]
+    common = sorted(set(curves[0]) & set(curves[1]))
+    seq = 2048
+    speed = [leg.get("samples_per_sec_median_after_warmup") for leg in (base, new)]
+    return {
+        "tokens_per_sec": [None if v is None else round(v * seq, 1) for v in speed],
+        "speedup": round(speed[1] / speed[0], 4) if all(speed) else None,
+        "mfu": [leg.get("neox_mfu_median_after_warmup") for leg in (base, new)],
+        "lm_loss": {str(i): [curves[0][i], curves[1][i]] for i in common},
+        "lm_loss_max_abs_diff": max((abs(curves[0][i] - curves[1][i]) for i in common), default=None),
+        "estimate_over_measured": [leg.get("estimate_over_measured") for leg in (base, new)],
+        "failures": [],
+    }
 
 
 def _plan_slice(run, leg: Leg, stop_before_limit_s: float):
@@ -719,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     facts = machine_facts(args.neox_dir, args.sources)
     print(f"machine: {json.dumps(facts)}", flush=True)
+    # the plan's recompute choice compares its estimate to this GPU's memory (nvidia-smi's MiB as GiB)
+    memory = re.search(r",\s*(\d+) MiB", facts["gpus"][0]) if facts.get("gpus") else None
+    args.gpu_memory_gib = round(int(memory.group(1)) / 1024, 1) if memory else None
     failed = []
     for i, name in enumerate(args.scenarios):
         arts = Path(args.work) / "artefacts" / name

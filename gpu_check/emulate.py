@@ -60,11 +60,16 @@ def gpu_profile(
     size: str,
     overrides: Mapping[str, Any],
     env: Mapping[str, str] | None = None,
+    recompute: str = "auto",
+    gpu_memory_gib: float | None = None,
+    image_provides: tuple[str, ...] = (),
 ) -> Profile:
     """The production ``aws`` profile, with this machine's shape and paths, parsed by neoxflow itself.
 
     Only what must differ on a one-machine check is replaced: one node of ``gpus`` GPUs, the FSx root,
-    the NeoX checkout, the interpreter, the model size and its overrides, and extra rank environment.
+    the NeoX checkout, the interpreter, the model size and its overrides, and extra rank environment;
+    what this machine's Python has (``image_provides``: no flash-attn, no NeoX fused kernels), its GPU's
+    memory (``gpu_memory_gib``; None keeps the profile's) and the scenario's ``neox.recompute``.
     The template (``train.sbatch``), container settings, time limit and data/tokenizer layout stay.
     """
     data = yaml.safe_load(PRODUCTION_PROFILE.read_text(encoding="utf-8"))
@@ -77,10 +82,13 @@ def gpu_profile(
         python=python,
         neox_dir=neox_dir,
         env={**(data["cluster"].get("env") or {}), **dict(env or {})},
+        image_provides=list(image_provides),
     )
+    if gpu_memory_gib is not None:
+        data["cluster"]["gpu_memory_gib"] = gpu_memory_gib
     data["fsx"].update(root=fsx_root, visible_to_airflow=True)
     data["s3"]["bucket"] = "gpu-check-unused"
-    data["neox"] = {"size": size, "overrides": dict(overrides)}
+    data["neox"] = {"size": size, "overrides": dict(overrides), "recompute": recompute}
     return parse_profile(yaml.safe_dump(data, sort_keys=False), source=f"{PRODUCTION_PROFILE} (gpu-check)")
 
 

@@ -4,7 +4,7 @@
 #   NEOX_DIR=/path/gpt-neox DEEPERSPEED_DIR=/path/DeeperSpeed gpu_check/run_check.sh [scenario ...]
 #
 # Scenarios (default: all, in this order): tiny-1gpu tiny-2rank pythia-160m tiny-slices. tiny-2rank needs
-# 2 GPUs.
+# 2 GPUs. Not in the default set (issue 21, ~5-6 minutes each): recompute-160m recompute-410m.
 # Optional: WHEELS_DIR (wheels the image lacks: hjson, pydantic and its needs), DATA_PREFIX (tokenized
 # .bin/.idx prefix), TOKENIZER (20B_tokenizer.json), SOURCES (JSON naming the commits), OUT (artefacts),
 # WORK (scratch), PYTHON (the image's interpreter). Defaults follow gpu_check/prepare.sh's layout.

@@ -17,18 +17,88 @@ each task runs this file, which does deepy's remaining work for its own rank:
 4. ``exec python -u train.py --local_rank=N ...`` in the NeoX checkout: the same process (pid), so Slurm's
    signals reach the trainer directly.
 
+Before any of that, the image is checked for what the rendered config uses (issue 21): flash-attn when
+``attention_config`` names flash, NeoX's compiled softmax/rope kernels when a ``*_fusion`` option needs them.
+The plan rendered these from the profile's ``cluster.image_provides``; an image that lacks one fails here at
+once with the reason (exit 3), instead of NeoX failing minutes later or compiling kernels on every rank.
+
 Runs on the cluster: standard library only, NeoX imported from ``--neox-dir``. No neoxflow/airflow imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
+import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 #: (variable set for NeoX, Slurm variable it comes from)
 RANK_VARIABLES = (("RANK", "SLURM_PROCID"), ("LOCAL_RANK", "SLURM_LOCALID"), ("WORLD_SIZE", "SLURM_NTASKS"))
+
+
+#: NeoX options that load its compiled kernels (megatron/initialize.py), and the modules NeoX then imports
+#: (megatron/fused_kernels/__init__.py: load_fused_kernels imports all three)
+FUSED_KERNEL_KEYS = (
+    "scaled_upper_triang_masked_softmax_fusion",
+    "scaled_masked_softmax_fusion",
+    "rope_fusion",
+)
+FUSED_KERNEL_MODULES = (
+    "scaled_upper_triang_masked_softmax_cuda",
+    "scaled_masked_softmax_cuda",
+    "fused_rotary_positional_embedding",
+)
+
+
+def image_requirements(config: Mapping) -> list[str]:
+    """What the rendered config needs from the image: 'flash_attn' and/or 'fused_kernels'."""
+    needs = []
+    attention = config.get("attention_config") or []
+    try:
+        kinds = [str(kind) for entry in attention for kind in entry[0]]
+    except (TypeError, IndexError, KeyError):
+        kinds = []
+    if any("flash" in kind for kind in kinds):
+        needs.append("flash_attn")
+    if any(config.get(key) for key in FUSED_KERNEL_KEYS):
+        needs.append("fused_kernels")
+    return needs
+
+
+def missing_from_image(
+    config: Mapping, neox_dir: str, find_spec: Callable[[str], object] = importlib.util.find_spec
+) -> list[str]:
+    """One message per requirement the image does not meet (empty: all there). Fused kernels count when
+    importable or built ahead of time in NeoX's build folder (``fused_kernels_build_path`` or
+    ``megatron/fused_kernels/build``, where docker/neox.Dockerfile builds them)."""
+    problems = []
+    for need in image_requirements(config):
+        if need == "flash_attn" and find_spec("flash_attn") is None:
+            problems.append(
+                "attention_config asks for flash attention but the image has no flash_attn module "
+                "(list only what the image has in the profile's cluster.image_provides: the plan then "
+                "renders global attention)"
+            )
+        if need == "fused_kernels":
+            build = config.get("fused_kernels_build_path") or os.path.join(
+                neox_dir, "megatron", "fused_kernels", "build"
+            )
+            absent = [
+                name
+                for name in FUSED_KERNEL_MODULES
+                if find_spec(name) is None and not glob.glob(os.path.join(build, name + "*.so"))
+            ]
+            if absent:
+                keys = ", ".join(key for key in FUSED_KERNEL_KEYS if config.get(key))
+                problems.append(
+                    f"{keys} need NeoX's fused kernels but the image has not built {', '.join(absent)} "
+                    f"(neither importable nor in {build}; remove fused_kernels from cluster.image_provides, "
+                    "or build them as docker/neox.Dockerfile does)"
+                )
+    return problems
 
 
 class LaunchEnvError(RuntimeError):
@@ -104,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(config):
         print(f"neox_launch: config {config} not found", file=sys.stderr)
         return 2
+    try:
+        with open(config, encoding="utf-8") as handle:
+            rendered = json.load(handle)  # neoxflow renders strict JSON (which PyYAML reads the same)
+    except (OSError, ValueError) as exc:
+        print(f"neox_launch: cannot read config {config}: {exc}", file=sys.stderr)
+        return 2
+    problems = missing_from_image(rendered, neox_dir)
+    if problems:
+        for problem in problems:
+            print(f"neox_launch: the image lacks what the config uses: {problem}", file=sys.stderr)
+        return 3
     os.chdir(neox_dir)
     sys.path.insert(0, neox_dir)
     from megatron.neox_arguments import NeoXArgs  # importable only from the NeoX checkout

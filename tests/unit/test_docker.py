@@ -573,3 +573,16 @@ def test_the_scheduler_can_write_the_run_note_with_the_api_servers_password_file
     assert f"airflow-auth:{Path(password_file).parent}:ro" in scheduler["volumes"]
     assert any(v.startswith("airflow-logs:/opt/airflow/logs") for v in scheduler["volumes"])
     assert not [k for k in env if "PASSWORD" in k and k.endswith(("PASSWORD", "_PW"))]
+
+
+def test_the_production_image_builds_what_the_aws_profile_says_it_provides():
+    """issue 21: the plan renders flash attention and NeoX's fused softmax for the aws profile because its
+    cluster.image_provides says the image has them; the image must build both (and neox_launch checks
+    again at start)."""
+    from neoxflow.neox.config import load_profile
+
+    assert load_profile("aws", env={}).cluster.image_provides == ("flash_attn", "fused_kernels")
+    text = NEOX_DOCKERFILE.read_text()
+    assert re.search(r"pip install --no-build-isolation flash-attn==\d", text)
+    assert 'python -c "from megatron.fused_kernels import load; load()"' in text
+    assert "import flash_attn" in text  # the build's own import check

@@ -565,3 +565,45 @@ def _check_real_neoxargs(monkeypatch, tmp_path: Path, stubs) -> None:
             assert args.global_num_gpus == nodes * 8 and args.train_batch_size == 1024
             assert isinstance(args.optimizer["params"]["eps"], float)
             assert path.name in args.config_files  # NeoX saves it into each checkpoint's configs/
+
+
+# --- neox_launch.py: the image has what the config uses (issue 21) -----------------------------------------
+
+
+def test_image_requirements_follow_the_rendered_config() -> None:
+    aws = C.load_profile("aws", env={})
+    run = C.build_run_config("160M", aws, "r", check_vocab_file=False, dataset_id="t")
+    assert neox_launch.image_requirements(run.config) == ["flash_attn", "fused_kernels"]
+    bare = replace(aws, cluster=replace(aws.cluster, image_provides=()))
+    run = C.build_run_config("160M", bare, "r", check_vocab_file=False, dataset_id="t")
+    assert neox_launch.image_requirements(run.config) == []
+
+
+def test_missing_from_image_names_each_absent_piece(tmp_path: Path) -> None:
+    config = {"attention_config": [[["flash"], 2]], "scaled_upper_triang_masked_softmax_fusion": True}
+    problems = neox_launch.missing_from_image(config, str(tmp_path), find_spec=lambda name: None)
+    assert len(problems) == 2
+    assert "no flash_attn module" in problems[0]
+    assert "scaled_upper_triang_masked_softmax_cuda, scaled_masked_softmax_cuda" in problems[1]
+    # kernels built ahead of time in NeoX's build folder (as the Dockerfile does) and flash-attn importable
+    build = tmp_path / "megatron" / "fused_kernels" / "build"
+    build.mkdir(parents=True)
+    for name in neox_launch.FUSED_KERNEL_MODULES:
+        (build / f"{name}.so").write_bytes(b"")
+    present = neox_launch.missing_from_image(config, str(tmp_path), find_spec=lambda name: object())
+    assert present == []
+    only_flash = neox_launch.missing_from_image(config, str(tmp_path), find_spec=lambda name: None)
+    assert len(only_flash) == 1 and "flash_attn" in only_flash[0]
+
+
+def test_launcher_fails_at_once_when_the_image_lacks_flash_attn(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("raise SystemExit('must not start')\n")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"attention_config": [[["flash"], 2]]}))
+    env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="h", MASTER_PORT="1234")
+    result = subprocess.run(
+        [sys.executable, str(NEOX_LAUNCH), "--neox-dir", str(tmp_path), "--config", str(config)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "the image lacks what the config uses: attention_config asks for flash attention" in result.stderr

@@ -41,6 +41,8 @@ from typing import Any
 import yaml
 
 from neoxflow.data.shards import ShardSelectionError, validate_url_template
+from neoxflow.neox.image import IMAGE_FEATURES, fit_to_image
+from neoxflow.neox.memory import RECOMPUTE_MODES, RecomputeChoice, choose_recompute
 from neoxflow.neox.precision import precision_problems
 from neoxflow.paths import CONFIG_DIR, REPO_ROOT
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
@@ -724,6 +726,10 @@ class ClusterSpec:
     shrink_on_node_failure: bool = False
     # one GPU's peak dense TFLOPS at the training precision: NeoX's peak_theoretical_tflops, for its MFU
     gpu_peak_tflops: float | None = None
+    # one GPU's memory (GiB): the plan's recompute choice compares its estimate to it (neox/memory.py)
+    gpu_memory_gib: float | None = None
+    # what the training image has (neox/image.py: flash_attn, fused_kernels); None: not stated
+    image_provides: tuple[str, ...] | None = None
     # where and on whose budget every job of the profile runs (most production clusters require an account)
     account: str | None = None
     qos: str | None = None
@@ -782,6 +788,7 @@ class Profile:
     data_parallelism: int = 8  # data.parallelism: array tasks of a data step running at once
     export_keep_last: int = 0  # export.keep_last: prune FSx to the newest N exported checkpoints (0: never)
     data_repository: dict[str, Any] | None = None  # fsx.data_repository (typed by _ProfileReader)
+    recompute: str = "auto"  # neox.recompute: auto (by memory), on, off (neox/memory.py)
 
     def data_path(self, dataset_id: str) -> str:
         """NeoX ``data_path`` of one dataset (the prefix, without ``.bin``/``.idx``):
@@ -901,6 +908,15 @@ def parse_profile(text: str, source: str = "<profile>", env: Mapping[str, str] |
 
 def _positive_number(v: float) -> str | None:
     return None if v > 0 else "must be a positive number"
+
+
+def _image_features(v: list) -> str | None:
+    unknown = [f for f in v if f not in IMAGE_FEATURES]
+    return f"unknown {unknown!r}: may list {', '.join(IMAGE_FEATURES)}" if unknown else None
+
+
+def _recompute_mode(v: str) -> str | None:
+    return None if v in RECOMPUTE_MODES else f"must be one of {', '.join(RECOMPUTE_MODES)}, got {v!r}"
 
 
 class _ProfileReader:
@@ -1052,6 +1068,18 @@ class _ProfileReader:
         cluster["gpu_peak_tflops"] = self.get(
             ("cluster", "gpu_peak_tflops"), (int, float), default=None, check=_positive_number
         )
+        cluster["gpu_memory_gib"] = self.get(
+            ("cluster", "gpu_memory_gib"), (int, float), default=None, check=_positive_number
+        )
+        provides = self.get(("cluster", "image_provides"), list, default=None, check=_image_features)
+        cluster["image_provides"] = None if provides is None else tuple(provides)
+        # YAML reads a bare on/off as a boolean: take those as the words they were written as
+        recompute = self.get(("neox", "recompute"), (str, bool), default="auto")
+        recompute = (
+            {True: "on", False: "off"}.get(recompute, recompute) if isinstance(recompute, bool) else recompute
+        )
+        if recompute is not None and _recompute_mode(recompute):
+            self.problem(("neox", "recompute"), _recompute_mode(recompute))
         dataset = self.get(("data", "dataset"), str, check=relative)
         url_template = self.get(("data", "url_template"), str, default=None, check=url_template_check)
         parallelism = self.get(("data", "parallelism"), int, default=8, check=data_parallelism)
@@ -1097,6 +1125,7 @@ class _ProfileReader:
             data_parallelism=parallelism,
             export_keep_last=keep_last,
             data_repository=data_repository,
+            recompute=recompute or "auto",
         )
 
     def data_repository(self) -> dict[str, Any] | None:
@@ -1141,6 +1170,10 @@ class RunConfig:
     config_hash: str
     errors: list[ConfigError]
     paths: RunPaths
+    #: the plan's activation-recompute choice and why (neox/memory.py); None when not made
+    recompute: RecomputeChoice | None = None
+    #: what the plan changed to fit the image (neox/image.py)
+    image_changes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -1214,6 +1247,22 @@ def build_run_config(
 
     cfg, batch_errors = derive_batch(cfg, nodes, gpus_per_node)
     errors.extend(batch_errors)
+    cfg, image_errors, image_changes = fit_to_image(cfg, profile.cluster.image_provides, explicit)
+    errors.extend(ConfigError(key, message) for key, message in image_errors)
+    dp, _ = data_parallel_size(cfg, nodes, gpus_per_node)
+    try:
+        recompute = choose_recompute(
+            cfg,
+            mode=profile.recompute,
+            gpu_memory_gib=profile.cluster.gpu_memory_gib,
+            data_parallel=dp,
+            explicit=explicit,
+        )
+    except (KeyError, TypeError, ValueError) as exc:  # a shape the estimate cannot read: validation names it
+        recompute = None
+        errors.append(ConfigError("checkpoint_activations", f"memory estimate failed: {exc}"))
+    if recompute is not None and recompute.set_keys:
+        cfg = merge_config(cfg, recompute.set_keys)
     check = profile.fsx_visible_to_airflow if check_vocab_file is None else check_vocab_file
     errors.extend(validate_config(cfg, nodes, gpus_per_node, check_vocab_file=check, run_name=run_name))
     try:
@@ -1235,6 +1284,8 @@ def build_run_config(
         config_hash=config_hash(rendered),
         errors=_dedupe(errors),
         paths=paths,
+        recompute=recompute,
+        image_changes=tuple(image_changes),
     )
 
 

@@ -377,6 +377,21 @@ def checkpoint_expectation(profile: Profile, config: dict[str, Any], world_size:
         raise ValueError(f"checkpoint layout: {err}") from None
 
 
+def plan_choices_line(config: dict[str, Any]) -> str:
+    """One log line for a plan's ``config`` section: activation recomputation on or off and why (the
+    estimate against the GPU's memory), and what was fitted to the image. Logged by every plan, so the
+    dry run shows it beside the rendered config."""
+    choice = config.get("recompute")
+    line = "Activation recomputation: " + (
+        f"{'on' if choice['recompute'] else 'off'} (neox.recompute {choice['mode']}): {choice['reason']}"
+        if choice
+        else "not decided (the config is invalid)"
+    )
+    if config.get("image_changes"):
+        line += ". Fitted to the image: " + "; ".join(config["image_changes"])
+    return line
+
+
 def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
     """Everything a run will do, from the trigger form: validated, rendered, JSON-serialisable."""
     from neoxflow.pipeline.request import parse_request
@@ -426,6 +441,10 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
             "size": cfg.size,
             "nodes": cfg.nodes,
             "gpus_per_node": cfg.gpus_per_node,
+            # why activation recomputation is on or off (memory estimate vs the GPU's memory) and what
+            # was fitted to the image: the plan and the dry run say so (neox/memory.py, neox/image.py)
+            "recompute": cfg.recompute.to_dict() if cfg.recompute else None,
+            "image_changes": list(cfg.image_changes),
         },
         "train": train,
         "data": data,

@@ -61,6 +61,8 @@ PER_SLICE_KEYS = frozenset(
         "synchronize_each_layer",
         "attention_config",
         "scaled_upper_triang_masked_softmax_fusion",
+        "scaled_masked_softmax_fusion",  # the plan fits the fused options to the image (neox/image.py)
+        "rope_fusion",
         "bias_gelu_fusion",
         "checkpoint_factor",
         "extra_save_iters",

@@ -21,6 +21,7 @@ from neoxflow.pipeline.plan import (
     cluster_code_files,
     dataset_selection,
     manifest_texts,
+    plan_choices_line,
     plan_run,
 )
 
@@ -66,6 +67,7 @@ def make_plan(params: dict[str, Any], run_id: str = "") -> dict[str, Any]:
         planned.fixed_hash,
         "created now" if created else "continued" if recorded is not None else "none yet (dry run)",
     )
+    log.info(plan_choices_line(plan["config"]))
     if plan["dry_run"]:
         log.info(
             "DRY RUN of %s - nothing will be submitted. Rendered NeoX config (%s):\n%s",
