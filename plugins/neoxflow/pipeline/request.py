@@ -24,7 +24,9 @@ SHARDS_PATTERN = rf"^(|subset|all|{_SHARD_ITEM}(,{_SHARD_ITEM})*)$"
 #: What a blank field of the form means.
 BLANK = "Blank: the run of record's value when the run exists, else the profile's."
 #: The Pythia size list's first entry: no size chosen (the run of record's, else the profile's default).
-SIZE_DEFAULT = ""
+#: the size list's first entry: a word, not "" (Airflow's form turns an empty field into null, which a
+#: string-typed list then refuses, so the Trigger button stays disabled)
+SIZE_DEFAULT = "default"
 WHOLE_NUMBER = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() takes "²", which int() refuses
 TIME_LIMIT = re.compile(r"([0-9]{1,3}-)?[0-9]{1,3}:[0-5][0-9]:[0-5][0-9]")
 
@@ -180,6 +182,7 @@ def parse_request(conf: dict[str, Any]) -> RunRequest:
     if profile not in PROFILES:
         problems["profile"] = f"must be one of {PROFILES}, got {profile!r}"
     size = _given(conf, "model_size")
+    size = None if size == SIZE_DEFAULT else size
     if size is not None and size not in PYTHIA_SIZES:
         problems["model_size"] = f"must be one of {PYTHIA_SIZES}, got {size!r}"
     run_name = _given(conf, "run_name")
