@@ -7,12 +7,10 @@ from __future__ import annotations
 from neoxflow.neox.checkpoint_assets import asset_extra
 from neoxflow.neox.export import ExportSpec, checkpoint_s3_uri, export_prefix
 from neoxflow.neox.logparse import TrainStep
-from neoxflow.operators.training import NeoXTrainOperator
 from neoxflow.triggers.training import WatchState
 from tests.unit.test_training_watch import (
     RECORD,
     FakeHook,
-    FakeSyncHook,
     alias_events,
     context,
     final_event,
@@ -20,25 +18,11 @@ from tests.unit.test_training_watch import (
     save_checkpoint,
     status,
     step_line,
+    train_operator,
     training_trigger,
 )
 
 S3 = "s3://neoxflow-local/neoxflow/checkpoints/run1"
-
-
-def operator(**kwargs) -> NeoXTrainOperator:
-    op = NeoXTrainOperator(
-        task_id="train",
-        script="#!/bin/bash\ntrue\n",
-        remote_dir="/fsx/runs",
-        save_dir="/fsx/ckpt/run1",
-        train_iters=20,
-        listing_script="/fsx/code/ckpt_listing.py",
-        run_name="run1",
-        **kwargs,
-    )
-    op.__dict__["hook"] = FakeSyncHook()
-    return op
 
 
 async def test_the_watch_gives_each_new_checkpoint_its_loss_and_job(tmp_path):
@@ -85,7 +69,7 @@ def test_the_asset_extra_names_the_pending_s3_copy_or_none():
 
 
 def test_the_emitted_events_carry_loss_job_size_and_s3(tmp_path):
-    op = operator(s3_checkpoints=S3)
+    op = train_operator(s3_checkpoints=S3)
     ctx = context()
     event = final_event("FAILED", "1:0", [10, 20], [20])
     event["checkpoints"][0].update(loss=3.25, job_id="42")

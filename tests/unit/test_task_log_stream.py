@@ -11,7 +11,6 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from neoxflow.neox.logparse import TrainStep
-from neoxflow.operators.training import NeoXTrainOperator
 from neoxflow.slurm.logstream import MAX_LINES, LogStream, bounded_lines, copy_segment
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
@@ -32,6 +31,7 @@ from tests.unit.test_training_watch import (
     first_event,
     status,
     step_line,
+    train_operator,
     training_trigger,
 )
 
@@ -237,15 +237,7 @@ class SyncHook:
 
 
 def test_the_operator_copies_the_streamed_output_before_it_defers_again(tmp_path, capsys):
-    op = NeoXTrainOperator(
-        task_id="train",
-        script="#!/bin/bash\ntrue\n",
-        remote_dir="/fsx/runs",
-        save_dir="/fsx/ckpt/run1",
-        train_iters=20,
-        listing_script="/fsx/code/ckpt_listing.py",
-        run_name="run1",
-    )
+    op = train_operator()
     event = {
         **final_event("RUNNING", "", [10], [10], kind="checkpoint"),
         "tag": "global_step10",

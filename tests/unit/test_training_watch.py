@@ -356,19 +356,27 @@ class FakeSyncHook:
         self.cancelled.append(job_id)
 
 
-@pytest.fixture
-def op():
+def train_operator(**kwargs) -> NeoXTrainOperator:
+    """The training operator of run ``run1`` (20 iterations) on a fake sync hook; kwargs add or override."""
     operator = NeoXTrainOperator(
-        task_id="train",
-        script="#!/bin/bash\ntrue\n",
-        remote_dir="/fsx/runs",
-        save_dir="/fsx/ckpt/run1",
-        train_iters=20,
-        listing_script="/fsx/code/ckpt_listing.py",
-        run_name="run1",
+        **{
+            "task_id": "train",
+            "script": "#!/bin/bash\ntrue\n",
+            "remote_dir": "/fsx/runs",
+            "save_dir": "/fsx/ckpt/run1",
+            "train_iters": 20,
+            "listing_script": "/fsx/code/ckpt_listing.py",
+            "run_name": "run1",
+            **kwargs,
+        }
     )
     operator.__dict__["hook"] = FakeSyncHook()
     return operator
+
+
+@pytest.fixture
+def op():
+    return train_operator()
 
 
 def context():
