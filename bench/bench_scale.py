@@ -255,7 +255,7 @@ class Source:
 
 # --- S3 (moto) ------------------------------------------------------------------------------------------
 def profile():
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     return load_profile("local")
 
@@ -1050,7 +1050,7 @@ def print_extrapolation(real: dict[str, float], rates: Rates, source: str, clust
 def aws_parallelism() -> int | None:
     """The ``%P`` the aws profile's data arrays get (its data.parallelism; 8 when unset)."""
     try:
-        from neoxflow.neox.config import load_profile
+        from neoxflow.neox.profile_loader import load_profile
 
         prof = load_profile("aws")
     except Exception:  # noqa: BLE001 - only a remark in the report

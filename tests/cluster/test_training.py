@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neoxflow.neox import config as C
 from neoxflow.neox.checkpoints import Expectation, resume_plan, scan_local
 from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, render_export_job
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
 from neoxflow.neox.logparse import TrainStep, parse_text
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import build_run_config
 from tests.cluster.slurm_helpers import REPO, job_state, ti_states
 from tests.conftest import TOKENIZER
 
@@ -91,7 +92,7 @@ def fsx_root(cluster_env) -> Path:
     import tokenizers
 
     root = Path(cluster_env["NEOXFLOW_FSX"]) / "test-training" / uuid.uuid4().hex[:8]
-    profile = C.load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
+    profile = load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
     Path(profile.tokenizer_path).parent.mkdir(parents=True)
     shutil.copy(TOKENIZER, profile.tokenizer_path)
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
@@ -125,8 +126,8 @@ class Run:
 
 def make_run(root: Path, name: str, env: dict | None = None) -> Run:
     """The rendered 2-node batch script of a 20-iteration run (checkpoint every 5) and its folders."""
-    profile = C.load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
-    run = C.build_run_config("14M", profile, name, overrides=OVERRIDES, dataset_id=DATASET_ID)
+    profile = load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
+    run = build_run_config("14M", profile, name, overrides=OVERRIDES, dataset_id=DATASET_ID)
     assert run.ok, run.errors
     Path(run.config_path).parent.mkdir(parents=True, exist_ok=True)
     Path(run.config_path).write_text(run.rendered)

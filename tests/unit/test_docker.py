@@ -579,7 +579,7 @@ def test_the_production_image_builds_what_the_aws_profile_says_it_provides():
     """issue 21: the plan renders flash attention and NeoX's fused softmax for the aws profile because its
     cluster.image_provides says the image has them; the image must build both (and neox_launch checks
     again at start)."""
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     assert load_profile("aws", env={}).cluster.image_provides == ("flash_attn", "fused_kernels")
     text = NEOX_DOCKERFILE.read_text()

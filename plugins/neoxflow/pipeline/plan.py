@@ -47,7 +47,9 @@ from neoxflow.data.shards import (
     tokenizer_entry,
 )
 from neoxflow.neox.checkpoints import Expectation
-from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
+from neoxflow.neox.profile import Profile
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import RunConfig, build_run_config
 from neoxflow.paths import CLUSTER_CODE
 from neoxflow.pipeline.export_job import planned_export
 from neoxflow.pipeline.request import RunRequest
