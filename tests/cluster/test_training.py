@@ -31,6 +31,7 @@ from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
 from neoxflow.neox.logparse import TrainStep, parse_text
 from neoxflow.neox.profile_loader import load_profile
 from neoxflow.neox.run_config import build_run_config
+from neoxflow.pipeline.plan import cluster_code_files
 from tests.cluster.slurm_helpers import REPO, job_state, ti_states
 from tests.conftest import TOKENIZER
 
@@ -87,7 +88,8 @@ def the_ti(dagrun):
 
 @pytest.fixture(scope="module")
 def fsx_root(cluster_env) -> Path:
-    """A private FSx root: tokenizer and a small tokenized dataset where the local profile expects them."""
+    """A private FSx root: tokenizer, a small tokenized dataset and the shipped code (the stand-in flat beside
+    include/cluster, as prepare.ship_code places it) where the local profile expects them."""
     import mmidx_dataset
     import tokenizers
 
@@ -95,6 +97,9 @@ def fsx_root(cluster_env) -> Path:
     profile = load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
     Path(profile.tokenizer_path).parent.mkdir(parents=True)
     shutil.copy(TOKENIZER, profile.tokenizer_path)
+    Path(profile.code_dir).mkdir(parents=True)
+    for name, data in cluster_code_files(profile).items():
+        (Path(profile.code_dir) / name).write_bytes(data)
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     rng = np.random.default_rng(0)
     words = "the old farmer walked to the river every morning and a young girl painted the red house".split()
@@ -134,7 +139,7 @@ def make_run(root: Path, name: str, env: dict | None = None) -> Run:
     for folder in (run.paths.log_dir, run.paths.neox_log_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
     spec, template = launch_spec_for_run(
-        profile, run, job_name=f"train-{name}", code_dir=str(CODE), time_limit="00:05:00"
+        profile, run, job_name=f"train-{name}", code_dir=profile.code_dir, time_limit="00:05:00"
     )
     if env:
         spec = dataclasses.replace(spec, env={**spec.env, **env})

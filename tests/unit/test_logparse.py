@@ -98,7 +98,7 @@ def test_every_flops_unit_of_megatron_human_readable_flops(printed, tflops):
 
 
 def test_standin_trainer_lines_parse_like_neox():
-    """Contract with include/cluster/standin_train.py: its log line is read by the same parser."""
+    """Contract with include/cluster/standin/standin_train.py: its log line is read by the same parser."""
     standin_train = pytest.importorskip("standin_train")
     line = standin_train.format_train_line(
         iteration=40,

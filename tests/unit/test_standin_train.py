@@ -1,4 +1,4 @@
-"""The CPU stand-in for GPT-NeoX (include/cluster/standin_*.py): NeoX's inputs in, NeoX's outputs out.
+"""The CPU stand-in for GPT-NeoX (include/cluster/standin/standin_*.py): NeoX's inputs in, NeoX's outputs out.
 
 Pure parts are checked against the real NeoX run in tests/fixtures/neox-run (LR schedule, log line, FLOPs
 estimate); the trainer itself runs as real subprocesses on a tiny dataset tokenized with the real 20B
@@ -37,7 +37,9 @@ from standin_optim import AdamW
 from tests.conftest import TOKENIZER
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "include" / "cluster" / "standin_train.py"
+TRAIN = REPO / "include" / "cluster" / "standin" / "standin_train.py"
+#: the cluster gets the stand-in flat beside include/cluster (standin_data reads with mmidx_dataset)
+CLUSTER_CODE = REPO / "include" / "cluster"
 FIXTURES = REPO / "tests" / "fixtures" / "neox-run"
 VALID = re.compile(
     r"^ validation results at iteration (\d+) \| lm_loss value: (\S+) \| lm_loss_ppl value: \S+ \| $", re.M
@@ -114,6 +116,7 @@ def run_env(**extra) -> dict:
         k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))
     }
     env.pop("LOCAL_RANK", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CLUSTER_CODE), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 

@@ -343,8 +343,10 @@ def release_lock(plan: dict[str, Any] | None, owner: str | None) -> None:
 
 
 def ship_code(plan: dict[str, Any]) -> str:
-    """Copy include/cluster to <fsx>/code/<content hash>/ once; make sure the S3 bucket exists and holds
-    the run of record."""
+    """Copy the profile's cluster code (include/cluster; the stand-in too locally) to <fsx>/code/<content
+    hash>/ once; make sure the S3 bucket exists and holds the run of record."""
+    from neoxflow.neox.profile_loader import load_profile
+
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     hook = _hook()
@@ -352,7 +354,7 @@ def ship_code(plan: dict[str, Any]) -> str:
     marker = posixpath.join(code_dir, ".complete")
     status, _, _ = hook.run(f"test -f {q(marker)}", check=False)
     if status != 0:
-        for name, data in cluster_code_files().items():
+        for name, data in cluster_code_files(load_profile(plan["profile"])).items():
             hook.upload(data, posixpath.join(code_dir, name), mode=0o755)
         hook.upload(plan["code_hash"].encode(), marker)
         log.info("Shipped cluster code to %s", code_dir)
