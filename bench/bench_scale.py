@@ -61,6 +61,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "scripts"), str(REPO / "include" / "cluster")]
+sys.path.append(str(REPO / "scripts" / "localcluster"))  # c4_fixture: local-only, never shipped
 
 import airflow_rest  # noqa: E402
 import demo_run  # noqa: E402
@@ -93,6 +94,8 @@ SERVICES = REPO / "scripts" / "airflow_services.sh"
 RESULTS = REPO / "bench" / "results"
 PY = REPO / ".venv" / "bin" / "python"
 CLUSTER_CODE = REPO / "include" / "cluster"
+#: the local-only stand-ins for the outside world (C4 fixture, HTTP source): never shipped to a cluster
+LOCAL_CODE = REPO / "scripts" / "localcluster"
 TOKENIZER = REPO / "include" / "tokenizers" / "20B_tokenizer.json"
 #: The Airflow task of each measured stage.
 STAGE_TASKS = {
@@ -179,7 +182,7 @@ def build_fixture(shards: int, docs: int) -> tuple[Path, list[int], list[int]]:
             "shards": shards,
             "docs": docs,
             "seed": FIXTURE_SEED,
-            "fixture": _sha(CLUSTER_CODE / "c4_fixture.py"),
+            "fixture": _sha(LOCAL_CODE / "c4_fixture.py"),
             "cluster_source": marker.read_text() if marker.exists() else None,
         },
         sort_keys=True,
@@ -216,13 +219,13 @@ def _sha(path: Path) -> str:
 
 
 class Source:
-    """include/cluster/http_source.py serving the benchmark's folder on a free port (started here)."""
+    """scripts/localcluster/http_source.py serving the benchmark's folder on a free port (started here)."""
 
     def __init__(self, folder: Path):
         port_file = BENCH_STATE / "source.port"
         port_file.unlink(missing_ok=True)
         self.log_file = open(BENCH_STATE / "source.log", "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [str(PY), str(CLUSTER_CODE / "http_source.py"), "--dir", str(folder), "--port", "0"]
+        cmd = [str(PY), str(LOCAL_CODE / "http_source.py"), "--dir", str(folder), "--port", "0"]
         self.proc = subprocess.Popen(
             [*cmd, "--port-file", str(port_file)],
             stdin=subprocess.DEVNULL,
@@ -255,7 +258,7 @@ class Source:
 
 # --- S3 (moto) ------------------------------------------------------------------------------------------
 def profile():
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     return load_profile("local")
 
@@ -1050,7 +1053,7 @@ def print_extrapolation(real: dict[str, float], rates: Rates, source: str, clust
 def aws_parallelism() -> int | None:
     """The ``%P`` the aws profile's data arrays get (its data.parallelism; 8 when unset)."""
     try:
-        from neoxflow.neox.config import load_profile
+        from neoxflow.neox.profile_loader import load_profile
 
         prof = load_profile("aws")
     except Exception:  # noqa: BLE001 - only a remark in the report

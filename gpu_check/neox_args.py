@@ -28,7 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from neoxflow.neox.config import PYTHIA_SIZES, build_run_config, load_profile  # noqa: E402
+from neoxflow.neox.config_files import PYTHIA_SIZES  # noqa: E402
+from neoxflow.neox.profile_loader import load_profile  # noqa: E402
+from neoxflow.neox.run_config import build_run_config  # noqa: E402
 
 SHAPES = ((1, 1), (1, 8), (2, 8), (4, 8), (16, 8))
 RUN_NAME = "neox-args-check"

@@ -51,7 +51,7 @@ echo "prepare: data (4000 synthetic C4 documents, tokenized with the repository'
 mkdir -p "$STATE/tokenizers" "$STATE/data/c4_openwebtext"
 cp "$TOKENIZER" "$STATE/tokenizers/20B_tokenizer.json"
 rm -rf "$STATE/c4"
-"$PYTHON" "$REPO/include/cluster/c4_fixture.py" --out "$STATE/c4" --train 2 --docs 2000 --seed 7
+"$PYTHON" "$REPO/scripts/localcluster/c4_fixture.py" --out "$STATE/c4" --train 2 --docs 2000 --seed 7
 "$PYTHON" "$REPO/include/cluster/preprocess_data.py" \
   --input "$STATE/c4/c4-train.00000-of-01024.json.gz,$STATE/c4/c4-train.00001-of-01024.json.gz" \
   --tokenizer-type HFTokenizer --vocab-file "$STATE/tokenizers/20B_tokenizer.json" --append-eod \

@@ -306,12 +306,12 @@ start_c4_source() {
   # tokenizer of its key (what it was built from), or the build starts again.
   local dir=$STATE/c4-source key
   [[ -s $TOKENIZER_FILE ]] || die "tokenizer $TOKENIZER_FILE missing (it is part of the repository: is the clone whole?)"
-  key="shards=$C4_SHARDS docs=$C4_DOCS seed=1234 fixture=$(sha256sum <"$REPO/include/cluster/c4_fixture.py" | cut -c1-16)"
+  key="shards=$C4_SHARDS docs=$C4_DOCS seed=1234 fixture=$(sha256sum <"$REPO/scripts/localcluster/c4_fixture.py" | cut -c1-16)"
   key+=" tokenizer=$(sha256sum <"$TOKENIZER_FILE" | cut -c1-16)"
   if ! is_ready "$dir" "$key"; then
     log "building the C4 source ($C4_SHARDS shards x $C4_DOCS documents)"
     rm -rf "$dir.partial" && mkdir -p "$dir.partial"
-    "$VENV/bin/python" "$REPO/include/cluster/c4_fixture.py" --out "$dir.partial" --train "$C4_SHARDS" \
+    "$VENV/bin/python" "$REPO/scripts/localcluster/c4_fixture.py" --out "$dir.partial" --train "$C4_SHARDS" \
       --validation 1 --docs "$C4_DOCS" --seed 1234 >"$LOG/c4_fixture.log" 2>&1 || die "c4 fixture generation failed ($LOG/c4_fixture.log)"
     cp "$TOKENIZER_FILE" "$dir.partial/20B_tokenizer.json"
     mark_ready "$dir.partial" "$key"
@@ -319,7 +319,7 @@ start_c4_source() {
     rm -rf "$dir" && mv "$dir.partial" "$dir"
   fi
   pid_alive "$RUN/c4source.pid" http_source.py && return
-  setsid "$VENV/bin/python" "$REPO/include/cluster/http_source.py" --dir "$dir" --host 127.0.0.1 --port "$C4_PORT" \
+  setsid "$VENV/bin/python" "$REPO/scripts/localcluster/http_source.py" --dir "$dir" --host 127.0.0.1 --port "$C4_PORT" \
     </dev/null >"$LOG/c4source.log" 2>&1 &
   echo $! >"$RUN/c4source.pid"
   wait_for "c4 source" 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$C4_PORT"

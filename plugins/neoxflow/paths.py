@@ -11,6 +11,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: scripts shipped to the cluster (by content hash) and run there
 CLUSTER_CODE = REPO_ROOT / "include" / "cluster"
+#: the CPU stand-in trainer: shipped (flat, beside CLUSTER_CODE's files) only for the local stand-in template
+STANDIN_CODE = CLUSTER_CODE / "standin"
 #: sbatch templates rendered for the cluster
 TEMPLATES_DIR = REPO_ROOT / "include" / "templates"
 #: Pythia configs and pipeline profiles

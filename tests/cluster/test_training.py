@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neoxflow.neox import config as C
 from neoxflow.neox.checkpoints import Expectation, resume_plan, scan_local
 from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, render_export_job
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
 from neoxflow.neox.logparse import TrainStep, parse_text
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import build_run_config
+from neoxflow.pipeline.plan import cluster_code_files
 from tests.cluster.slurm_helpers import REPO, job_state, ti_states
 from tests.conftest import TOKENIZER
 
@@ -86,14 +88,18 @@ def the_ti(dagrun):
 
 @pytest.fixture(scope="module")
 def fsx_root(cluster_env) -> Path:
-    """A private FSx root: tokenizer and a small tokenized dataset where the local profile expects them."""
+    """A private FSx root: tokenizer, a small tokenized dataset and the shipped code (the stand-in flat beside
+    include/cluster, as prepare.ship_code places it) where the local profile expects them."""
     import mmidx_dataset
     import tokenizers
 
     root = Path(cluster_env["NEOXFLOW_FSX"]) / "test-training" / uuid.uuid4().hex[:8]
-    profile = C.load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
+    profile = load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
     Path(profile.tokenizer_path).parent.mkdir(parents=True)
     shutil.copy(TOKENIZER, profile.tokenizer_path)
+    Path(profile.code_dir).mkdir(parents=True)
+    for name, data in cluster_code_files(profile).items():
+        (Path(profile.code_dir) / name).write_bytes(data)
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     rng = np.random.default_rng(0)
     words = "the old farmer walked to the river every morning and a young girl painted the red house".split()
@@ -125,15 +131,15 @@ class Run:
 
 def make_run(root: Path, name: str, env: dict | None = None) -> Run:
     """The rendered 2-node batch script of a 20-iteration run (checkpoint every 5) and its folders."""
-    profile = C.load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
-    run = C.build_run_config("14M", profile, name, overrides=OVERRIDES, dataset_id=DATASET_ID)
+    profile = load_profile("local", env={**os.environ, "NEOXFLOW_FSX": str(root)})
+    run = build_run_config("14M", profile, name, overrides=OVERRIDES, dataset_id=DATASET_ID)
     assert run.ok, run.errors
     Path(run.config_path).parent.mkdir(parents=True, exist_ok=True)
     Path(run.config_path).write_text(run.rendered)
     for folder in (run.paths.log_dir, run.paths.neox_log_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
     spec, template = launch_spec_for_run(
-        profile, run, job_name=f"train-{name}", code_dir=str(CODE), time_limit="00:05:00"
+        profile, run, job_name=f"train-{name}", code_dir=profile.code_dir, time_limit="00:05:00"
     )
     if env:
         spec = dataclasses.replace(spec, env={**spec.env, **env})

@@ -294,7 +294,8 @@ def test_cluster_script_and_local_scan_agree(tmp_path, capsys):
 
 
 def test_standin_trainer_checkpoints_meet_the_rule(tmp_path):
-    """Contract with include/cluster/standin_checkpoint.py: what it saves is complete, and it says so."""
+    """Contract with include/cluster/standin/standin_checkpoint.py: what it saves is complete, and it says
+    so."""
     standin_checkpoint = pytest.importorskip("standin_checkpoint")
     from neoxflow.neox.logparse import CheckpointCommitted, parse_line
 

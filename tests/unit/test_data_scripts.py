@@ -1,5 +1,5 @@
 """The cluster-side data movers, run as real subprocesses against a real moto_server and a real local
-HTTP source (include/cluster/http_source.py), plus the array templates that launch them.
+HTTP source (scripts/localcluster/http_source.py), plus the array templates that launch them.
 
 What is proven here: fetch streams HTTP -> S3 (multipart above the part size, bounded memory), records
 sha256/size metadata, skips complete objects without reading the source's body, retries drops and 5xx,
@@ -55,6 +55,7 @@ from tests.conftest import TOKENIZER
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "include" / "cluster"
+LOCAL = REPO / "scripts" / "localcluster"  # http_source.py, c4_fixture.py: never shipped
 RESULT = "NEOXFLOW_RESULT "
 FAST = ["--backoff", "0.01", "--progress-interval", "0"]
 
@@ -938,7 +939,7 @@ def test_http_source_command_line_serves_faults_and_stats(shards_dir, work):
         f"{name}=503:1",
     ]
     proc = subprocess.Popen(
-        [sys.executable, str(CLUSTER / "http_source.py"), *args], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(LOCAL / "http_source.py"), *args], stdout=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 20

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from neoxflow.data.shards import shard_stem
-from neoxflow.neox.config import load_profile
+from neoxflow.neox.profile_loader import load_profile
 from neoxflow.pipeline.plan import dataset_selection, manifest_texts, plan_run
 
 ENV = {"NEOXFLOW_TOKENIZER_SOURCE": "http://127.0.0.1:18080/20B_tokenizer.json"}

@@ -40,7 +40,8 @@ from neoxflow.neox.checkpoints import (
     partial_checkpoints,
     resume_plan,
 )
-from neoxflow.neox.config import validate_config, yaml_json_disagreement
+from neoxflow.neox.config_checks import validate_config
+from neoxflow.neox.config_files import yaml_json_disagreement
 from neoxflow.neox.logparse import LogFollower, LogState, clean_line, parse_text, training_verdict
 from neoxflow.neox.progress import compute_progress
 from neoxflow.neox.report import analyse_run

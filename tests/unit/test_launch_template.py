@@ -20,7 +20,7 @@ from pathlib import Path
 import neox_launch
 import pytest
 
-from neoxflow.neox import config as C
+from neoxflow.neox.config_files import PYTHIA_SIZES, render_config
 from neoxflow.neox.launch import (
     LOCAL_TEMPLATE,
     PRODUCTION_TEMPLATE,
@@ -32,8 +32,11 @@ from neoxflow.neox.launch import (
     render_batch_script,
     validate_launch_spec,
 )
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import build_run_config
+from neoxflow.paths import REPO_ROOT
 
-NEOX_LAUNCH = C.REPO_ROOT / "include" / "cluster" / "neox_launch.py"
+NEOX_LAUNCH = REPO_ROOT / "include" / "cluster" / "neox_launch.py"
 MASTER_NODE_ADDR = "10.9.8.7"
 
 FAKE_SRUN = r'''#!PYTHON
@@ -225,8 +228,8 @@ def test_local_script_has_no_gpus_or_container(tmp_path: Path) -> None:
 
 
 def test_spec_from_profile_and_run_config(tmp_path: Path) -> None:
-    aws = C.load_profile("aws", env={})
-    run = C.build_run_config(
+    aws = load_profile("aws", env={})
+    run = build_run_config(
         "1.4B", aws, "r1", nodes=16, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
     )
     spec, template = launch_spec_for_run(
@@ -240,8 +243,8 @@ def test_spec_from_profile_and_run_config(tmp_path: Path) -> None:
     assert "#SBATCH --nodes=16" in script and "--ntasks=128" in script
     assert f"--config {run.config_path} &" in script and "--neox-dir /workspace/gpt-neox" in script
 
-    local = C.load_profile("local", env={"NEOXFLOW_FSX": str(tmp_path / "fsx")})
-    run = C.build_run_config("14M", local, "demo", check_vocab_file=False, dataset_id="t")
+    local = load_profile("local", env={"NEOXFLOW_FSX": str(tmp_path / "fsx")})
+    run = build_run_config("14M", local, "demo", check_vocab_file=False, dataset_id="t")
     spec, template = launch_spec_for_run(local, run, job_name="neoxflow-train-demo", time_limit="00:10:00")
     assert template == LOCAL_TEMPLATE and spec.launcher == f"{tmp_path}/fsx/code/standin_train.py"
     script = render_batch_script(spec, template)
@@ -551,15 +554,15 @@ def _check_real_neoxargs(monkeypatch, tmp_path: Path, stubs) -> None:
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
-    aws = C.load_profile("aws", env={})
+    aws = load_profile("aws", env={})
     for nodes in (1, 2, 16):
         monkeypatch.setenv("WORLD_SIZE", str(nodes * 8))
-        for size in C.PYTHIA_SIZES:
-            run = C.build_run_config(
+        for size in PYTHIA_SIZES:
+            run = build_run_config(
                 size, aws, "r", nodes=nodes, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
             )
             path = tmp_path / f"{size}-{nodes}.json"
-            path.write_text(C.render_config({**run.config, "log_dir": None}))
+            path.write_text(render_config({**run.config, "log_dir": None}))
             argv, _ = neox_launch.train_arguments(arguments.NeoXArgs, str(path), nodes * 8)
             args = arguments.NeoXArgs.consume_neox_args(input_args=argv)  # what train.py does on each rank
             assert args.global_num_gpus == nodes * 8 and args.train_batch_size == 1024
@@ -571,11 +574,11 @@ def _check_real_neoxargs(monkeypatch, tmp_path: Path, stubs) -> None:
 
 
 def test_image_requirements_follow_the_rendered_config() -> None:
-    aws = C.load_profile("aws", env={})
-    run = C.build_run_config("160M", aws, "r", check_vocab_file=False, dataset_id="t")
+    aws = load_profile("aws", env={})
+    run = build_run_config("160M", aws, "r", check_vocab_file=False, dataset_id="t")
     assert neox_launch.image_requirements(run.config) == ["flash_attn", "fused_kernels"]
     bare = replace(aws, cluster=replace(aws.cluster, image_provides=()))
-    run = C.build_run_config("160M", bare, "r", check_vocab_file=False, dataset_id="t")
+    run = build_run_config("160M", bare, "r", check_vocab_file=False, dataset_id="t")
     assert neox_launch.image_requirements(run.config) == []
 
 

@@ -98,9 +98,10 @@ def test_every_flops_unit_of_megatron_human_readable_flops(printed, tflops):
 
 
 def test_standin_trainer_lines_parse_like_neox():
-    """Contract with include/cluster/standin_train.py: its log line is read by the same parser."""
-    standin_train = pytest.importorskip("standin_train")
-    line = standin_train.format_train_line(
+    """Contract with include/cluster/standin/standin_log.py: the stand-in trainer's log line is read by the
+    same parser."""
+    standin_log = pytest.importorskip("standin_log")
+    line = standin_log.format_train_line(
         iteration=40,
         train_iters=100,
         elapsed_ms=812.5,

@@ -11,9 +11,11 @@ import dataclasses
 
 import pytest
 
-from neoxflow.neox.config import ProfileError, build_run_config, load_profile, load_size_config, parse_profile
+from neoxflow.neox.config_files import load_size_config
 from neoxflow.neox.image import fit_to_image
 from neoxflow.neox.memory import GIB, MEMORY_MARGIN, choose_recompute, estimate_memory, parameter_count
+from neoxflow.neox.profile_loader import ProfileError, load_profile, parse_profile
+from neoxflow.neox.run_config import build_run_config
 
 
 def _160m(micro: int = 32, attention: str = "global") -> dict:

@@ -1,4 +1,5 @@
-"""Pythia configs, profiles, rendering and validation (plugins/neoxflow/neox/config.py). Pure, fast."""
+"""Pythia configs, profiles, rendering and validation (neox/config_files.py, batch.py, config_checks.py,
+profile_loader.py, run_config.py). Pure, fast."""
 
 from __future__ import annotations
 
@@ -10,25 +11,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neoxflow.neox import config as C
-from neoxflow.neox.config import (
-    KNOWN_KEYS,
+from neoxflow.neox.batch import derive_batch
+from neoxflow.neox.config_checks import KNOWN_KEYS, find_shared_save_paths, validate_config
+from neoxflow.neox.config_errors import ConfigError
+from neoxflow.neox.config_files import (
     PYTHIA_SIZES,
-    ConfigError,
     ConfigFileError,
-    ProfileError,
-    build_run_config,
     config_hash,
-    derive_batch,
-    find_shared_save_paths,
-    load_profile,
     load_size_config,
     merge_config,
-    parse_profile,
     parse_strict_json,
     render_config,
-    validate_config,
+    yaml_json_disagreement,
 )
+from neoxflow.neox.profile_loader import ProfileError, load_profile, parse_profile
+from neoxflow.neox.run_config import build_run_config
+from neoxflow.paths import CONFIG_DIR, REPO_ROOT
 
 # Upstream EleutherAI configs/pythia/*.yml (layers, hidden, heads, lr, model parallel), as listed in
 # docs/reference/neox.md and the upstream files.
@@ -100,7 +98,7 @@ def check(cfg: dict, nodes: int = 2, gpus: int = 1, **kw) -> list[ConfigError]:
 
 @pytest.mark.parametrize("size", PYTHIA_SIZES)
 def test_size_file_is_strict_json_with_upstream_values(size: str) -> None:
-    path = C.CONFIG_DIR / "pythia" / f"{size}.json"
+    path = CONFIG_DIR / "pythia" / f"{size}.json"
     text = path.read_text()
     cfg = parse_strict_json(text, path)
     assert cfg == json.loads(text) == yaml.safe_load(text), "JSON and NeoX's YAML reading must agree"
@@ -456,7 +454,7 @@ def test_rendered_strings_read_back_identically() -> None:
     }
     rendered = render_config(cfg)
     assert yaml.safe_load(rendered) == json.loads(rendered) == cfg
-    assert C.yaml_json_disagreement(rendered) is None
+    assert yaml_json_disagreement(rendered) is None
 
 
 def test_every_rendered_run_config_passes_the_yaml_check(aws) -> None:
@@ -464,7 +462,7 @@ def test_every_rendered_run_config_passes_the_yaml_check(aws) -> None:
     for profile in (aws, local):
         for size in PYTHIA_SIZES:
             run = build_run_config(size, profile, "r", check_vocab_file=False, dataset_id="t")
-            assert C.yaml_json_disagreement(run.rendered) is None
+            assert yaml_json_disagreement(run.rendered) is None
             assert json.loads(run.rendered) == yaml.safe_load(run.rendered)
 
 
@@ -522,9 +520,9 @@ def test_local_profile_paths_and_tiny_model(tmp_path: Path) -> None:
     assert run.config["save"] == f"{tmp_path}/fsx/checkpoints/demo"
     # defaults without the environment: repository-relative, not resolved through the venv symlink
     default = load_profile("local", env={})
-    assert default.fsx_root == str(C.REPO_ROOT / ".state/cluster/fsx")
-    assert default.cluster.python == str(C.REPO_ROOT / ".venv/bin/python")
-    assert default.tokenizer_source == str(C.REPO_ROOT / "include/tokenizers/20B_tokenizer.json")
+    assert default.fsx_root == str(REPO_ROOT / ".state/cluster/fsx")
+    assert default.cluster.python == str(REPO_ROOT / ".venv/bin/python")
+    assert default.tokenizer_source == str(REPO_ROOT / "include/tokenizers/20B_tokenizer.json")
 
 
 def test_aws_profile_shape() -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 
 from neoxflow.neox.checkpoints import Expectation, check_tag
-from neoxflow.neox.config import build_run_config, load_profile
 from neoxflow.neox.precision import neox_precision, precision_problems
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import build_run_config
 
 FP16 = {"fp16": True, "enabled": True, "loss_scale": 0}  # the Pythia files' block
 

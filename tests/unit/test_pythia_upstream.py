@@ -26,7 +26,10 @@ import pytest
 import yaml
 
 from neoxflow.neox.checkpoints import Expectation
-from neoxflow.neox.config import CONFIG_DIR, PYTHIA_SIZES, build_run_config, load_profile, load_size_config
+from neoxflow.neox.config_files import PYTHIA_SIZES, load_size_config
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import build_run_config
+from neoxflow.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "pythia-upstream"

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from neoxflow.neox import config
+from neoxflow.neox.profile_loader import load_profile
 from neoxflow.pipeline import plan as plan_module
 
 SCHEDULING = {"account": "proj-7", "qos": "high", "reservation": "pythia", "constraint": "h100"}
@@ -17,7 +17,7 @@ SCHEDULING = {"account": "proj-7", "qos": "high", "reservation": "pythia", "cons
 def plan_with_scheduling(monkeypatch, tmp_path):
     monkeypatch.setenv("NEOXFLOW_TOKENIZER_SOURCE", "http://127.0.0.1:18080/20B_tokenizer.json")
     monkeypatch.setenv("NEOXFLOW_FSX", str(tmp_path / "fsx"))
-    real = config.load_profile
+    real = load_profile
 
     def with_scheduling(name, *args, **kwargs):
         profile = real(name, *args, **kwargs)

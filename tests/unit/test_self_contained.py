@@ -99,6 +99,6 @@ def test_the_tokenizer_is_the_one_its_readme_names():
 
 
 def test_the_local_profile_reads_the_tokenizer_from_the_repository():
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     assert Path(load_profile("local", env={}).tokenizer_source) == TOKENIZER

@@ -1,4 +1,4 @@
-"""The CPU stand-in for GPT-NeoX (include/cluster/standin_*.py): NeoX's inputs in, NeoX's outputs out.
+"""The CPU stand-in for GPT-NeoX (include/cluster/standin/standin_*.py): NeoX's inputs in, NeoX's outputs out.
 
 Pure parts are checked against the real NeoX run in tests/fixtures/neox-run (LR schedule, log line, FLOPs
 estimate); the trainer itself runs as real subprocesses on a tiny dataset tokenized with the real 20B
@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import standin_checkpoint as ck
 import standin_config as sc
+import standin_dist as sd
+import standin_log as sl
 import standin_train as st
 import torch
 from standin_data import SampleStream, split_bounds
@@ -37,7 +39,9 @@ from standin_optim import AdamW
 from tests.conftest import TOKENIZER
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = REPO / "include" / "cluster" / "standin_train.py"
+TRAIN = REPO / "include" / "cluster" / "standin" / "standin_train.py"
+#: the cluster gets the stand-in flat beside include/cluster (standin_data reads with mmidx_dataset)
+CLUSTER_CODE = REPO / "include" / "cluster"
 FIXTURES = REPO / "tests" / "fixtures" / "neox-run"
 VALID = re.compile(
     r"^ validation results at iteration (\d+) \| lm_loss value: (\S+) \| lm_loss_ppl value: \S+ \| $", re.M
@@ -114,6 +118,7 @@ def run_env(**extra) -> dict:
         k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))
     }
     env.pop("LOCAL_RANK", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CLUSTER_CODE), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -134,7 +139,7 @@ def train_here(config: Path) -> str:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
-            assert st.Trainer(sc.load_config(config), str(config), st.dist_env({})).run() == 0
+            assert st.Trainer(sc.load_config(config), str(config), sd.dist_env({})).run() == 0
     finally:
         torch.set_num_threads(threads)
     return buf.getvalue()
@@ -207,7 +212,7 @@ def test_lr_schedule_reproduces_the_real_runs():
 
 def test_train_line_is_neox_format_field_for_field():
     real = _real_lines("run1.log")[1]  # iteration 10
-    ours = st.format_train_line(
+    ours = sl.format_train_line(
         iteration=10,
         train_iters=60,
         elapsed_ms=22.5,
@@ -227,9 +232,9 @@ def test_mfu_and_hfu_follow_neoxs_formulas_and_parse_back():
     from neoxflow.neox.logparse import parse_line
 
     cfg = {**json.loads((FIXTURES / "tiny-config.json").read_text()), "checkpoint_activations": True}
-    hardware, model = st.flops_per_iteration(cfg, 50304, 8), st.flops_per_iteration(cfg, 50304, 8, model=True)
+    hardware, model = sl.flops_per_iteration(cfg, 50304, 8), sl.flops_per_iteration(cfg, 50304, 8, model=True)
     assert hardware / model == pytest.approx(4 / 3)
-    line = st.format_train_line(
+    line = sl.format_train_line(
         iteration=10, train_iters=60, elapsed_ms=22.5, samples_per_sec=354.862, lr=9.704e-4,
         flops_per_gpu=2.9e12, lm_loss=9.809254, skipped=0, nans=0, utilisation=(7.5, 10.0),
     )  # fmt: skip
@@ -240,13 +245,13 @@ def test_mfu_and_hfu_follow_neoxs_formulas_and_parse_back():
 
 def test_flops_estimate_matches_neox():
     real = json.loads((FIXTURES / "tiny-config.json").read_text())
-    flops = st.flops_per_iteration(real, 50304, 8)
+    flops = sl.flops_per_iteration(real, 50304, 8)
     for line in _real_lines("run1.log")[1:]:
         ms = float(re.search(r"per iteration \(ms\): (\S+)", line).group(1))
         reported = re.search(r"approx flops per GPU: (\S+)TFLOPS", line)
         if reported:  # ms is rounded to 0.1, so allow the last digit to differ by one
             assert abs(flops / (ms / 1000.0) / 1e12 - float(reported.group(1))) <= 0.15, line
-    assert st.human_readable_flops(286.9e9) == "286.9GFLOPS"
+    assert sl.human_readable_flops(286.9e9) == "286.9GFLOPS"
 
 
 def test_padded_vocab_from_the_real_tokenizer():
@@ -260,7 +265,7 @@ def test_padded_vocab_from_the_real_tokenizer():
 
 
 def test_rank_layout_from_torch_or_slurm_variables():
-    assert st.dist_env({}) == st.DistEnv(0, 1, 0, "127.0.0.1", 29500)
+    assert sd.dist_env({}) == sd.DistEnv(0, 1, 0, "127.0.0.1", 29500)
     slurm = {
         "SLURM_PROCID": "3",
         "SLURM_NTASKS": "4",
@@ -268,9 +273,9 @@ def test_rank_layout_from_torch_or_slurm_variables():
         "SLURM_JOB_NODELIST": "node[1-2]",
         "SLURM_JOB_ID": "42",
     }
-    assert st.dist_env(slurm, resolves=lambda h: True) == st.DistEnv(3, 4, 1, "node1", 29542)
+    assert sd.dist_env(slurm, resolves=lambda h: True) == sd.DistEnv(3, 4, 1, "node1", 29542)
     local = {**slurm, "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1"}  # node names that are not host names
-    assert st.dist_env(local, resolves=lambda h: False).master_addr == "127.0.0.1"
+    assert sd.dist_env(local, resolves=lambda h: False).master_addr == "127.0.0.1"
     torchrun = {
         **slurm,
         "RANK": "1",
@@ -279,11 +284,11 @@ def test_rank_layout_from_torch_or_slurm_variables():
         "MASTER_ADDR": "h",
         "MASTER_PORT": "7",
     }
-    assert st.dist_env(torchrun) == st.DistEnv(1, 2, 0, "h", 7)
-    assert st.first_host("gpu[07,09-10],cpu1") == "gpu07"
-    assert st.first_host("node2,node1") == "node2"
+    assert sd.dist_env(torchrun) == sd.DistEnv(1, 2, 0, "h", 7)
+    assert sd.first_host("gpu[07,09-10],cpu1") == "gpu07"
+    assert sd.first_host("node2,node1") == "node2"
     with pytest.raises(ValueError, match="outside world size"):
-        st.dist_env({"RANK": "2", "WORLD_SIZE": "2"})
+        sd.dist_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neoxflow.neox.config import ConfigError, ConfigValidationError, Profile, RunConfig
+from neoxflow.neox.config_errors import ConfigError, ConfigValidationError
+from neoxflow.neox.profile import Profile
+from neoxflow.neox.run_config import RunConfig
 from neoxflow.paths import TEMPLATES_DIR as TEMPLATE_DIR
 from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
 

@@ -167,9 +167,9 @@ class PretrainTrainOperator(NeoXTrainOperator):
     def _configure(self, context: Context) -> Any:
         """Set all this slice needs from the plan (again after each deferral: self does not survive)."""
         from neoxflow.neox.checkpoints import Expectation
-        from neoxflow.neox.config import load_profile
         from neoxflow.neox.export import run_checkpoints_s3_uri
         from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
+        from neoxflow.neox.profile_loader import load_profile
         from neoxflow.pipeline.plan import run_config
         from neoxflow.pipeline.request import parse_request
         from neoxflow.triggers.checkpoint import expectation_to_dict
@@ -262,7 +262,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         import dataclasses
 
         from neoxflow.neox import slices
-        from neoxflow.neox.config import config_hash, merge_config, render_config
+        from neoxflow.neox.config_files import config_hash, merge_config, render_config
         from neoxflow.neox.launch import launch_spec_for_run, parse_time_limit, render_batch_script
 
         run = self._run

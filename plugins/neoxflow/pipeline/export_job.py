@@ -11,8 +11,9 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from neoxflow.neox.config import Profile, RunConfig
 from neoxflow.neox.export import MAX_TAGS, ExportSpec, export_prefix, render_export_job
+from neoxflow.neox.profile import Profile
+from neoxflow.neox.run_config import RunConfig
 from neoxflow.neox.slices import save_iterations
 from neoxflow.slurm.validate import UnsafeValueError
 

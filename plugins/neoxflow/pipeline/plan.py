@@ -6,7 +6,7 @@ selection (all 1024 shards: a few KB): per-shard lists are manifests named by th
 points to and ``prepare.ship_code`` places (``manifest_texts`` derives them again and checks the hashes).
 Paths follow the profile:
 
-    <fsx>/code/<hash>/                 include/cluster, shipped once per content hash
+    <fsx>/code/<hash>/                 include/cluster (+ the stand-in locally), shipped once per content hash
     <fsx>/data/c4/raw/<shard>          staged C4 shards (S3 copy is the durable one)
     <fsx>/data/manifests/<sha256>.tsv  the data jobs' per-shard lines, named by content (S3 has a copy)
     <fsx>/data/c4/tokens/<tokens_id>/<stem>_text_document.{bin,idx}   per tokenizer and options
@@ -47,8 +47,11 @@ from neoxflow.data.shards import (
     tokenizer_entry,
 )
 from neoxflow.neox.checkpoints import Expectation
-from neoxflow.neox.config import Profile, RunConfig, build_run_config, load_profile
-from neoxflow.paths import CLUSTER_CODE
+from neoxflow.neox.launch import LOCAL_TEMPLATE
+from neoxflow.neox.profile import Profile
+from neoxflow.neox.profile_loader import load_profile
+from neoxflow.neox.run_config import RunConfig, build_run_config
+from neoxflow.paths import CLUSTER_CODE, STANDIN_CODE
 from neoxflow.pipeline.export_job import planned_export
 from neoxflow.pipeline.request import RunRequest
 from neoxflow.slurm.validate import check_remote_path
@@ -99,9 +102,13 @@ def dataset_selection(dataset: dict[str, Any]) -> ShardSelection:
     return ShardSelection.parse(dataset["shards"], url_template=dataset["url_template"])
 
 
-def cluster_code_files() -> dict[str, bytes]:
-    """The files shipped to the cluster (include/cluster/*.py), by name."""
-    return {p.name: p.read_bytes() for p in sorted(CLUSTER_CODE.glob("*.py"))}
+def cluster_code_files(profile: Profile) -> dict[str, bytes]:
+    """The files shipped to ``profile``'s cluster, by name: include/cluster/*.py, plus the CPU stand-in
+    trainer (include/cluster/standin/*.py, flat beside them, where the local template's launcher path
+    expects it) only when the profile trains with the local stand-in template. A production profile's
+    code, and so its code hash (part of the run's identity), holds no stand-in."""
+    folders = [CLUSTER_CODE, STANDIN_CODE] if profile.cluster.template == LOCAL_TEMPLATE else [CLUSTER_CODE]
+    return {p.name: p.read_bytes() for folder in folders for p in sorted(folder.glob("*.py"))}
 
 
 def code_hash(files: dict[str, bytes]) -> str:
@@ -398,7 +405,7 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
 
     request = parse_request(conf)
     profile = load_profile(request.profile)
-    code = cluster_code_files()
+    code = cluster_code_files(profile)
     digest = code_hash(code)
     selection = selection_for(request, profile)
     dataset = dataset_identity(selection, profile)

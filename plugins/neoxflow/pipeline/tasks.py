@@ -124,7 +124,7 @@ def _hook() -> SlurmSSHHook:
 
 def checkpoint_dir_of(form: dict[str, Any]) -> str:
     """Where the run's checkpoints (and so its record) live: the form's run name in its profile."""
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
     from neoxflow.pipeline.request import parse_request
 
     request = parse_request(form)
@@ -172,7 +172,7 @@ def survey_runs(profile_name: str, channels: dict[str, Any] | None = None) -> li
     the profile (pipeline/continuation.py says which, and why the others are left alone)."""
     import time
 
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     profile = load_profile(profile_name)
     hook = _hook()
@@ -343,8 +343,10 @@ def release_lock(plan: dict[str, Any] | None, owner: str | None) -> None:
 
 
 def ship_code(plan: dict[str, Any]) -> str:
-    """Copy include/cluster to <fsx>/code/<content hash>/ once; make sure the S3 bucket exists and holds
-    the run of record."""
+    """Copy the profile's cluster code (include/cluster; the stand-in too locally) to <fsx>/code/<content
+    hash>/ once; make sure the S3 bucket exists and holds the run of record."""
+    from neoxflow.neox.profile_loader import load_profile
+
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")
     hook = _hook()
@@ -352,7 +354,7 @@ def ship_code(plan: dict[str, Any]) -> str:
     marker = posixpath.join(code_dir, ".complete")
     status, _, _ = hook.run(f"test -f {q(marker)}", check=False)
     if status != 0:
-        for name, data in cluster_code_files().items():
+        for name, data in cluster_code_files(load_profile(plan["profile"])).items():
             hook.upload(data, posixpath.join(code_dir, name), mode=0o755)
         hook.upload(plan["code_hash"].encode(), marker)
         log.info("Shipped cluster code to %s", code_dir)
@@ -441,7 +443,7 @@ def selection_mismatch(summary: dict[str, Any], plan: dict[str, Any]) -> str | N
 
 
 def plan_python(plan: dict[str, Any]) -> str:
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     return load_profile(plan["profile"]).cluster.python
 
@@ -463,7 +465,7 @@ def checkpoint_listing(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def expectation(plan: dict[str, Any]):
-    from neoxflow.neox.config import load_profile
+    from neoxflow.neox.profile_loader import load_profile
 
     world_size = plan["config"]["nodes"] * plan["config"]["gpus_per_node"]
     cfg = json.loads(plan["config"]["rendered"])
@@ -537,8 +539,8 @@ def prepare_resume(
 def plan_export(plan: dict[str, Any]) -> dict[str, Any]:
     """The export job for every complete checkpoint of the run (the cluster script skips verified ones):
     the plan's own ``export_job``, which rendered it for the run's last checkpoint at plan time."""
-    from neoxflow.neox.config import load_profile
     from neoxflow.neox.export import export_tags
+    from neoxflow.neox.profile_loader import load_profile
 
     if plan["dry_run"]:
         raise AirflowSkipException("dry run")

@@ -143,7 +143,7 @@ def read_s3(plan: dict[str, Any], problems: list[str]) -> dict[str, Any]:
 def read_logs(plan: dict[str, Any], slices: list, problems: list[str]) -> dict[str, str]:
     """The slices' job logs ``{job_id: text}`` when the run's profile says Airflow sees FSx; {} else."""
     try:
-        from neoxflow.neox.config import load_profile
+        from neoxflow.neox.profile_loader import load_profile
 
         if not load_profile(plan["profile"]).fsx_visible_to_airflow:
             return {}

@@ -38,127 +38,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from standin_dist import DistEnv, dist_env
+from standin_log import flops_per_iteration, format_train_line, format_validation_line, info_line
+
 # --- pure helpers (no torch), tested directly -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    master_addr: str
-    master_port: int
-
-
-def first_host(nodelist: str) -> str:
-    """First host of a Slurm hostlist: "node[1-2]" -> "node1", "gpu[07,09-10],cpu1" -> "gpu07"."""
-    nodelist = nodelist.strip()
-    m = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
-    if not m or not nodelist:
-        raise ValueError(f"SLURM_JOB_NODELIST {nodelist!r} is not a Slurm hostlist")
-    prefix, ranges = m.group(1), m.group(2)
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
-
-
-def _resolves(host: str) -> bool:
-    try:
-        socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return True
-
-
-def dist_env(environ: dict | None = None, resolves=_resolves) -> DistEnv:
-    """Rank layout from torch's variables, falling back to Slurm's (one rank per Slurm task).
-
-    Without MASTER_ADDR the first node of the allocation hosts rank 0. Slurm node names need not be
-    host names (the local cluster's node1/node2 are one machine, NodeAddr 127.0.0.1), so a name that does
-    not resolve falls back to SLURM_LAUNCH_NODE_IPADDR, the address srun was started from.
-    """
-    env = os.environ if environ is None else environ
-
-    def pick(*names: str, default: str | None = None) -> str | None:
-        for name in names:
-            if env.get(name, "") != "":
-                return env[name]
-        return default
-
-    world = int(pick("WORLD_SIZE", "SLURM_NTASKS", default="1"))
-    rank = int(pick("RANK", "SLURM_PROCID", default="0"))
-    local = int(pick("LOCAL_RANK", "SLURM_LOCALID", default="0"))
-    addr = pick("MASTER_ADDR")
-    if addr is None:
-        nodelist = pick("SLURM_JOB_NODELIST", "SLURM_NODELIST")
-        addr = first_host(nodelist) if nodelist else "127.0.0.1"
-        if nodelist and not resolves(addr):
-            addr = pick("SLURM_LAUNCH_NODE_IPADDR", default=addr)
-    port = pick("MASTER_PORT")
-    if port is None:
-        job = pick("SLURM_JOB_ID", default="0")
-        port = str(29500 + int(job) % 10000) if job.isdigit() else "29500"
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is outside world size {world}")
-    return DistEnv(rank, world, local, addr, int(port))
-
-
-def human_readable_flops(num: float) -> str:
-    """NeoX megatron/logging.py: 2.9TFLOPS, 286.9GFLOPS."""
-    for unit in ["", "KFLOPS", "MFLOPS", "GFLOPS", "TFLOPS", "PFLOPS", "EFLOPS", "ZFLOPS"]:
-        if abs(num) < 1000.0:
-            return f"{num:3.1f}{unit}"
-        num /= 1000.0
-    return f"{num:.1f}Yi"
-
-
-def flops_per_iteration(cfg: dict, vocab: int, batch: int, *, model: bool = False) -> float:
-    """NeoX's estimate for one iteration of the whole job (megatron/logging.py): what the GPUs compute
-    (``get_actual_flops``: x4 with activation recomputation), or with ``model`` the model's own FLOPs
-    (``get_forward_backward_flops``: x3 always), the basis of MFU."""
-    factor = 4 if cfg.get("checkpoint_activations") and not model else 3
-    h, layers, s = cfg["hidden_size"], cfg["num_layers"], cfg["seq_length"]
-    return 24 * factor * batch * s * layers * h**2 * (1.0 + s / (6.0 * h) + vocab / (16.0 * layers * h))
-
-
-def format_train_line(
-    *,
-    iteration: int,
-    train_iters: int,
-    elapsed_ms: float,
-    samples_per_sec: float,
-    lr: float,
-    flops_per_gpu: float,
-    lm_loss: float,
-    skipped: int,
-    nans: int,
-    utilisation: tuple[float, float] | None = None,
-) -> str:
-    """NeoX's training_log line, field for field (no 'loss scale': the stand-in trains in fp32);
-    ``utilisation`` (MFU, HFU in percent) printed as NeoX does when ``peak_theoretical_tflops`` is set."""
-    mfu_hfu = f" MFU: {utilisation[0]:.2f}% | HFU: {utilisation[1]:.2f}% |" if utilisation else ""
-    return (
-        f" samples/sec: {samples_per_sec:.3f} | iteration {iteration:8d}/{train_iters:8d} |"
-        f" elapsed time per iteration (ms): {elapsed_ms:.1f} | learning rate: {lr:.3E} |"
-        f" approx flops per GPU: {human_readable_flops(flops_per_gpu)} |{mfu_hfu} lm_loss: {lm_loss:.6E} |"
-        f" number of skipped iterations: {skipped:3d} | number of nan iterations: {nans:3d} |"
-    )
-
-
-def format_validation_line(iteration: int, lm_loss: float) -> str:
-    """NeoX's evaluate_and_print_results line (the loss and its perplexity, exp capped as NeoX does)."""
-    ppl = math.exp(min(20.0, lm_loss))
-    body = f" validation results at iteration {iteration} | lm_loss value: {lm_loss:.6E} | "
-    return body + f"lm_loss_ppl value: {ppl:.6E} | "
 
 
 def should_save(iteration: int, cfg: dict) -> bool:
@@ -217,12 +106,6 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 1 << 30)
     except (OSError, AttributeError):
         pass
-
-
-def info_line(where: str, message: str) -> str:
-    """DeepSpeed-style prefix, so the checkpoint lines read like NeoX's."""
-    now = datetime.now()
-    return f"[{now:%Y-%m-%d %H:%M:%S},{now.microsecond // 1000:03d}] [INFO] [{where}] {message}"
 
 
 # --- training ---------------------------------------------------------------------------------------------
