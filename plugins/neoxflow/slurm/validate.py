@@ -12,8 +12,14 @@ import re
 from collections.abc import Mapping
 
 __all__ = [
+    "HELPER_JOB_SBATCH",
     "UnsafeValueError",
+    "check_absolute_path",
+    "check_container",
     "check_env",
+    "check_int_in",
+    "check_python",
+    "check_job_sbatch",
     "check_job_id",
     "check_job_name",
     "check_partition",
@@ -65,6 +71,12 @@ _SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
     "no-requeue": None,
     "hold": None,
 }
+#: The sbatch options a profile may set on a helper job (data arrays, export): where it runs and for how
+#: long, never its shape (the template decides that).
+HELPER_JOB_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "constraint", "exclude")
+_IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
+_MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
+_PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
 
 
 def _check(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
@@ -137,3 +149,49 @@ def check_env(env: Mapping[str, object], field: str = "env") -> dict[str, str]:
             raise UnsafeValueError(f"{field}[{name}]", value[:40], "is longer than 4096 characters")
         checked[name] = text
     return checked
+
+
+def check_absolute_path(value: object, field: str) -> str:
+    """A remote absolute path with no ``%``: Slurm expands ``%`` in ``--output``, so a folder holding
+    one would put the logs somewhere else."""
+    path = check_remote_path(value, field)
+    if not path.startswith("/"):
+        raise UnsafeValueError(field, value, "must be an absolute path")
+    if "%" in path:
+        raise UnsafeValueError(field, value, "must not contain '%' (Slurm expands it in --output)")
+    return path
+
+
+def check_int_in(value: object, field: str, low: int, high: int) -> int:
+    """An int (not a bool) in ``low..high``: it reaches a script as digits only."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UnsafeValueError(field, value, f"must be an integer in {low}..{high}")
+    return value
+
+
+def check_python(value: object, field: str = "python") -> str:
+    """The interpreter a helper job runs: a path or bare name, never something read as an option."""
+    if not isinstance(value, str) or not _PYTHON.fullmatch(value) or value.startswith("-"):
+        raise UnsafeValueError(field, value, "must be an interpreter path or name (A-Z a-z 0-9 _ . / + -)")
+    return value
+
+
+def check_container(image: object, container_mounts: object) -> None:
+    """A helper job's pyxis image (registry reference or .sqsh path) and mounts (``/fsx:/fsx[,...]``);
+    mounts without an image would be silently ignored, so they are refused."""
+    if image is not None and (not isinstance(image, str) or not _IMAGE.fullmatch(image)):
+        raise UnsafeValueError("image", image, "must be an image reference or .sqsh path")
+    if container_mounts is not None:
+        if image is None:
+            raise UnsafeValueError("container_mounts", container_mounts, "needs an image")
+        if not isinstance(container_mounts, str) or not _MOUNTS.fullmatch(container_mounts):
+            raise UnsafeValueError("container_mounts", container_mounts, "must look like /fsx:/fsx[,...]")
+
+
+def check_job_sbatch(options: Mapping[str, object], allowed: tuple[str, ...], job: str) -> None:
+    """A helper job's extra sbatch options: each one of ``allowed`` (``job`` names who asks, for the
+    message) and with a value of its option's shape."""
+    for key, value in options.items():
+        if key not in allowed:
+            raise UnsafeValueError("sbatch", key, f"is not one of the options {job} may set {allowed}")
+        check_sbatch_option(key, value)
