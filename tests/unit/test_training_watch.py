@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from neoxflow.errors import SlurmJobFailed
+from neoxflow.neox.checkpoint_listing import ListingError, listing_command, parse_listing
 from neoxflow.neox.checkpoints import Expectation
 from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, render_export_job
 from neoxflow.neox.logparse import TrainStep
@@ -27,7 +28,7 @@ from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled, exit
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.validate import UnsafeValueError
-from neoxflow.triggers.checkpoint import CheckpointTrigger, ListingError, listing_command, parse_listing
+from neoxflow.triggers.checkpoint import CheckpointTrigger
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import MAX_LOSS_POINTS, RECENT_STEPS, NeoXTrainingTrigger, WatchState
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neoxflow.neox.checkpoints import Expectation, complete_checkpoints
+from neoxflow.neox.checkpoint_listing import new_complete_checkpoints
+from neoxflow.neox.checkpoints import Expectation
 from neoxflow.slurm.template import container_launch, render_template, sbatch_directives, shell_exports
 from neoxflow.slurm.validate import (
     HELPER_JOB_SBATCH,
@@ -141,8 +142,7 @@ class ExportSpec:
 
 def export_tags(listing: Mapping, expect: Expectation, after_iteration: int | None = None) -> tuple[str, ...]:
     """The complete tags of a ckpt_listing.py listing (newer than ``after_iteration``), oldest first."""
-    floor = -1 if after_iteration is None else after_iteration
-    return tuple(c.tag for c in complete_checkpoints(listing, expect) if c.iteration > floor)
+    return tuple(c.tag for c in new_complete_checkpoints(listing, expect, after_iteration))
 
 
 def render_export_job(spec: ExportSpec, *, templates_dir: Path | None = None) -> str:
