@@ -35,6 +35,7 @@ from neoxflow.slurm.validate import (
     check_job_name,
     check_job_sbatch,
     check_python,
+    is_s3_bucket_name,
 )
 
 __all__ = [
@@ -50,7 +51,6 @@ EXPORT_TEMPLATE = "export_checkpoints.sbatch"
 MANIFEST_NAME = "neoxflow-export.json"  # the marker of a verified copy (export_checkpoints.py)
 RESULT_PREFIX = "NEOXFLOW_RESULT "
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 _TAG = re.compile(r"global_step[0-9]{1,12}")
 MAX_TAGS = 10_000
@@ -114,7 +114,7 @@ class ExportSpec:
         check_job_name(self.job_name, "job_name")
         for name in ("log_dir", "scripts_dir", "save_dir"):
             check_absolute_path(getattr(self, name), name)
-        if not isinstance(self.bucket, str) or not _BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
+        if not is_s3_bucket_name(self.bucket):
             raise UnsafeValueError("bucket", self.bucket, "must be an S3 bucket name (a-z 0-9 . -, 3-63)")
         parts = self.prefix.strip("/").split("/") if isinstance(self.prefix, str) else [None]
         if not all(isinstance(p, str) and _KEY_PART.fullmatch(p) for p in parts):

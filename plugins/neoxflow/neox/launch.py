@@ -26,7 +26,7 @@ from pathlib import Path
 from neoxflow.neox.config import ConfigError, ConfigValidationError, Profile, RunConfig
 from neoxflow.paths import TEMPLATES_DIR as TEMPLATE_DIR
 from neoxflow.slurm.template import fill_template, shell_exports
-from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
+from neoxflow.slurm.validate import PARTITION, UnsafeValueError, check_sbatch_option
 
 PRODUCTION_TEMPLATE = "train.sbatch"
 LOCAL_TEMPLATE = "train_local.sbatch"
@@ -35,7 +35,6 @@ LOCAL_TEMPLATE = "train_local.sbatch"
 LAUNCHERS = {PRODUCTION_TEMPLATE: "neox_launch.py", LOCAL_TEMPLATE: "standin_train.py"}
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_PARTITION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _COMMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=/,+-]{0,199}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
 _PROGRAM = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
@@ -172,8 +171,8 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     elif spec.python.startswith("/"):
         _check_path(errors, "python", spec.python)
     for key, value, pattern in (
-        ("partition", spec.partition, _PARTITION),
-        ("account", spec.account, _PARTITION),
+        ("partition", spec.partition, PARTITION),
+        ("account", spec.account, PARTITION),
         ("comment", spec.comment, _COMMENT),
     ):
         if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):

@@ -13,19 +13,21 @@ from collections.abc import Mapping
 
 __all__ = [
     "HELPER_JOB_SBATCH",
+    "PARTITION",
     "UnsafeValueError",
     "check_absolute_path",
     "check_container",
     "check_env",
     "check_int_in",
-    "check_python",
-    "check_job_sbatch",
     "check_job_id",
     "check_job_name",
+    "check_job_sbatch",
+    "check_nodelist",
     "check_partition",
+    "check_python",
     "check_remote_path",
     "check_sbatch_option",
-    "check_nodelist",
+    "is_s3_bucket_name",
 ]
 
 
@@ -39,7 +41,9 @@ class UnsafeValueError(ValueError):
 
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
-_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A Slurm partition (or account) name: also the shape the training launch accepts for both.
+PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Absolute or relative POSIX path made of ordinary file-name characters. No "..": a run folder name
 # from the trigger form must not climb out of the FSx root it is placed under.
 _PATH = re.compile(r"[A-Za-z0-9_./%+=,@-]{1,1024}")
@@ -56,7 +60,7 @@ _SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
     "gpus-per-node": re.compile(r"([A-Za-z0-9_-]{1,32}:)?[0-9]{1,3}"),
     "mem": re.compile(r"[0-9]{1,9}[KMGT]?"),
     "time": re.compile(r"([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{2}){0,2}"),
-    "partition": _PARTITION,
+    "partition": PARTITION,
     "account": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
     "qos": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
     "reservation": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
@@ -92,7 +96,7 @@ def check_job_name(value: object, field: str = "job_name") -> str:
 
 
 def check_partition(value: object, field: str = "partition") -> str:
-    return _check(field, value, _PARTITION, "a Slurm partition name (A-Z a-z 0-9 _ . -)")
+    return _check(field, value, PARTITION, "a Slurm partition name (A-Z a-z 0-9 _ . -)")
 
 
 def check_job_id(value: object, field: str = "job_id") -> str:
@@ -103,6 +107,12 @@ def check_job_id(value: object, field: str = "job_id") -> str:
 
 def check_nodelist(value: object, field: str = "nodelist") -> str:
     return _check(field, value, _NODELIST, "a Slurm node list such as node[1-2],gpu7")
+
+
+def is_s3_bucket_name(value: object) -> bool:
+    """An S3 bucket name (3-63 of a-z 0-9 . -, no ``..``): the one rule for the data steps' buckets and
+    the export's; each caller raises its own error, naming its own field."""
+    return isinstance(value, str) and bool(_S3_BUCKET.fullmatch(value)) and ".." not in value
 
 
 def check_remote_path(value: object, field: str = "path") -> str:
