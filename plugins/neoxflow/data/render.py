@@ -48,7 +48,8 @@ MAX_ARRAY_SIZE = 100_000
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
 EACH_LINE_TEMPLATE = "each_manifest_line.sh"  # the loop over a task's manifest lines, shared by the steps
-#: A data step may also be pinned to nodes (the shards' data can sit on a node-local cache).
+#: The data steps accept the helper-job options and ``--nodelist`` too (as they did before the two lists
+#: were one); the export job does not take ``--nodelist``.
 _DATA_STEP_SBATCH = (*HELPER_JOB_SBATCH, "nodelist")
 _TOKENIZE_FLAGS = {"--ftfy": None, "--log-interval": re.compile(r"[0-9]{1,9}")}
 
