@@ -75,8 +75,8 @@ _SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
     "no-requeue": None,
     "hold": None,
 }
-#: The sbatch options a profile may set on a helper job (data arrays, export): where it runs and for how
-#: long, never its shape (the template decides that).
+#: The sbatch options a profile may set on a helper job (data arrays, export): where it runs, for how long,
+#: with how much memory; never its shape (nodes, tasks, CPUs: its template and spec decide those).
 HELPER_JOB_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "constraint", "exclude")
 _IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
 _MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
