@@ -26,7 +26,6 @@ from neoxflow.neox.launch import (
     PRODUCTION_TEMPLATE,
     LaunchError,
     LaunchSpec,
-    fill_template,
     launch_spec_for_run,
     parse_time_limit,
     render_batch_script,
@@ -426,14 +425,6 @@ def test_values_with_safe_but_special_characters_are_quoted(tmp_path: Path) -> N
 def test_local_template_refuses_a_container(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="container_image"):
         render_batch_script(production_spec(tmp_path, 2, gpus=1), LOCAL_TEMPLATE)
-
-
-def test_fill_template_detects_drift() -> None:
-    assert fill_template("a {{X}} b", {"X": "1"}) == "a 1 b"
-    with pytest.raises(ValueError, match=r"without a value: \['Y'\]"):
-        fill_template("{{X}} {{Y}}", {"X": "1"})
-    with pytest.raises(ValueError, match=r"without a placeholder: \['Z'\]"):
-        fill_template("{{X}}", {"X": "1", "Z": "2"})
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled, exit
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.validate import UnsafeValueError
-from neoxflow.triggers.checkpoint import CheckpointTrigger, ListingError, listing_command, parse_listing
+from neoxflow.triggers.checkpoint import CheckpointTrigger
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import MAX_LOSS_POINTS, RECENT_STEPS, NeoXTrainingTrigger, WatchState
 
@@ -119,30 +118,6 @@ async def first_event(trigger, hook) -> dict:
     async for event in trigger.run():
         return restore_event(event.payload, lambda path: Path(path).read_bytes())
     raise AssertionError("no event")
-
-
-# ------------------------------------------------------------------------------------------- listing
-def test_listing_command_quotes_and_refuses_unsafe_values():
-    cmd = listing_command("python3", "/fsx/code/ckpt_listing.py", "/fsx/checkpoints/run 1"[:-2], 41)
-    assert shlex.split(cmd) == [
-        "python3",
-        "/fsx/code/ckpt_listing.py",
-        "/fsx/checkpoints/run",
-        "--min-iteration=41",
-    ]
-    for bad in ("/fsx/$(rm -rf x)", "/fsx/a;b", "-rf", "/fsx/../etc"):
-        with pytest.raises(UnsafeValueError, match="save_dir"):
-            listing_command("python3", "/fsx/code/ckpt_listing.py", bad)
-    with pytest.raises(UnsafeValueError, match="min_iteration"):
-        listing_command("python3", "/x.py", "/fsx/c", -1)
-
-
-def test_parse_listing_names_the_failure():
-    with pytest.raises(ListingError, match="exited 2: python3: can.t open file"):
-        parse_listing(2, b"", b"python3: can't open file: No such file")
-    with pytest.raises(ListingError, match="no JSON listing"):
-        parse_listing(0, b"Traceback ...\n", b"")
-    assert parse_listing(0, b'warning\n{"format": 1, "tags": {}}\n')["format"] == 1
 
 
 # ------------------------------------------------------------------------------------------ watch state

@@ -25,13 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neoxflow.data.shards import ManifestEntry, TokenizeEntry, format_manifest
-from neoxflow.paths import TEMPLATES_DIR
+from neoxflow.slurm.template import (
+    container_launch,
+    render_template,
+    sbatch_directives,
+    shell_exports,
+)
 from neoxflow.slurm.validate import (
+    HELPER_JOB_SBATCH,
     UnsafeValueError,
+    check_absolute_path,
+    check_container,
     check_env,
+    check_int_in,
     check_job_name,
-    check_remote_path,
-    check_sbatch_option,
+    check_job_sbatch,
+    check_python,
 )
 
 MAX_ARRAY_SIZE = 100_000
@@ -39,21 +48,9 @@ MAX_ARRAY_SIZE = 100_000
 SLURM_DEFAULT_MAX_ARRAY_SIZE = 1001
 
 EACH_LINE_TEMPLATE = "each_manifest_line.sh"  # the loop over a task's manifest lines, shared by the steps
-_PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
-_IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
-_MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
-_PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
-_EXTRA_SBATCH = (
-    "partition",
-    "time",
-    "mem",
-    "account",
-    "qos",
-    "reservation",
-    "constraint",
-    "exclude",
-    "nodelist",
-)
+#: The data steps accept the helper-job options and ``--nodelist`` too (as they did before the two lists
+#: were one); the export job does not take ``--nodelist``.
+_DATA_STEP_SBATCH = (*HELPER_JOB_SBATCH, "nodelist")
 _TOKENIZE_FLAGS = {"--ftfy": None, "--log-interval": re.compile(r"[0-9]{1,9}")}
 
 
@@ -90,34 +87,14 @@ class ArraySpec:
     def checked(self) -> ArraySpec:
         check_job_name(self.job_name, "job_name")
         for name in ("job_dir", "scripts_dir", "manifest_dir"):
-            _absolute(getattr(self, name), name)
+            check_absolute_path(getattr(self, name), name)
         if self.log_dir is not None:
-            _absolute(self.log_dir, "log_dir")
-        if (
-            not isinstance(self.python, str)
-            or not _PYTHON.fullmatch(self.python)
-            or self.python.startswith("-")
-        ):
-            raise UnsafeValueError(
-                "python", self.python, "must be an interpreter path or name (A-Z a-z 0-9 _ . / + -)"
-            )
-        _positive_int(self.parallelism, "parallelism", 10_000)
-        _positive_int(self.cpus_per_task, "cpus_per_task", 4096)
-        if self.image is not None and not _IMAGE.fullmatch(self.image):
-            raise UnsafeValueError("image", self.image, "must be an image reference or .sqsh path")
-        if self.container_mounts is not None:
-            if self.image is None:
-                raise UnsafeValueError("container_mounts", self.container_mounts, "needs an image")
-            if not _MOUNTS.fullmatch(self.container_mounts):
-                raise UnsafeValueError(
-                    "container_mounts", self.container_mounts, "must look like /fsx:/fsx[,...]"
-                )
-        for key, value in self.sbatch.items():
-            if key not in _EXTRA_SBATCH:
-                raise UnsafeValueError(
-                    "sbatch", key, f"is not one of the options a data step may set {_EXTRA_SBATCH}"
-                )
-            check_sbatch_option(key, value)
+            check_absolute_path(self.log_dir, "log_dir")
+        check_python(self.python)
+        check_int_in(self.parallelism, "parallelism", 1, 10_000)
+        check_int_in(self.cpus_per_task, "cpus_per_task", 1, 4096)
+        check_container(self.image, self.container_mounts)
+        check_job_sbatch(self.sbatch, _DATA_STEP_SBATCH, "a data step")
         check_env(self.env, "env")
         return self
 
@@ -153,32 +130,17 @@ def manifest_path(manifest_dir: str, text: str) -> str:
     return f"{manifest_dir.rstrip('/')}/{manifest_digest(text)}.tsv"
 
 
-def _absolute(value: object, name: str) -> str:
-    path = check_remote_path(value, name)
-    if not path.startswith("/"):
-        raise UnsafeValueError(name, value, "must be an absolute path")
-    if "%" in path:
-        raise UnsafeValueError(name, value, "must not contain '%' (Slurm expands it in --output)")
-    return path
-
-
-def _positive_int(value: object, name: str, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise UnsafeValueError(name, value, f"must be an integer in 1..{limit}")
-    return value
-
-
 def array_directive(size: int, parallelism: int) -> str:
     """``0-(size-1)%P``, P capped at the array size."""
-    _positive_int(size, "array size", MAX_ARRAY_SIZE)
+    check_int_in(size, "array size", 1, MAX_ARRAY_SIZE)
     return f"0-{size - 1}%{min(parallelism, size)}"
 
 
 def array_tasks(lines: int, max_array_size: int) -> int:
     """How many array tasks cover ``lines`` manifest lines on a cluster whose ``MaxArraySize`` is given:
     one per line up to the limit (task ids 0..limit-1), the stride covering the rest."""
-    _positive_int(lines, "manifest lines", MAX_ARRAY_SIZE)
-    _positive_int(max_array_size, "max_array_size", MAX_ARRAY_SIZE)
+    check_int_in(lines, "manifest lines", 1, MAX_ARRAY_SIZE)
+    check_int_in(max_array_size, "max_array_size", 1, MAX_ARRAY_SIZE)
     return min(lines, max_array_size)
 
 
@@ -193,44 +155,20 @@ def _check_entries(entries: Sequence[ManifestEntry | TokenizeEntry]) -> None:
                 )
 
 
-def fill_template(text: str, values: Mapping[str, str], *, template: str = "template") -> str:
-    """Replace every ``@@NAME@@``; a placeholder without a value (or a value never used) is an error."""
-    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
-    unused = sorted(set(values) - set(_PLACEHOLDER.findall(text)))
-    if missing or unused:
-        raise ValueError(
-            f"{template}: placeholders without values {missing}, values without placeholders {unused}"
-        )
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-
-
-def load_template(name: str, templates_dir: Path | None = None) -> str:
-    return ((templates_dir or TEMPLATES_DIR) / name).read_text(encoding="utf-8")
-
-
 def _common_values(spec: ArraySpec, step: str, lines: int, tasks: int, manifest: str) -> dict[str, str]:
-    launch: list[str] = []
-    if spec.image:
-        launch = ["srun", f"--container-image={spec.image}"]
-        if spec.container_mounts:
-            launch.append(f"--container-mounts={spec.container_mounts}")
-    extra = "\n".join(f"#SBATCH --{k}={v}" for k, v in spec.sbatch.items())
-    exports = "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in check_env(spec.env).items())
     return {
         "JOB_NAME": spec.job_name,
         "ARRAY": array_directive(tasks, spec.parallelism),
         "LOG_DIR": (spec.log_dir or spec.job_dir).rstrip("/") or "/",
         "CPUS": str(spec.cpus_per_task),
-        "SBATCH_EXTRA": extra,
+        "SBATCH_EXTRA": sbatch_directives(spec.sbatch),
         "SCRIPTS_DIR": shlex.quote(spec.scripts_dir),
         "PYTHON": shlex.quote(spec.python),
-        "LAUNCH": " ".join(shlex.quote(word) for word in launch),
-        "EXPORTS": exports,
+        "LAUNCH": container_launch(spec.image, spec.container_mounts),
+        "EXPORTS": shell_exports(check_env(spec.env)),
         "MANIFEST": shlex.quote(manifest),
         "MANIFEST_LINES": str(lines),
-        "EACH_LINE": fill_template(
-            load_template(EACH_LINE_TEMPLATE), {"STEP": step}, template=EACH_LINE_TEMPLATE
-        ).rstrip("\n"),
+        "EACH_LINE": render_template(EACH_LINE_TEMPLATE, {"STEP": step}).rstrip("\n"),
     }
 
 
@@ -249,7 +187,7 @@ def _render(
     path = manifest_path(spec.manifest_dir, manifest)
     tasks = array_tasks(len(entries), max_array_size)
     values = {**_common_values(spec, step, len(entries), tasks, path), **extra_values}
-    script = fill_template(load_template(template_name, templates_dir), values, template=template_name)
+    script = render_template(template_name, values, templates_dir=templates_dir)
     return RenderedArray(
         script_name=f"{step}_array.sbatch",
         script=script,
@@ -271,9 +209,8 @@ def render_fetch_array(
     max_array_size: int = SLURM_DEFAULT_MAX_ARRAY_SIZE,
 ) -> RenderedArray:
     """Array job running ``fetch_to_s3.py`` on each entry (HTTP/S3/file source -> S3)."""
-    _positive_int(part_size, "part_size", 5 * 1024**3)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-        raise UnsafeValueError("retries", retries, "must be an integer in 0..100")
+    check_int_in(part_size, "part_size", 1, 5 * 1024**3)
+    check_int_in(retries, "retries", 0, 100)
     extra = {"PART_SIZE": str(part_size), "RETRIES": str(retries)}
     return _render("fetch_array.sbatch", "fetch", spec, entries, extra, templates_dir, max_array_size)
 
@@ -305,9 +242,9 @@ def render_tokenize_array(
     ``workers`` defaults to ``spec.cpus_per_task``. ``extra_flags`` may hold ``--ftfy`` (no value) and
     ``--log-interval N``. With ``skip_existing`` a task whose ``.bin`` and ``.idx`` already exist exits 0.
     """
-    _absolute(vocab_file, "vocab_file")
+    check_absolute_path(vocab_file, "vocab_file")
     workers = spec.cpus_per_task if workers is None else workers
-    _positive_int(workers, "workers", 4096)
+    check_int_in(workers, "workers", 1, 4096)
     flags: list[str] = []
     for flag, value in (extra_flags or {}).items():
         if flag not in _TOKENIZE_FLAGS:

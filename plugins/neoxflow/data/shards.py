@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from string import Formatter
 from urllib.parse import urlsplit
 
+from neoxflow.slurm.validate import is_s3_bucket_name
+
 C4_TRAIN_SHARDS = 1024
 C4_VALIDATION_SHARDS = 8
 SUBSET_SIZE = 4
@@ -34,7 +36,6 @@ ALLOWED_SCHEMES = ("http", "https", "s3", "file")
 MANIFEST_COLUMNS = ("name", "source", "s3_uri", "fsx_path")
 TOKENIZE_COLUMNS = ("name", "input", "output_prefix")
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Keys and paths travel in a tab-separated manifest and into shell-quoted arguments: keep them boring.
 _SAFE_PATH_RE = re.compile(r"^[A-Za-z0-9._/+=@,-]+$")
 
@@ -238,7 +239,7 @@ class TokenizeEntry:
 
 
 def validate_bucket(bucket: str, *, field: str = "s3_bucket") -> str:
-    if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
+    if not is_s3_bucket_name(bucket):
         raise ShardSelectionError(f"{field}: {bucket!r} is not a valid S3 bucket name")
     return bucket
 

@@ -7,8 +7,9 @@ script re-checks the basics and writes a manifest object per tag only after veri
 
 Safety as in :mod:`neoxflow.data.render`: every value that enters the script is checked against an
 allow-list first (:mod:`neoxflow.slurm.validate` and the patterns below) and shlex-quoted where the shell
-sees it. Pure: :func:`render_export_job` returns the script text; uploading and ``sbatch`` belong to the
-Slurm layer (:class:`~neoxflow.operators.slurm.SlurmOperator`).
+sees it; :mod:`neoxflow.slurm.template` fills the template. Pure: :func:`render_export_job` returns the
+script text; uploading and ``sbatch`` belong to the Slurm layer
+(:class:`~neoxflow.operators.slurm.SlurmOperator`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neoxflow.data.render import fill_template, load_template
-from neoxflow.neox.checkpoints import Expectation, complete_checkpoints
+from neoxflow.neox.checkpoint_listing import new_complete_checkpoints
+from neoxflow.neox.checkpoints import Expectation
+from neoxflow.slurm.template import container_launch, render_template, sbatch_directives, shell_exports
 from neoxflow.slurm.validate import (
+    HELPER_JOB_SBATCH,
     UnsafeValueError,
+    check_absolute_path,
+    check_container,
     check_env,
+    check_int_in,
     check_job_name,
-    check_remote_path,
-    check_sbatch_option,
+    check_job_sbatch,
+    check_python,
+    is_s3_bucket_name,
 )
 
 __all__ = [
@@ -44,13 +51,8 @@ EXPORT_TEMPLATE = "export_checkpoints.sbatch"
 MANIFEST_NAME = "neoxflow-export.json"  # the marker of a verified copy (export_checkpoints.py)
 RESULT_PREFIX = "NEOXFLOW_RESULT "
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _KEY_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 _TAG = re.compile(r"global_step[0-9]{1,12}")
-_IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")
-_MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
-_PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
-_EXTRA_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "constraint", "exclude")
 MAX_TAGS = 10_000
 
 
@@ -111,8 +113,8 @@ class ExportSpec:
     def checked(self) -> ExportSpec:
         check_job_name(self.job_name, "job_name")
         for name in ("log_dir", "scripts_dir", "save_dir"):
-            _absolute(getattr(self, name), name)
-        if not isinstance(self.bucket, str) or not _BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
+            check_absolute_path(getattr(self, name), name)
+        if not is_s3_bucket_name(self.bucket):
             raise UnsafeValueError("bucket", self.bucket, "must be an S3 bucket name (a-z 0-9 . -, 3-63)")
         parts = self.prefix.strip("/").split("/") if isinstance(self.prefix, str) else [None]
         if not all(isinstance(p, str) and _KEY_PART.fullmatch(p) for p in parts):
@@ -128,78 +130,41 @@ class ExportSpec:
         for i, tag in enumerate(self.tags):
             if not isinstance(tag, str) or not _TAG.fullmatch(tag):
                 raise UnsafeValueError(f"tags[{i}]", tag, "must be a NeoX tag like global_step1000")
-        _int_in(self.keep_last, "keep_last", 0, 1_000_000)
-        _int_in(self.cpus, "cpus", 1, 256)
-        _int_in(self.part_size, "part_size", 5 * 1024 * 1024, 5 * 1024**3)
-        if (
-            not isinstance(self.python, str)
-            or not _PYTHON.fullmatch(self.python)
-            or self.python.startswith("-")
-        ):
-            raise UnsafeValueError("python", self.python, "must be an interpreter path or name")
-        if self.image is not None and not _IMAGE.fullmatch(self.image):
-            raise UnsafeValueError("image", self.image, "must be an image reference or .sqsh path")
-        if self.container_mounts is not None:
-            if self.image is None:
-                raise UnsafeValueError("container_mounts", self.container_mounts, "needs an image")
-            if not _MOUNTS.fullmatch(self.container_mounts):
-                raise UnsafeValueError("container_mounts", self.container_mounts, "must look like /fsx:/fsx")
-        for key, value in self.sbatch.items():
-            if key not in _EXTRA_SBATCH:
-                raise UnsafeValueError(
-                    "sbatch", key, f"is not one of the options an export may set {_EXTRA_SBATCH}"
-                )
-            check_sbatch_option(key, value)
+        check_int_in(self.keep_last, "keep_last", 0, 1_000_000)
+        check_int_in(self.cpus, "cpus", 1, 256)
+        check_int_in(self.part_size, "part_size", 5 * 1024 * 1024, 5 * 1024**3)
+        check_python(self.python)
+        check_container(self.image, self.container_mounts)
+        check_job_sbatch(self.sbatch, HELPER_JOB_SBATCH, "an export")
         check_env(self.env, "env")
         return self
 
 
-def _absolute(value: object, name: str) -> str:
-    path = check_remote_path(value, name)
-    if not path.startswith("/"):
-        raise UnsafeValueError(name, value, "must be an absolute path")
-    if "%" in path:
-        raise UnsafeValueError(name, value, "must not contain '%' (Slurm expands it in --output)")
-    return path
-
-
-def _int_in(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UnsafeValueError(name, value, f"must be an integer in {low}..{high}")
-    return value
-
-
 def export_tags(listing: Mapping, expect: Expectation, after_iteration: int | None = None) -> tuple[str, ...]:
     """The complete tags of a ckpt_listing.py listing (newer than ``after_iteration``), oldest first."""
-    floor = -1 if after_iteration is None else after_iteration
-    return tuple(c.tag for c in complete_checkpoints(listing, expect) if c.iteration > floor)
+    return tuple(c.tag for c in new_complete_checkpoints(listing, expect, after_iteration))
 
 
 def render_export_job(spec: ExportSpec, *, templates_dir: Path | None = None) -> str:
     """The batch script text for ``spec`` (validated; raises :class:`UnsafeValueError` naming the field)."""
     spec = spec.checked()
     q = shlex.quote
-    launch: list[str] = []
-    if spec.image:
-        launch = ["srun", f"--container-image={spec.image}"]
-        if spec.container_mounts:
-            launch.append(f"--container-mounts={spec.container_mounts}")
     values = {
         "JOB_NAME": spec.job_name,
         "LOG_DIR": spec.log_dir.rstrip("/") or "/",
         "CPUS": str(spec.cpus),
-        "SBATCH_EXTRA": "\n".join(f"#SBATCH --{k}={v}" for k, v in spec.sbatch.items()),
+        "SBATCH_EXTRA": sbatch_directives(spec.sbatch),
         "SCRIPTS_DIR": q(spec.scripts_dir),
         "PYTHON": q(spec.python),
-        "LAUNCH": " ".join(q(word) for word in launch),
-        "EXPORTS": "\n".join(f"export {k}={q(v)}" for k, v in check_env(spec.env).items()),
+        "LAUNCH": container_launch(spec.image, spec.container_mounts),
+        "EXPORTS": shell_exports(check_env(spec.env)),
         "SAVE_DIR": q(spec.save_dir),
         "DEST": q(spec.dest),
         "TAG_ARGS": " ".join(f"--tag {q(tag)}" for tag in spec.tags),
         "KEEP_LAST": str(spec.keep_last),
         "PART_SIZE": str(spec.part_size),
     }
-    return fill_template(load_template(EXPORT_TEMPLATE, templates_dir), values, template=EXPORT_TEMPLATE)
+    return render_template(EXPORT_TEMPLATE, values, templates_dir=templates_dir)
 
 
 def parse_export_result(output: str) -> dict:

@@ -10,8 +10,9 @@ deepy.py would have done (see that file). The local cluster uses the same shape 
 Safety: every value that reaches the script is checked against a strict pattern first (a partition, a
 path, an image name, a node list, an env value can never carry a newline, a quote, ``;``, ``$`` or a
 leading ``-``), and values placed in shell code are also ``shlex.quote``-d. ``#SBATCH`` lines cannot be
-quoted, which is why their values must match the patterns. Templates use ``{{NAME}}`` placeholders; a
-placeholder without a value, or a value the template does not use, is an error (template drift).
+quoted, which is why their values must match the patterns. The templates are filled by the one renderer,
+:mod:`neoxflow.slurm.template` (``@@NAME@@``; a placeholder without a value, or a value the template does
+not use, is an error: template drift).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from neoxflow.neox.config_errors import ConfigError, ConfigValidationError
 from neoxflow.neox.profile import Profile
 from neoxflow.neox.run_config import RunConfig
 from neoxflow.paths import TEMPLATES_DIR as TEMPLATE_DIR
-from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
+from neoxflow.slurm.template import fill_template, shell_exports
+from neoxflow.slurm.validate import PARTITION, UnsafeValueError, check_sbatch_option
 
 PRODUCTION_TEMPLATE = "train.sbatch"
 LOCAL_TEMPLATE = "train_local.sbatch"
@@ -35,7 +37,6 @@ LOCAL_TEMPLATE = "train_local.sbatch"
 LAUNCHERS = {PRODUCTION_TEMPLATE: "neox_launch.py", LOCAL_TEMPLATE: "standin_train.py"}
 
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_PARTITION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _COMMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=/,+-]{0,199}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
 _PROGRAM = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
@@ -54,7 +55,6 @@ _TIME = (
     re.compile(r"^(?P<h>\d+):(?P<m>\d{1,2}):(?P<s>\d{1,2})$"),
     re.compile(r"^(?P<d>\d+)-(?P<h>\d{1,2})(?::(?P<m>\d{1,2})(?::(?P<s>\d{1,2}))?)?$"),
 )
-_PLACEHOLDER = re.compile(r"\{\{([A-Z0-9_]+)\}\}")
 
 MAX_SIGNAL_SECONDS = 65535  # Slurm's --signal=...@time limit
 
@@ -173,8 +173,8 @@ def validate_launch_spec(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) 
     elif spec.python.startswith("/"):
         _check_path(errors, "python", spec.python)
     for key, value, pattern in (
-        ("partition", spec.partition, _PARTITION),
-        ("account", spec.account, _PARTITION),
+        ("partition", spec.partition, PARTITION),
+        ("account", spec.account, PARTITION),
         ("comment", spec.comment, _COMMENT),
     ):
         if value is not None and (not isinstance(value, str) or not pattern.fullmatch(value)):
@@ -252,18 +252,6 @@ def template_path(template: str) -> Path:
     return TEMPLATE_DIR / template
 
 
-def fill_template(text: str, values: Mapping[str, str]) -> str:
-    """Replace ``{{NAME}}`` placeholders; every placeholder needs a value and every value a placeholder."""
-    used = set(_PLACEHOLDER.findall(text))
-    missing = sorted(used - values.keys())
-    unused = sorted(values.keys() - used)
-    if missing or unused:
-        raise ValueError(
-            f"template placeholders without a value: {missing}; values without a placeholder: {unused}"
-        )
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
-
-
 def render_batch_script(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) -> str:
     """The batch script for ``spec``; raises :class:`LaunchError` listing every invalid field."""
     errors = validate_launch_spec(spec, template)
@@ -282,7 +270,7 @@ def render_batch_script(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) -
         sbatch_options.append(f"#SBATCH --comment={spec.comment}")
     if spec.exclude_nodes:
         sbatch_options.append(f"#SBATCH --exclude={','.join(spec.exclude_nodes)}")
-    env_lines = [f"export {name}={q(value)}" for name, value in sorted(dict(spec.env).items())]
+    env_exports = shell_exports(sorted(dict(spec.env).items()))
     values = {
         "JOB_NAME": spec.job_name,
         "NODES": str(spec.nodes),
@@ -298,7 +286,7 @@ def render_batch_script(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) -
         else "# (no partition/account/exclude options)",
         "JOB_LOG_PREFIX_Q": q(f"{spec.log_dir}/{spec.job_name}-"),
         "MASTER_PORT": str(spec.master_port) if spec.master_port else "$((20000 + SLURM_JOB_ID % 20000))",
-        "ENV_EXPORTS": "\n".join(env_lines) if env_lines else "# (none)",
+        "ENV_EXPORTS": env_exports or "# (none)",
         "CONFIG_Q": q(spec.config_path),
         "LAUNCHER_Q": q(spec.launcher),
         "PYTHON_Q": q(spec.python),
@@ -311,7 +299,7 @@ def render_batch_script(spec: LaunchSpec, template: str = PRODUCTION_TEMPLATE) -
         values["GPUS_PER_NODE"] = str(spec.tasks_per_node)
         values["CONTAINER_ARGS"] = " ".join(q(arg) for arg in container)
         values["NEOX_DIR_Q"] = q(spec.neox_dir or "")
-    return fill_template(template_path(template).read_text(encoding="utf-8"), values)
+    return fill_template(template_path(template).read_text(encoding="utf-8"), values, template=template)
 
 
 def launch_spec_for_run(

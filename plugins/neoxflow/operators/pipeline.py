@@ -166,13 +166,13 @@ class PretrainTrainOperator(NeoXTrainOperator):
 
     def _configure(self, context: Context) -> Any:
         """Set all this slice needs from the plan (again after each deferral: self does not survive)."""
+        from neoxflow.neox.checkpoint_listing import expectation_to_dict, listing_script_path
         from neoxflow.neox.checkpoints import Expectation
         from neoxflow.neox.export import run_checkpoints_s3_uri
         from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
         from neoxflow.neox.profile_loader import load_profile
         from neoxflow.pipeline.plan import run_config
         from neoxflow.pipeline.request import parse_request
-        from neoxflow.triggers.checkpoint import expectation_to_dict
 
         plan = pull_plan(context, self.plan_task_id)
         if plan.get("dry_run"):
@@ -210,7 +210,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         self.save_dir = cfg.paths.checkpoint_dir
         self.train_iters = int(cfg.config["train_iters"])
         self.seq_length = int(cfg.config.get("seq_length") or 0) or None
-        self.listing_script = posixpath.join(code_dir, "ckpt_listing.py")
+        self.listing_script = listing_script_path(code_dir)
         self.listing_python = profile.cluster.python
         self.run_name = request.run_name
         s3 = plan.get("s3") or {}
@@ -323,13 +323,11 @@ class PretrainTrainOperator(NeoXTrainOperator):
         }
 
     def _point_latest_at_newest_complete(self) -> int | None:
+        from neoxflow.neox.checkpoint_listing import expectation_from_dict, read_listing
         from neoxflow.neox.checkpoints import resume_plan
-        from neoxflow.triggers.checkpoint import expectation_from_dict, listing_command, parse_listing
 
-        status, out, err = self.hook.run(
-            listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
-        )
-        decision = resume_plan(parse_listing(status, out, err), expectation_from_dict(self.expectation))
+        listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir)
+        decision = resume_plan(listing, expectation_from_dict(self.expectation))
         self.log.info("Resume point before submitting: %s", decision.reason)
         resume = decision.checkpoint.iteration if decision.checkpoint is not None else None
         if decision.action == "write":

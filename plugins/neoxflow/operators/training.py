@@ -38,6 +38,7 @@ from airflow.sdk import AssetAlias, Context
 
 from neoxflow.errors import SlurmJobFailed, failure_message
 from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
+from neoxflow.neox.checkpoint_listing import expectation_from_dict, new_complete_checkpoints, read_listing
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
@@ -47,12 +48,6 @@ from neoxflow.operators.slurm import STATE_KEY, SlurmOperator
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
 from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
-from neoxflow.triggers.checkpoint import (
-    expectation_from_dict,
-    listing_command,
-    new_complete_checkpoints,
-    parse_listing,
-)
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import WATCH_SETTINGS, NeoXTrainingTrigger, WatchState
 
@@ -250,12 +245,8 @@ class NeoXTrainOperator(SlurmOperator):
     def _complete_checkpoints(self) -> list[dict[str, Any]]:
         """The complete checkpoints in the save folder now, oldest first ([] if the listing failed)."""
         try:
-            status, out, err = self.hook.run(
-                listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
-            )
-            found = new_complete_checkpoints(
-                parse_listing(status, out, err), expectation_from_dict(self.expectation), None
-            )
+            listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir)
+            found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), None)
         except Exception as err:  # only the baseline: the watch still judges every checkpoint
             self.log.warning("Could not list %s before watching: %s", self.save_dir, err)
             return []
@@ -623,10 +614,7 @@ class NeoXTrainOperator(SlurmOperator):
     ) -> list[dict[str, Any]]:
         """The trigger's final listing failed: list once more from the worker."""
         self.log.warning("Final listing in the trigger failed (%s); listing again", event["listing_error"])
-        status, out, err = self.hook.run(
-            listing_command(self.listing_python, self.listing_script, self.save_dir), check=False
-        )
-        listing = parse_listing(status, out, err)
+        listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir)
         found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), baseline)
         new = [
             {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}

@@ -54,9 +54,12 @@ from neoxflow.neox.run_config import RunConfig, build_run_config
 from neoxflow.paths import CLUSTER_CODE, STANDIN_CODE
 from neoxflow.pipeline.export_job import planned_export
 from neoxflow.pipeline.request import RunRequest
+from neoxflow.slurm.template import render_template
 from neoxflow.slurm.validate import check_remote_path
 
 q = shlex.quote
+#: The one job that merges the tokenized shards into the dataset and validates it.
+MERGE_TEMPLATE = "merge_dataset.sbatch"
 #: The data steps that are Slurm arrays over a manifest.
 ARRAY_STEPS = ("fetch", "stage", "tokenize")
 #: How tokenize_array.sbatch runs preprocess_data.py on every shard: part of each dataset's identity.
@@ -302,39 +305,23 @@ def merge_plan(profile: Profile, lay: RunLayout, run_name: str, tokenize_manifes
     the selection). The summary (documents and tokens per shard) is written next to the dataset for the
     run's report.
     """
-    python = profile.cluster.python
     summary = lay.data_path + ".summary.json"
-    shards = f"--prefixes-from-manifest {q(tokenize_manifest)}"
-    validate = f"{q(python)} {q(lay.code_dir + '/validate_dataset.py')} {q(lay.data_path)} {shards}"
-    lines = [
-        "#!/bin/bash",
-        "#SBATCH --ntasks=1",
-        "#SBATCH --cpus-per-task=1",
-        "set -euo pipefail",
-        # the dataset's folder is named by its content: once its summary exists (written last) it is done,
-        # whoever built it (another run with the same selection may have, meanwhile)
-        f"if [ -s {q(summary)} ] && {validate} >/dev/null; then cat {q(summary)}; exit 0; fi",
-    ]
-    if profile.tokenizer_sha256:  # the tokenizer the dataset's id names, or no dataset
-        wrong = q(f"tokenizer {lay.tokenizer_fsx} is not the file the profile names (tokenizer.sha256)")
-        lines.append(
-            f"echo {q(profile.tokenizer_sha256 + '  ' + lay.tokenizer_fsx)} | sha256sum --check --quiet - "
-            f"|| {{ echo {wrong} >&2; exit 3; }}"
-        )
-    lines += [
-        f"mkdir -p {q(posixpath.dirname(lay.data_path))}",
-        f"{q(python)} {q(lay.code_dir + '/merge_datasets.py')} --output-prefix {q(lay.data_path)} {shards}",
-        # a unique temporary name: two runs merging the same dataset at once never share a file
-        f"tmp=$(mktemp {q(summary)}.tmp.XXXXXX)",
-        f'{validate} > "$tmp"',
-        f'mv "$tmp" {q(summary)}',
-        f"cat {q(summary)}",
-    ]
+    values = {
+        "PYTHON": q(profile.cluster.python),
+        "VALIDATE_SCRIPT": q(lay.code_dir + "/validate_dataset.py"),
+        "MERGE_SCRIPT": q(lay.code_dir + "/merge_datasets.py"),
+        "DATA_PATH": q(lay.data_path),
+        "DATA_DIR": q(posixpath.dirname(lay.data_path)),
+        "MANIFEST": q(tokenize_manifest),
+        "SUMMARY": q(summary),
+        "TOKENIZER": q(lay.tokenizer_fsx),
+        "TOKENIZER_SHA256": q(profile.tokenizer_sha256 or ""),
+    }
     job_name = f"nxf-merge-{run_name}"[:128]
     return {
         "job_name": job_name,
         "remote_dir": lay.jobs_dir,
-        "script": "\n".join(lines) + "\n",
+        "script": render_template(MERGE_TEMPLATE, values),
         "files": {},
         "array": None,
         "output": None,

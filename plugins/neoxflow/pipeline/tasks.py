@@ -458,10 +458,12 @@ def read_data_summary(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_listing(plan: dict[str, Any]) -> dict[str, Any]:
+    from neoxflow.neox.checkpoint_listing import listing_script_path, read_listing
+
     lay = plan["layout"]
-    cmd = f"{q(plan_python(plan))} {q(lay['code_dir'] + '/ckpt_listing.py')} {q(lay['checkpoint_dir'])}"
-    _, out, _ = _hook().run(cmd)
-    return json.loads(out)
+    return read_listing(
+        _hook(), plan_python(plan), listing_script_path(lay["code_dir"]), lay["checkpoint_dir"]
+    )
 
 
 def expectation(plan: dict[str, Any]):

@@ -19,14 +19,14 @@ from airflow.sdk.exceptions import AirflowException
 
 from neoxflow.hooks.slurm import SlurmSSHHook
 from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
-from neoxflow.triggers.checkpoint import (
-    CheckpointTrigger,
+from neoxflow.neox.checkpoint_listing import (
     checkpoint_to_dict,
     expectation_from_dict,
     listing_command,
     new_complete_checkpoints,
-    parse_listing,
+    read_listing,
 )
+from neoxflow.triggers.checkpoint import CheckpointTrigger
 
 __all__ = ["CheckpointSensor", "CheckpointStalled"]
 
@@ -104,12 +104,8 @@ class CheckpointSensor(BaseSensorOperator):
     def poke(self, context: Context) -> Any:
         after = self._after()
         floor = 0 if after is None else after + 1
-        status, out, err = self.hook.run(
-            listing_command(self.listing_python, self.listing_script, self.save_dir, floor), check=False
-        )
-        found = new_complete_checkpoints(
-            parse_listing(status, out, err), expectation_from_dict(self.expectation), after
-        )
+        listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir, floor)
+        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), after)
         if found:
             self._found = checkpoint_to_dict(found[-1])
             return True

@@ -12,14 +12,22 @@ import re
 from collections.abc import Mapping
 
 __all__ = [
+    "HELPER_JOB_SBATCH",
+    "PARTITION",
     "UnsafeValueError",
+    "check_absolute_path",
+    "check_container",
     "check_env",
+    "check_int_in",
     "check_job_id",
     "check_job_name",
+    "check_job_sbatch",
+    "check_nodelist",
     "check_partition",
+    "check_python",
     "check_remote_path",
     "check_sbatch_option",
-    "check_nodelist",
+    "is_s3_bucket_name",
 ]
 
 
@@ -33,7 +41,9 @@ class UnsafeValueError(ValueError):
 
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
-_PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: A Slurm partition (or account) name: also the shape the training launch accepts for both.
+PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # Absolute or relative POSIX path made of ordinary file-name characters. No "..": a run folder name
 # from the trigger form must not climb out of the FSx root it is placed under.
 _PATH = re.compile(r"[A-Za-z0-9_./%+=,@-]{1,1024}")
@@ -50,7 +60,7 @@ _SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
     "gpus-per-node": re.compile(r"([A-Za-z0-9_-]{1,32}:)?[0-9]{1,3}"),
     "mem": re.compile(r"[0-9]{1,9}[KMGT]?"),
     "time": re.compile(r"([0-9]{1,4}-)?[0-9]{1,4}(:[0-9]{2}){0,2}"),
-    "partition": _PARTITION,
+    "partition": PARTITION,
     "account": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
     "qos": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
     "reservation": re.compile(r"[A-Za-z0-9_.-]{1,64}"),
@@ -65,6 +75,12 @@ _SBATCH_OPTIONS: dict[str, re.Pattern[str] | None] = {
     "no-requeue": None,
     "hold": None,
 }
+#: The sbatch options a profile may set on a helper job (data arrays, export): where it runs, for how long,
+#: with how much memory; never its shape (nodes, tasks, CPUs: its template and spec decide those).
+HELPER_JOB_SBATCH = ("partition", "time", "mem", "account", "qos", "reservation", "constraint", "exclude")
+_IMAGE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_./:#@+-]{0,511}")  # registry ref or a .sqsh path
+_MOUNTS = re.compile(r"/[A-Za-z0-9_./:,+-]{0,1023}")
+_PYTHON = re.compile(r"[A-Za-z0-9_./+-]{1,512}")
 
 
 def _check(field: str, value: object, pattern: re.Pattern[str], what: str) -> str:
@@ -80,7 +96,7 @@ def check_job_name(value: object, field: str = "job_name") -> str:
 
 
 def check_partition(value: object, field: str = "partition") -> str:
-    return _check(field, value, _PARTITION, "a Slurm partition name (A-Z a-z 0-9 _ . -)")
+    return _check(field, value, PARTITION, "a Slurm partition name (A-Z a-z 0-9 _ . -)")
 
 
 def check_job_id(value: object, field: str = "job_id") -> str:
@@ -91,6 +107,12 @@ def check_job_id(value: object, field: str = "job_id") -> str:
 
 def check_nodelist(value: object, field: str = "nodelist") -> str:
     return _check(field, value, _NODELIST, "a Slurm node list such as node[1-2],gpu7")
+
+
+def is_s3_bucket_name(value: object) -> bool:
+    """An S3 bucket name (3-63 of a-z 0-9 . -, no ``..``): the one rule for the data steps' buckets and
+    the export's; each caller raises its own error, naming its own field."""
+    return isinstance(value, str) and bool(_S3_BUCKET.fullmatch(value)) and ".." not in value
 
 
 def check_remote_path(value: object, field: str = "path") -> str:
@@ -137,3 +159,49 @@ def check_env(env: Mapping[str, object], field: str = "env") -> dict[str, str]:
             raise UnsafeValueError(f"{field}[{name}]", value[:40], "is longer than 4096 characters")
         checked[name] = text
     return checked
+
+
+def check_absolute_path(value: object, field: str) -> str:
+    """A remote absolute path with no ``%``: Slurm expands ``%`` in ``--output``, so a folder holding
+    one would put the logs somewhere else."""
+    path = check_remote_path(value, field)
+    if not path.startswith("/"):
+        raise UnsafeValueError(field, value, "must be an absolute path")
+    if "%" in path:
+        raise UnsafeValueError(field, value, "must not contain '%' (Slurm expands it in --output)")
+    return path
+
+
+def check_int_in(value: object, field: str, low: int, high: int) -> int:
+    """An int (not a bool) in ``low..high``: it reaches a script as digits only."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UnsafeValueError(field, value, f"must be an integer in {low}..{high}")
+    return value
+
+
+def check_python(value: object, field: str = "python") -> str:
+    """The interpreter a helper job runs: a path or bare name, never something read as an option."""
+    if not isinstance(value, str) or not _PYTHON.fullmatch(value) or value.startswith("-"):
+        raise UnsafeValueError(field, value, "must be an interpreter path or name (A-Z a-z 0-9 _ . / + -)")
+    return value
+
+
+def check_container(image: object, container_mounts: object) -> None:
+    """A helper job's pyxis image (registry reference or .sqsh path) and mounts (``/fsx:/fsx[,...]``);
+    mounts without an image would be silently ignored, so they are refused."""
+    if image is not None and (not isinstance(image, str) or not _IMAGE.fullmatch(image)):
+        raise UnsafeValueError("image", image, "must be an image reference or .sqsh path")
+    if container_mounts is not None:
+        if image is None:
+            raise UnsafeValueError("container_mounts", container_mounts, "needs an image")
+        if not isinstance(container_mounts, str) or not _MOUNTS.fullmatch(container_mounts):
+            raise UnsafeValueError("container_mounts", container_mounts, "must look like /fsx:/fsx[,...]")
+
+
+def check_job_sbatch(options: Mapping[str, object], allowed: tuple[str, ...], job: str) -> None:
+    """A helper job's extra sbatch options: each one of ``allowed`` (``job`` names who asks, for the
+    message) and with a value of its option's shape."""
+    for key, value in options.items():
+        if key not in allowed:
+            raise UnsafeValueError("sbatch", key, f"is not one of the options {job} may set {allowed}")
+        check_sbatch_option(key, value)

@@ -3,17 +3,16 @@
 One asyncssh connection per trigger; each poll is ONE remote command, ``python3 ckpt_listing.py SAVE
 --min-iteration K`` (include/cluster/ckpt_listing.py, shipped to the cluster), whose JSON listing is
 judged here by the completeness rule of :mod:`neoxflow.neox.checkpoints`: a folder that a killed save
-left half written is never reported. The listing helpers below are shared with the training watch
+left half written is never reported. The command and the reading of its answer are
+:mod:`neoxflow.neox.checkpoint_listing`'s, shared with every other caller; :func:`fetch_listing`, their
+asynchronous use on a trigger's connection, is shared with the training watch
 (:mod:`neoxflow.triggers.training`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import random
-import shlex
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -21,86 +20,19 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
-from neoxflow.neox.checkpoints import Checkpoint, Expectation, complete_checkpoints, partial_checkpoints
-from neoxflow.slurm.validate import UnsafeValueError, check_remote_path
+from neoxflow.neox.checkpoint_listing import (
+    checkpoint_to_dict,
+    expectation_from_dict,
+    listing_command,
+    new_complete_checkpoints,
+    parse_listing,
+)
+from neoxflow.neox.checkpoints import partial_checkpoints
 
-__all__ = [
-    "CheckpointTrigger",
-    "ListingError",
-    "checkpoint_to_dict",
-    "expectation_from_dict",
-    "expectation_to_dict",
-    "listing_command",
-    "new_complete_checkpoints",
-    "parse_listing",
-]
+__all__ = ["CheckpointTrigger", "fetch_listing"]
 
 
-class ListingError(RuntimeError):
-    """ckpt_listing.py failed or printed something that is not its JSON listing."""
-
-
-# --------------------------------------------------------------------------------------------- pure parts
-def listing_command(python: str, script: str, save_dir: str, min_iteration: int = 0) -> str:
-    """The remote command line that prints the JSON listing of ``save_dir`` (validated, quoted)."""
-    if isinstance(min_iteration, bool) or not isinstance(min_iteration, int) or min_iteration < 0:
-        raise UnsafeValueError("min_iteration", min_iteration, "must be an integer >= 0")
-    args = [
-        check_remote_path(python, "listing_python"),
-        check_remote_path(script, "listing_script"),
-        check_remote_path(save_dir, "save_dir"),
-        f"--min-iteration={min_iteration}",
-    ]
-    for name, value in zip(("listing_python", "listing_script", "save_dir"), args, strict=False):
-        if value.startswith("-"):
-            raise UnsafeValueError(name, value, "must not start with '-'")
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def parse_listing(status: int, stdout: bytes, stderr: bytes = b"") -> dict:
-    """The listing dict from the command's answer; `ListingError` naming what went wrong otherwise."""
-    text = stdout.decode("utf-8", "replace").strip()
-    if status != 0:
-        err = stderr.decode("utf-8", "replace").strip()[-500:]
-        raise ListingError(f"ckpt_listing.py exited {status}: {err or text[-500:] or 'no output'}")
-    try:
-        listing = json.loads(text.splitlines()[-1] if text else "")
-    except (json.JSONDecodeError, IndexError) as err:
-        raise ListingError(f"ckpt_listing.py printed no JSON listing ({err}): {text[:300]!r}") from err
-    if not isinstance(listing, dict):
-        raise ListingError(f"ckpt_listing.py printed {type(listing).__name__}, not a JSON object")
-    return listing
-
-
-def expectation_to_dict(expect: Expectation) -> dict[str, Any]:
-    return dataclasses.asdict(expect)
-
-
-def expectation_from_dict(data: Mapping[str, Any] | None) -> Expectation:
-    """An `Expectation` from its dict (None = the stand-in trainer's layout); unknown keys are named."""
-    if data is None:
-        return Expectation.standin()
-    if isinstance(data, Expectation):
-        return data
-    known = {f.name for f in dataclasses.fields(Expectation)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"expectation: unknown key(s) {unknown}; known: {sorted(known)}")
-    return Expectation(**dict(data))
-
-
-def checkpoint_to_dict(ckpt: Checkpoint) -> dict[str, Any]:
-    return {"iteration": ckpt.iteration, "tag": ckpt.tag, "path": ckpt.path, "size_bytes": ckpt.size_bytes}
-
-
-def new_complete_checkpoints(
-    listing: Mapping, expect: Expectation, after_iteration: int | None
-) -> list[Checkpoint]:
-    """Complete checkpoints newer than ``after_iteration`` (None = all), oldest first."""
-    floor = -1 if after_iteration is None else after_iteration
-    return [c for c in complete_checkpoints(listing, expect) if c.iteration > floor]
-
-
+# ---------------------------------------------------------------------------------------- listing, async
 async def fetch_listing(
     hook: AsyncSlurmSSHHook, python: str, script: str, save_dir: str, min_iteration: int = 0
 ) -> dict:

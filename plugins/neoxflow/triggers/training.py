@@ -44,18 +44,18 @@ from typing import Any
 from airflow.triggers.base import TriggerEvent
 
 from neoxflow.hooks.slurm import is_host_key_error
+from neoxflow.neox.checkpoint_listing import (
+    checkpoint_to_dict,
+    expectation_from_dict,
+    new_complete_checkpoints,
+)
 from neoxflow.neox.logparse import CheckpointCommitted, Event, LogFollower, LogState, TrainStep
 from neoxflow.neox.progress import stall_reason, summary_line
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.logstream import LogStream
 from neoxflow.slurm.states import Outcome
-from neoxflow.triggers.checkpoint import (
-    checkpoint_to_dict,
-    expectation_from_dict,
-    fetch_listing,
-    new_complete_checkpoints,
-)
+from neoxflow.triggers.checkpoint import fetch_listing
 from neoxflow.triggers.event_state import event_status, offload_event
 from neoxflow.triggers.slurm_job import SlurmJobTrigger
 from neoxflow.triggers.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
