@@ -40,6 +40,7 @@ __all__ = [
     "event_from_dict",
     "event_to_dict",
     "parse_line",
+    "parse_lines",
     "parse_text",
     "training_verdict",
 ]
@@ -307,9 +308,14 @@ def parse_line(line: str) -> Event | None:
     return None
 
 
+def parse_lines(lines: Iterable[str]) -> list[Event]:
+    """The events of these lines, in order (the lines a poll read, split once by the log stream)."""
+    return [ev for ev in map(parse_line, lines) if ev is not None]
+
+
 def parse_text(text: str) -> list[Event]:
     """All events of a whole log text (a finished job's log, a fixture)."""
-    return [ev for ev in map(parse_line, text.splitlines()) if ev is not None]
+    return parse_lines(text.splitlines())
 
 
 # ------------------------------------------------------------------------------------------ run state

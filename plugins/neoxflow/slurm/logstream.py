@@ -27,6 +27,7 @@ MAX_BYTES = 64 * 1024  # bytes logged per poll, at most
 MAX_LINE_CHARS = 2000  # a longer line (a config dump) is cut to this with a note
 KEEP_NEWEST = 10  # of a chunk that does not fit, the newest lines are logged all the same
 TAIL_LINES = 40  # lines kept for a failure message
+MAX_LINE_BYTES = 1 << 20  # a longer line is dropped, not buffered (config dumps are long, not that long)
 
 
 def skipped_marker(lines: int, size: int, path: str | None) -> str:
@@ -70,23 +71,49 @@ def bounded_lines(
 
 @dataclass
 class LogStream:
-    """Chunks of a job's output -> complete lines to log (bounded) and a tail for failure messages."""
+    """Chunks of a job's output -> complete lines to log (bounded) and a tail for failure messages.
+
+    The one place a job's output is cut into lines (the training watch parses the same lines, it does
+    not split the chunk again). A chunk may end inside a line or inside a multi-byte UTF-8 character:
+    lines are split on bytes and decoded whole (invalid bytes become U+FFFD), the unfinished last line
+    waits for the next chunk. ``offset`` is the byte just past the last complete line, where a fresh
+    stream starts after a re-deferral or a triggerer restart so nothing is lost or read twice (the next
+    read starts at ``offset + pending``). A runaway line longer than ``max_line_bytes`` is dropped.
+    """
 
     path: str | None = None
     max_lines: int = MAX_LINES
     max_bytes: int = MAX_BYTES
+    offset: int = 0
+    max_line_bytes: int = MAX_LINE_BYTES
     partial: bytes = b""
+    discarding: bool = False  # inside a runaway line: drop bytes until its newline
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet a line (the unfinished last line)."""
+        return len(self.partial)
 
     def feed(self, chunk: bytes) -> list[str]:
         """Every line this chunk completes (the unfinished last line waits for the next chunk)."""
-        *complete, self.partial = (self.partial + chunk).split(b"\n")
+        *complete, rest = (self.partial + chunk).split(b"\n")
+        self.offset += sum(len(raw) + 1 for raw in complete)
+        if self.discarding and complete:
+            complete, self.discarding = complete[1:], False
+        if len(rest) > self.max_line_bytes:
+            self.offset += len(rest)
+            rest, self.discarding = b"", True
+        self.partial = rest
         return self._take(raw.decode("utf-8", "replace") for raw in complete)
 
     def flush(self) -> list[str]:
         """At the job's end: the unfinished last line too."""
         rest, self.partial = self.partial, b""
-        return self._take([rest.decode("utf-8", "replace")] if rest else [])
+        self.offset += len(rest)
+        keep = rest and not self.discarding
+        self.discarding = False
+        return self._take([rest.decode("utf-8", "replace")] if keep else [])
 
     def to_log(self, lines: Sequence[str]) -> list[str]:
         """What of one poll's lines goes to the task log (see :func:`bounded_lines`)."""

@@ -1,14 +1,20 @@
 """Follow a Slurm job to a final state from the triggerer, without holding a worker slot.
 
-One asyncssh connection per trigger, reused for every poll; each poll is ONE remote command that asks
-squeue, scontrol and sacct and reads the next chunk of the job's output by byte offset (streamed into the
-task log). A failed poll is not a verdict: connection errors reconnect with jittered backoff, and an
-answer nobody can give ("unknown") is asked again until ``unknown_timeout``.
+The loop, the retry of failed polls and the unknown timer are the base class's
+(:class:`~neoxflow.triggers.base.PollingTrigger`); this class supplies the Slurm probe and the verdict.
+Each poll is ONE remote command that asks squeue, scontrol and sacct and reads the next chunk of the
+job's output by byte offset (streamed into the task log, :mod:`neoxflow.slurm.logstream`), on one
+asyncssh connection reused for every poll. An answer nobody can give ("unknown") is asked again until
+``unknown_timeout``.
 
 A controller outage (squeue and scontrol both fail) is not an answer either: the trigger keeps waiting,
 however long, and once it has lasted ``unknown_timeout`` it yields one ``controller_silent`` event so
 that the operator alerts a human and re-defers (``silent_alerted``); only an observed final state
 decides the job. "lost" stays for a controller that answers but knows the job nowhere for that long.
+
+The training watch (:mod:`neoxflow.triggers.training`) extends this class: it overrides what it does
+with the log's lines (``_on_lines``), the shape of its events (``_job_event``), the final event and what
+happens while the job lives (``_while_alive``).
 
 ``on_kill`` cancels only a job this task instance's try still owns (see :mod:`neoxflow.slurm.ownership`).
 """
@@ -17,19 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook
 from neoxflow.slurm.commands import ProbeRequest
 from neoxflow.slurm.logstream import TAIL_LINES, LogStream
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.base import AGAIN, PollingTrigger
 from neoxflow.triggers.event_state import event_status
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -37,7 +40,7 @@ logging.getLogger("asyncssh").setLevel(logging.WARNING)
 __all__ = ["TAIL_LINES", "SlurmJobTrigger"]
 
 
-class SlurmJobTrigger(BaseTrigger):
+class SlurmJobTrigger(PollingTrigger):
     """Yield one event when the job is final (``status: final``), held (``held``), lost (``lost``) or
     the cluster is unreachable for longer than ``unreachable_timeout`` (``error``).
 
@@ -52,6 +55,23 @@ class SlurmJobTrigger(BaseTrigger):
         release): cancel as before.
     :param silent_alerted: the ``controller_silent`` event was already sent for this job (no second one).
     """
+
+    SERIALIZED = (
+        "ssh_conn_id",
+        "job_id",
+        "start_day",
+        "expected_tasks",
+        "log_path",
+        "log_offset",
+        "poll_interval",
+        "unknown_timeout",
+        "unreachable_timeout",
+        "cancel_on_kill",
+        "use_sacct",
+        "owner_token",
+        "owner_path",
+        "silent_alerted",
+    )
 
     def __init__(
         self,
@@ -87,27 +107,6 @@ class SlurmJobTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.use_sacct = use_sacct
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ssh_conn_id": self.ssh_conn_id,
-                "job_id": self.job_id,
-                "start_day": self.start_day,
-                "expected_tasks": self.expected_tasks,
-                "log_path": self.log_path,
-                "log_offset": self.log_offset,
-                "poll_interval": self.poll_interval,
-                "unknown_timeout": self.unknown_timeout,
-                "unreachable_timeout": self.unreachable_timeout,
-                "cancel_on_kill": self.cancel_on_kill,
-                "use_sacct": self.use_sacct,
-                "owner_token": self.owner_token,
-                "owner_path": self.owner_path,
-                "silent_alerted": self.silent_alerted,
-            },
-        )
-
     def _silence(self, status: JobStatus, silent_since: float | None) -> tuple[float | None, str | None]:
         """Track a controller outage; the ``controller_silent`` message once it has lasted
         ``unknown_timeout`` (and was not reported yet), else None. Never a verdict on the job."""
@@ -132,123 +131,86 @@ class SlurmJobTrigger(BaseTrigger):
     def _hook(self) -> AsyncSlurmSSHHook:
         return AsyncSlurmSSHHook(self.ssh_conn_id)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
-        offset = self.log_offset
-        stream = LogStream(self.log_path)
-        unknown_since: float | None = None
-        silent_since: float | None = None
-        unreachable_since: float | None = None
-        failures = 0
-        polls = 0
-        finished: dict[str, TaskState] = {}  # array tasks seen final: they leave squeue after MinJobAge
-        try:
-            while True:
-                request = ProbeRequest(
-                    self.job_id,
-                    self.start_day,
-                    log_path=self.log_path,
-                    log_offset=offset,
-                    use_sacct=self.use_sacct,
+    def _subject(self) -> str:
+        return f"job {self.job_id}"
+
+    def _begin(self) -> None:
+        self._stream = LogStream(self.log_path, offset=self.log_offset)
+        self._finished: dict[str, TaskState] = {}  # array tasks seen final: they leave squeue (MinJobAge)
+        self._silent_since: float | None = None
+        self._polls = 0
+        self._more_log = False
+
+    async def _probe(self, hook: AsyncSlurmSSHHook) -> tuple[JobStatus, bytes]:
+        request = ProbeRequest(
+            self.job_id,
+            self.start_day,
+            log_path=self.log_path,
+            log_offset=self._stream.offset + self._stream.pending,
+            use_sacct=self.use_sacct,
+        )
+        status, chunk = await hook.probe(request, self.expected_tasks, self._finished)
+        self._more_log = len(chunk) >= request.max_log_bytes
+        return status, chunk
+
+    async def _judge(self, hook: AsyncSlurmSSHHook, answer: tuple[JobStatus, bytes]) -> Any:
+        status, chunk = answer
+        self._polls += 1
+        self._finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
+        if chunk:
+            self._on_lines(self._stream.feed(chunk))
+        if status.final:
+            if self._more_log:
+                return AGAIN  # more output to read before the verdict
+            self._on_lines(self._stream.flush())
+            return await self._final_event(hook, status)
+        if status.outcome is Outcome.HELD:
+            return self._job_event("held", status, tail=list(self._stream.tail))
+        self._silent_since, silent = self._silence(status, self._silent_since)
+        if silent:
+            return self._job_event("controller_silent", status, message=silent)
+        unknown = self._unknown_for(status.outcome is Outcome.UNKNOWN and not status.controller_silent)
+        if unknown is not None:
+            waited = unknown[1]
+            self.log.info(
+                "Job %s state unknown for %.0fs (%s); asking again", self.job_id, waited, status.note
+            )
+            if waited > self.unknown_timeout:
+                return self._job_event(
+                    "lost",
+                    status,
+                    tail=list(self._stream.tail),
+                    message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})",
                 )
-                try:
-                    status, chunk = await hook.probe(request, self.expected_tasks, finished)
-                    finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
-                    polls += 1
-                    failures, unreachable_since = 0, None
-                except Exception as err:
-                    if is_host_key_error(err):
-                        yield TriggerEvent(self._event("error", message=f"SSH host key rejected: {err}"))
-                        return
-                    failures += 1
-                    unreachable_since = unreachable_since or time.monotonic()
-                    if time.monotonic() - unreachable_since > self.unreachable_timeout:
-                        yield TriggerEvent(
-                            self._event(
-                                "error",
-                                message=f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}",
-                                log_offset=offset,
-                            )
-                        )
-                        return
-                    wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
-                    self.log.warning(
-                        "Poll of job %s failed (%s: %s); retrying in %.1fs",
-                        self.job_id,
-                        type(err).__name__,
-                        err,
-                        wait,
-                    )
-                    await asyncio.sleep(wait)
-                    continue
+        return await self._while_alive(hook, status)
 
-                if chunk:
-                    offset += len(chunk)
-                    self._log_lines(stream.to_log(stream.feed(chunk)))
-                if status.final:
-                    if len(chunk) >= request.max_log_bytes:
-                        continue  # more output to read before the verdict
-                    self._log_lines(stream.to_log(stream.flush()))
-                    yield TriggerEvent(
-                        self._event(
-                            "final",
-                            status=event_status(status),
-                            log_offset=offset,
-                            tail=list(stream.tail),
-                            polls=polls,
-                            connections=hook.connections_opened,
-                        )
-                    )
-                    return
-                if status.outcome is Outcome.HELD:
-                    yield TriggerEvent(
-                        self._event(
-                            "held", status=event_status(status), log_offset=offset, tail=list(stream.tail)
-                        )
-                    )
-                    return
-                silent_since, silent = self._silence(status, silent_since)
-                if silent:
-                    yield TriggerEvent(
-                        self._event(
-                            "controller_silent",
-                            status=event_status(status),
-                            log_offset=offset,
-                            message=silent,
-                        )
-                    )
-                    return
-                if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
-                    unknown_since = unknown_since or time.monotonic()
-                    waited = time.monotonic() - unknown_since
-                    self.log.info(
-                        "Job %s state unknown for %.0fs (%s); asking again", self.job_id, waited, status.note
-                    )
-                    if waited > self.unknown_timeout:
-                        yield TriggerEvent(
-                            self._event(
-                                "lost",
-                                status=event_status(status),
-                                log_offset=offset,
-                                tail=list(stream.tail),
-                                message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s "
-                                f"({status.note})",
-                            )
-                        )
-                        return
-                else:
-                    unknown_since = None
-                await asyncio.sleep(self.poll_interval)
-        finally:
-            await hook.close()
-
-    def _log_lines(self, lines: list[str]) -> None:
-        """The job's output lines of one poll (already bounded by the stream) into the task log."""
-        for line in lines:
+    # -- what the training watch overrides -------------------------------------------------------------
+    def _on_lines(self, lines: list[str]) -> None:
+        """The job's output lines of one poll into the task log, bounded per poll by the stream."""
+        for line in self._stream.to_log(lines):
             self.log.info("[slurm %s] %s", self.job_id, line)
 
-    def _event(self, kind: str, **payload: Any) -> dict[str, Any]:
-        return {"event": kind, "job_id": self.job_id, **payload}
+    async def _final_event(self, hook: AsyncSlurmSSHHook, status: JobStatus) -> dict[str, Any]:
+        return self._job_event(
+            "final",
+            status,
+            tail=list(self._stream.tail),
+            polls=self._polls,
+            connections=hook.connections_opened,
+        )
+
+    async def _while_alive(self, hook: AsyncSlurmSSHHook, status: JobStatus) -> Any:
+        """The verdict while the job is neither final nor held nor lost: none, wait for the next poll."""
+        return None
+
+    def _job_event(self, kind: str, status: JobStatus | None = None, **payload: Any) -> dict[str, Any]:
+        """An event about the job: its id, the log offset streamed so far, its (cut) Slurm status."""
+        if status is not None:
+            payload["status"] = event_status(status)
+        return {"event": kind, "job_id": self.job_id, "log_offset": self._stream.offset, **payload}
+
+    def _error_event(self, message: str) -> dict[str, Any]:
+        return self._job_event("error", message=message)
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task (mark failed, mark success or clear; Airflow 3.3.2 does not
