@@ -40,7 +40,7 @@ from neoxflow.neox.checkpoints import (  # noqa: E402
     scan_local,
 )
 from neoxflow.neox.config import Profile, parse_profile  # noqa: E402
-from neoxflow.neox.logparse import LogFollower  # noqa: E402
+from neoxflow.neox.logstate import LogFollower  # noqa: E402
 
 SHIM_DIR = REPO / "gpu_check" / "slurm_shim"
 #: The folder (dataset id) the staged data goes into, as the data DAG names a dataset by its content.

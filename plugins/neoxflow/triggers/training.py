@@ -43,6 +43,7 @@ from airflow.triggers.base import TriggerEvent
 
 from neoxflow.neox.logparse import CheckpointCommitted, Event, TrainStep, parse_lines
 from neoxflow.neox.progress import stall_reason, summary_line
+from neoxflow.neox.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
 from neoxflow.slurm.parse import JobStatus
 from neoxflow.slurm.states import Outcome
@@ -55,7 +56,6 @@ from neoxflow.triggers.checkpoint import (
 )
 from neoxflow.triggers.event_state import offload_event
 from neoxflow.triggers.slurm_job import SlurmJobTrigger
-from neoxflow.triggers.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
 
 __all__ = [
     "MAX_ERRORS",
