@@ -149,4 +149,10 @@ def test_a_trigger_row_of_the_previous_release_still_deserialises(classpath):
     module, name = classpath.rsplit(".", 1)
     trigger = getattr(importlib.import_module(module), name)(**OLD_ROWS[classpath])
     assert isinstance(trigger, PollingTrigger)
-    assert trigger.serialize() == (classpath, OLD_ROWS[classpath])
+    path, kwargs = trigger.serialize()
+    assert path == classpath and {k: kwargs[k] for k in OLD_ROWS[classpath]} == OLD_ROWS[classpath]
+    added = {k: v for k, v in kwargs.items() if k not in OLD_ROWS[classpath]}
+    assert added == NEW_KWARGS.get(classpath, {})  # arguments added since: at their defaults
+
+
+NEW_KWARGS = {"neoxflow.triggers.slurm_job.SlurmJobTrigger": {"array_log": None, "task_offsets": None}}

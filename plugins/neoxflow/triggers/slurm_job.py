@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from neoxflow.hooks.slurm import AsyncSlurmSSHHook
-from neoxflow.slurm.commands import ProbeRequest
-from neoxflow.slurm.logstream import TAIL_LINES, LogStream
+from neoxflow.slurm.commands import ProbeRequest, TaskLogsRequest, split_task_logs
+from neoxflow.slurm.logstream import TAIL_LINES, ArrayLogStream, LogStream
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
@@ -37,7 +38,31 @@ from neoxflow.triggers.event_state import event_status
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-__all__ = ["TAIL_LINES", "SlurmJobTrigger"]
+__all__ = ["JOB_ARGUMENTS", "TAIL_LINES", "SlurmJobTrigger"]
+
+
+#: the arguments of any Slurm job watch (the training watch's too), serialised with the trigger
+JOB_ARGUMENTS = (
+    "ssh_conn_id",
+    "job_id",
+    "start_day",
+    "expected_tasks",
+    "log_path",
+    "log_offset",
+    "poll_interval",
+    "unknown_timeout",
+    "unreachable_timeout",
+    "cancel_on_kill",
+    "use_sacct",
+    "owner_token",
+    "owner_path",
+    "silent_alerted",
+)
+
+
+def _task_index(job_id: str) -> int:
+    """``123_7`` -> 7 (an array task's index)."""
+    return int(job_id.rsplit("_", 1)[1])
 
 
 class SlurmJobTrigger(PollingTrigger):
@@ -54,24 +79,14 @@ class SlurmJobTrigger(PollingTrigger):
         cancels only while the file still names this try. Both None (a trigger serialised by an older
         release): cancel as before.
     :param silent_alerted: the ``controller_silent`` event was already sent for this job (no second one).
+    :param array_log: an array's per-task output file, ``%a`` for the task index
+        (:func:`~neoxflow.slurm.logstream.array_log_pattern`): every task's output is streamed into the
+        task log, ``[task N]`` in front, one bound per poll for all of them.
+    :param task_offsets: where each task's file is read on from (task index -> byte offset), from the
+        event of an earlier deferral (``task_offsets``).
     """
 
-    SERIALIZED = (
-        "ssh_conn_id",
-        "job_id",
-        "start_day",
-        "expected_tasks",
-        "log_path",
-        "log_offset",
-        "poll_interval",
-        "unknown_timeout",
-        "unreachable_timeout",
-        "cancel_on_kill",
-        "use_sacct",
-        "owner_token",
-        "owner_path",
-        "silent_alerted",
-    )
+    SERIALIZED = (*JOB_ARGUMENTS, "array_log", "task_offsets")
 
     def __init__(
         self,
@@ -90,8 +105,12 @@ class SlurmJobTrigger(PollingTrigger):
         owner_token: str | None = None,
         owner_path: str | None = None,
         silent_alerted: bool = False,
+        array_log: str | None = None,
+        task_offsets: Mapping[str, int] | None = None,
     ):
         super().__init__()
+        self.array_log = array_log
+        self.task_offsets = dict(task_offsets) if task_offsets else None
         self.owner_token = owner_token
         self.owner_path = owner_path
         self.silent_alerted = silent_alerted
@@ -140,32 +159,53 @@ class SlurmJobTrigger(PollingTrigger):
         self._silent_since: float | None = None
         self._polls = 0
         self._more_log = False
+        self._tasks: ArrayLogStream | None = None
+        self._task_request: TaskLogsRequest | None = None
+        if self.array_log and self.expected_tasks:
+            indices = [int(t.rsplit("_", 1)[1]) for t in self.expected_tasks if "_" in t]
+            self._tasks = ArrayLogStream(self.array_log, indices, self.task_offsets)
+        self._output: LogStream | ArrayLogStream = self._tasks or self._stream
 
-    async def _probe(self, hook: AsyncSlurmSSHHook) -> tuple[JobStatus, bytes]:
+    async def _probe(self, hook: AsyncSlurmSSHHook) -> tuple[JobStatus, bytes | dict[int, bytes]]:
+        """Slurm's answer and the output read since the last poll: the job's file's next bytes, or an
+        array's bytes by task index."""
+        self._task_request = None
+        if self._tasks is not None and (reads := self._tasks.reads()):
+            self._task_request = TaskLogsRequest(self._tasks.prefix, self._tasks.suffix, reads)
         request = ProbeRequest(
             self.job_id,
             self.start_day,
             log_path=self.log_path,
             log_offset=self._stream.offset + self._stream.pending,
             use_sacct=self.use_sacct,
+            task_logs=self._task_request,
         )
+        final_before = {_task_index(job) for job in self._finished if "_" in job}
         status, chunk = await hook.probe(request, self.expected_tasks, self._finished)
         self._more_log = len(chunk) >= request.max_log_bytes
+        if self._task_request is not None:
+            chunks = split_task_logs(chunk, self._task_request.nonce)
+            self._more_log = sum(map(len, chunks.values())) >= self._task_request.max_bytes
+            if not self._more_log:  # every file was read to its end: a task final before is done
+                self._tasks.drained.update(final_before)
+            return status, chunks
         return status, chunk
 
-    async def _judge(self, hook: AsyncSlurmSSHHook, answer: tuple[JobStatus, bytes]) -> Any:
+    async def _judge(self, hook: AsyncSlurmSSHHook, answer: tuple[JobStatus, Any]) -> Any:
         status, chunk = answer
         self._polls += 1
         self._finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
-        if chunk:
+        if isinstance(chunk, dict):
+            self._on_lines(self._tasks.feed(chunk))
+        elif chunk:
             self._on_lines(self._stream.feed(chunk))
         if status.final:
             if self._more_log:
                 return AGAIN  # more output to read before the verdict
-            self._on_lines(self._stream.flush())
+            self._on_lines(self._output.flush())
             return await self._final_event(hook, status)
         if status.outcome is Outcome.HELD:
-            return self._job_event("held", status, tail=list(self._stream.tail))
+            return self._job_event("held", status, tail=list(self._output.tail))
         self._silent_since, silent = self._silence(status, self._silent_since)
         if silent:
             return self._job_event("controller_silent", status, message=silent)
@@ -179,7 +219,7 @@ class SlurmJobTrigger(PollingTrigger):
                 return self._job_event(
                     "lost",
                     status,
-                    tail=list(self._stream.tail),
+                    tail=list(self._output.tail),
                     message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})",
                 )
         return await self._while_alive(hook, status)
@@ -187,14 +227,14 @@ class SlurmJobTrigger(PollingTrigger):
     # -- what the training watch overrides -------------------------------------------------------------
     def _on_lines(self, lines: list[str]) -> None:
         """The job's output lines of one poll into the task log, bounded per poll by the stream."""
-        for line in self._stream.to_log(lines):
+        for line in self._output.to_log(lines):
             self.log.info("[slurm %s] %s", self.job_id, line)
 
     async def _final_event(self, hook: AsyncSlurmSSHHook, status: JobStatus) -> dict[str, Any]:
         return self._job_event(
             "final",
             status,
-            tail=list(self._stream.tail),
+            tail=list(self._output.tail),
             polls=self._polls,
             connections=hook.connections_opened,
         )
@@ -207,6 +247,8 @@ class SlurmJobTrigger(PollingTrigger):
         """An event about the job: its id, the log offset streamed so far, its (cut) Slurm status."""
         if status is not None:
             payload["status"] = event_status(status)
+        if self._tasks is not None:
+            payload["task_offsets"] = self._tasks.offsets
         return {"event": kind, "job_id": self.job_id, "log_offset": self._stream.offset, **payload}
 
     def _error_event(self, message: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from neoxflow.triggers.checkpoint import (
     new_complete_checkpoints,
 )
 from neoxflow.triggers.event_state import offload_event
-from neoxflow.triggers.slurm_job import SlurmJobTrigger
+from neoxflow.triggers.slurm_job import JOB_ARGUMENTS, SlurmJobTrigger
 
 __all__ = [
     "MAX_ERRORS",
@@ -127,7 +127,7 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
     """
 
     SERIALIZED = (
-        *SlurmJobTrigger.SERIALIZED,
+        *JOB_ARGUMENTS,
         *WATCH_SETTINGS,
         "watch",
         "carry",
