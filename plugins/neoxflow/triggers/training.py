@@ -1,9 +1,11 @@
 """Watch a GPT-NeoX training job from the triggerer: Slurm state, the NeoX log, and its checkpoints.
 
 Each poll is the Slurm layer's ONE probe command (squeue + scontrol + sacct + the next chunk of the log
-by byte offset), on one reused asyncssh connection. The chunk is parsed by `LogFollower` (NeoX's line
-format); its lines (bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX
-logging interval go to the task log. Every ``list_every`` polls, and at once when a
+by byte offset), on one reused asyncssh connection; the loop and the Slurm verdicts are
+:class:`SlurmJobTrigger`'s, this class adds only the NeoX part. The chunk is cut into lines once (the
+job watch's `LogStream`) and those lines are parsed (`neoxflow.neox.logparse.parse_lines`); the lines
+(bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX logging interval go
+to the task log. Every ``list_every`` polls, and at once when a
 ``Checkpoint global_stepN is ready now!`` line shows up, one more command lists the save folder
 (ckpt_listing.py) and the completeness rule decides which checkpoints are real.
 
