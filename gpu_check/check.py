@@ -46,12 +46,14 @@ import yaml  # noqa: E402
 from neoxflow.neox.checkpoints import Expectation, complete_checkpoints, resume_plan, scan_local  # noqa: E402
 from neoxflow.neox.config_files import config_hash, merge_config, render_config  # noqa: E402
 from neoxflow.neox.launch import launch_spec_for_run, render_batch_script  # noqa: E402
-from neoxflow.neox.logparse import LogState, clean_line, parse_text, training_verdict  # noqa: E402
+from neoxflow.neox.logparse import clean_line, parse_text  # noqa: E402
+from neoxflow.neox.logstate import LogState  # noqa: E402
 from neoxflow.neox.memory import estimate_memory  # noqa: E402
 from neoxflow.neox.progress import compute_progress, summary_line  # noqa: E402
 from neoxflow.neox.report import analyse_run  # noqa: E402
 from neoxflow.neox.run_config import build_run_config  # noqa: E402
 from neoxflow.neox.slices import SliceTimes, exited_at, plan_slice_for_config  # noqa: E402
+from neoxflow.neox.verdict import training_verdict  # noqa: E402
 
 #: A tiny Pythia-architecture model (the shape of tests/fixtures/neox-run/tiny-config.json) on the
 #: 14M size file: pipeline engine on (pipe_parallel_size 1, as Pythia) so the end-of-training crash

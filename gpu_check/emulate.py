@@ -39,7 +39,7 @@ from neoxflow.neox.checkpoints import (  # noqa: E402
     partial_checkpoints,
     scan_local,
 )
-from neoxflow.neox.logparse import LogFollower  # noqa: E402
+from neoxflow.neox.logstate import LogFollower  # noqa: E402
 from neoxflow.neox.profile import Profile  # noqa: E402
 from neoxflow.neox.profile_loader import parse_profile  # noqa: E402
 

@@ -135,3 +135,38 @@ def test_without_accounting_sacct_is_no_answer_not_a_verdict(cluster_env):
     answer = split_probe_output(out)
     assert answer.sacct is None and "accounting storage is disabled" in answer.errors["sacct"]
     assert status_from_probe(job, answer).outcome.value == "success"  # scontrol still knows it
+
+
+async def test_an_arrays_task_output_streams_into_the_task_log(cluster_env, capsys):
+    """Each array task's own output file, read by its own offset in the probe's one command: every task's
+    lines reach the task log (``[task N]``) and the event; the offsets travel in the event."""
+    import time
+
+    from neoxflow.slurm.logstream import array_log_pattern
+    from neoxflow.slurm.status import array_task_ids
+
+    workdir = unique_dir(cluster_env["NEOXFLOW_FSX"])
+    hook = SlurmSSHHook("neoxflow_cluster")
+    script = b'#!/bin/bash\necho "shard $SLURM_ARRAY_TASK_ID fetched"\nsleep 1\n'
+    script += b'echo "task $SLURM_ARRAY_TASK_ID done"\n'
+    hook.upload(script, f"{workdir}/array.sbatch")
+    output = f"{workdir}/%x-%A_%a.out"
+    job = hook.submit(
+        f"{workdir}/array.sbatch", job_name="array-log", output=output, options={"array": "0-2"}
+    )
+    trigger = SlurmJobTrigger(
+        ssh_conn_id="neoxflow_cluster",
+        job_id=job,
+        start_day=time.strftime("%Y-%m-%d"),
+        expected_tasks=array_task_ids(job, "0-2"),
+        array_log=array_log_pattern(output, job, "array-log"),
+        poll_interval=0.5,
+    )
+    event = (await asyncio.wait_for(trigger.run().__anext__(), 120)).payload
+    assert event["event"] == "final" and event["status"]["outcome"] == "success", event
+    logged = capsys.readouterr().out
+    for task in range(3):
+        assert f"[slurm {job}] [task {task}] shard {task} fetched" in logged
+        assert f"[task {task}] task {task} done" in event["tail"]
+        size = len(f"shard {task} fetched\ntask {task} done\n")
+        assert event["task_offsets"][str(task)] == size  # where a re-deferral would read on

@@ -19,7 +19,8 @@ import urllib.request
 
 import pytest
 
-from neoxflow.neox.logparse import LogState, parse_text
+from neoxflow.neox.logparse import parse_text
+from neoxflow.neox.logstate import LogState
 from tests.e2e.conftest import DAG_ID, SHOTS, demo_run, task_states
 from tests.e2e.monitor import logged_job_ids
 from tests.e2e.test_trigger_form import ARGS, CHROMIUM

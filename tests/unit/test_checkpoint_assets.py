@@ -7,7 +7,7 @@ from __future__ import annotations
 from neoxflow.neox.checkpoint_assets import asset_extra
 from neoxflow.neox.export import ExportSpec, checkpoint_s3_uri, export_prefix
 from neoxflow.neox.logparse import TrainStep
-from neoxflow.triggers.training import WatchState
+from neoxflow.neox.watch_state import WatchState
 from tests.unit.test_training_watch import (
     RECORD,
     FakeHook,

@@ -42,10 +42,12 @@ from neoxflow.neox.checkpoints import (
 )
 from neoxflow.neox.config_checks import validate_config
 from neoxflow.neox.config_files import yaml_json_disagreement
-from neoxflow.neox.logparse import LogFollower, LogState, clean_line, parse_text, training_verdict
+from neoxflow.neox.logparse import clean_line, parse_text
+from neoxflow.neox.logstate import LogFollower, LogState
 from neoxflow.neox.progress import compute_progress
 from neoxflow.neox.report import analyse_run
 from neoxflow.neox.slices import SliceTimes, exited_at, plan_slice_for_config
+from neoxflow.neox.verdict import training_verdict
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS = REPO / "tests" / "fixtures" / "gpu-runs"

@@ -12,11 +12,12 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
+from neoxflow.neox.watch_state import WatchState
 from neoxflow.operators.training import NeoXTrainOperator
 from neoxflow.pipeline import lock
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.triggers import training as training_trigger
-from neoxflow.triggers.training import LOCK_RETRY_S, NeoXTrainingTrigger, WatchState, lock_renewal_due
+from neoxflow.triggers.training import LOCK_RETRY_S, NeoXTrainingTrigger, lock_renewal_due
 
 LEASE = 3000
 OWNER = "pythia_pretrain:manual__run1"

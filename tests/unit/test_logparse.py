@@ -18,8 +18,6 @@ from neoxflow.neox.logparse import (
     CheckpointCommitted,
     ErrorLine,
     LatestMissing,
-    LogFollower,
-    LogState,
     ResumeInfo,
     TrainStep,
     Validation,
@@ -28,8 +26,9 @@ from neoxflow.neox.logparse import (
     event_to_dict,
     parse_line,
     parse_text,
-    training_verdict,
 )
+from neoxflow.neox.logstate import LogFollower, LogState
+from neoxflow.neox.verdict import training_verdict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "neox-run"
 DOC_LINE = (

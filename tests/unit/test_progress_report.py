@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from neoxflow.neox.checkpoints import Checkpoint
-from neoxflow.neox.logparse import LogState, parse_text, training_verdict
+from neoxflow.neox.logparse import parse_text
+from neoxflow.neox.logstate import LogState
 from neoxflow.neox.progress import (
     NOTE_MAX_CHARS,
     compute_progress,
@@ -29,6 +30,7 @@ from neoxflow.neox.report import (
     summary_json,
     write_loss_curve_png,
 )
+from neoxflow.neox.verdict import training_verdict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "neox-run"
 SEQ = json.loads((FIXTURES / "tiny-config.json").read_text())["seq_length"]

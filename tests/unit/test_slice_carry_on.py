@@ -22,12 +22,14 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from neoxflow.neox import slices
-from neoxflow.neox.logparse import TrainStep, training_verdict
+from neoxflow.neox.logparse import TrainStep
+from neoxflow.neox.verdict import training_verdict
+from neoxflow.neox.watch_state import WatchState
 from neoxflow.operators.pipeline import PretrainTrainOperator
 from neoxflow.operators.training import SLICES_KEY
 from neoxflow.pipeline.plan import plan_run
 from neoxflow.slurm.parse import JobStatus, TaskState
-from neoxflow.triggers.training import NeoXTrainingTrigger, WatchState
+from neoxflow.triggers.training import NeoXTrainingTrigger
 from tests.unit.test_training_watch import LISTING, save_checkpoint
 
 TRAIN_ITERS = 60

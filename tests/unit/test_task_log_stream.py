@@ -11,6 +11,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from neoxflow.neox.logparse import TrainStep
+from neoxflow.neox.watch_state import WatchState
 from neoxflow.slurm.logstream import MAX_LINES, LogStream, bounded_lines, copy_segment
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
@@ -22,7 +23,7 @@ from neoxflow.triggers.event_state import (
     restore_event,
 )
 from neoxflow.triggers.slurm_job import SlurmJobTrigger
-from neoxflow.triggers.training import MAX_PROGRESS_LINES, WatchState
+from neoxflow.triggers.training import MAX_PROGRESS_LINES
 from tests.unit.test_training_watch import (
     RECORD,
     FakeHook,

@@ -22,13 +22,14 @@ from neoxflow.errors import SlurmJobFailed
 from neoxflow.neox.checkpoints import Expectation
 from neoxflow.neox.export import ExportSpec, export_tags, parse_export_result, render_export_job
 from neoxflow.neox.logparse import TrainStep
+from neoxflow.neox.watch_state import MAX_LOSS_POINTS, RECENT_STEPS, WatchState
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled, exit_code_of
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.validate import UnsafeValueError
 from neoxflow.triggers.checkpoint import CheckpointTrigger
 from neoxflow.triggers.event_state import restore_event
-from neoxflow.triggers.training import MAX_LOSS_POINTS, RECENT_STEPS, NeoXTrainingTrigger, WatchState
+from neoxflow.triggers.training import NeoXTrainingTrigger
 
 REPO = Path(__file__).resolve().parents[2]
 LISTING = str(REPO / "include" / "cluster" / "ckpt_listing.py")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-import random
 import uuid
 from collections.abc import Mapping
 from functools import cached_property
@@ -18,6 +17,7 @@ from typing import Any
 
 from airflow.providers.ssh.hooks.ssh import SSHHook, SSHHookAsync
 
+from neoxflow.backoff import MAX_BACKOFF_S, jittered_backoff
 from neoxflow.slurm import commands
 from neoxflow.slurm.commands import ProbeRequest, split_probe_output
 from neoxflow.slurm.parse import (
@@ -174,7 +174,7 @@ class AsyncSlurmSSHHook:
     (tests/cluster/test_slurm_operator.py, against the local cluster's sshd on a non-default port).
     """
 
-    def __init__(self, ssh_conn_id: str, *, cmd_timeout: float = 60.0, max_backoff: float = 60.0):
+    def __init__(self, ssh_conn_id: str, *, cmd_timeout: float = 60.0, max_backoff: float = MAX_BACKOFF_S):
         self.ssh_conn_id = ssh_conn_id
         self.cmd_timeout = cmd_timeout
         self.max_backoff = max_backoff
@@ -204,21 +204,21 @@ class AsyncSlurmSSHHook:
         return result.exit_status or 0, result.stdout or b"", result.stderr or b""
 
     async def run_with_retry(self, command: str, attempts: int = 5, log=None) -> tuple[int, bytes, bytes]:
-        """Retry connection-level failures with jittered backoff; give up after ``attempts``."""
-        delay = 1.0
+        """Retry connection-level failures with jittered backoff (1 s, doubling); give up after
+        ``attempts``. For one-shot commands (the cancel of ``on_kill``); the triggers' polls retry in
+        their loop instead (:mod:`neoxflow.triggers.base`), with the same backoff."""
         for attempt in range(1, attempts + 1):
             try:
                 return await self.run(command)
             except (TimeoutError, OSError, Exception) as err:  # asyncssh errors derive from Exception
                 if attempt == attempts or is_host_key_error(err):
                     raise
-                wait = min(self.max_backoff, delay) * random.uniform(0.5, 1.5)
+                wait = jittered_backoff(1.0, attempt - 1, self.max_backoff)
                 if log:
                     log.warning(
                         "SSH command failed (%s: %s); reconnecting in %.1fs", type(err).__name__, err, wait
                     )
                 await asyncio.sleep(wait)
-                delay *= 2
         raise AssertionError("unreachable")
 
     async def probe(

@@ -1,4 +1,4 @@
-"""Read GPT-NeoX's real training output into typed events, and judge how a run ended.
+"""Read GPT-NeoX's real training output into typed events.
 
 The watcher follows a job's log on the cluster by byte offset. What it reads is NeoX's rank-0 output
 mixed with DeepSpeed's INFO lines, Python warnings, tracebacks and Slurm's own messages, often behind
@@ -14,9 +14,9 @@ The formats were read from real runs (tests/fixtures/neox-run/) and megatron/log
     Loading checkpoint and starting from iteration 60
     Unable to find latest file at /fsx/checkpoints/tiny/latest, ...
 
-The exit code alone cannot say whether training finished: with pipe_parallel_size >= 1 NeoX exits 1
-after committing the final checkpoint (its end-of-training evaluation crashes). `training_verdict`
-therefore decides from the log and the complete checkpoints, and uses the exit code only as a hint.
+What the events add up to lives elsewhere: the run's state in :mod:`neoxflow.neox.logstate`, the
+training watch's bounded memory in :mod:`neoxflow.neox.watch_state`, how a run ended in
+:mod:`neoxflow.neox.verdict`.
 """
 
 from __future__ import annotations
@@ -30,18 +30,15 @@ __all__ = [
     "ErrorLine",
     "Event",
     "LatestMissing",
-    "LogFollower",
-    "LogState",
     "ResumeInfo",
     "TrainStep",
     "Validation",
-    "Verdict",
     "clean_line",
     "event_from_dict",
     "event_to_dict",
     "parse_line",
+    "parse_lines",
     "parse_text",
-    "training_verdict",
 ]
 
 
@@ -307,290 +304,11 @@ def parse_line(line: str) -> Event | None:
     return None
 
 
+def parse_lines(lines: Iterable[str]) -> list[Event]:
+    """The events of these lines, in order (the lines a poll read, split once by the log stream)."""
+    return [ev for ev in map(parse_line, lines) if ev is not None]
+
+
 def parse_text(text: str) -> list[Event]:
     """All events of a whole log text (a finished job's log, a fixture)."""
-    return [ev for ev in map(parse_line, text.splitlines()) if ev is not None]
-
-
-# ------------------------------------------------------------------------------------------ run state
-_MAX_ERRORS = 20
-
-
-@dataclass
-class LogState:
-    """What the log has shown so far, folded from events; small enough to serialise between polls.
-
-    ``steps`` keeps every training-log line (one per ``log_interval``); when a resumed attempt logs an
-    iteration again, the later line wins in `loss_curve`. ``committed`` lists the commit lines seen,
-    in order. ``errors`` keeps the last few failure lines (the first is usually the cause, the last
-    the summary, so both ends are kept).
-    """
-
-    steps: list[TrainStep] = field(default_factory=list)
-    validations: list[Validation] = field(default_factory=list)
-    committed: list[int] = field(default_factory=list)
-    resumed_from: int | None = None
-    latest_missing: bool = False
-    errors: list[ErrorLine] = field(default_factory=list)
-
-    def update(self, event: Event) -> None:
-        """Fold one event in; duplicate lines printed by several ranks count once."""
-        if isinstance(event, TrainStep):
-            if self.steps and self.steps[-1].iteration == event.iteration:
-                self.steps[-1] = event
-            else:
-                self.steps.append(event)
-        elif isinstance(event, Validation):
-            self.validations.append(event)
-        elif isinstance(event, CheckpointCommitted):
-            if event.iteration not in self.committed:
-                self.committed.append(event.iteration)
-        elif isinstance(event, ResumeInfo):
-            self.resumed_from = event.iteration
-        elif isinstance(event, LatestMissing):
-            self.latest_missing = True
-        elif isinstance(event, ErrorLine):
-            if len(self.errors) >= _MAX_ERRORS:
-                del self.errors[1]
-            self.errors.append(event)
-
-    def extend(self, events: Iterable[Event]) -> LogState:
-        for event in events:
-            self.update(event)
-        return self
-
-    @classmethod
-    def from_events(cls, events: Iterable[Event]) -> LogState:
-        return cls().extend(events)
-
-    @property
-    def last_step(self) -> TrainStep | None:
-        return self.steps[-1] if self.steps else None
-
-    @property
-    def last_iteration(self) -> int | None:
-        """The highest iteration the log reported (not necessarily saved)."""
-        return max((s.iteration for s in self.steps), default=None)
-
-    @property
-    def total(self) -> int | None:
-        """train_iters as NeoX printed it in the newest step line."""
-        return self.steps[-1].total if self.steps else None
-
-    def loss_curve(self) -> list[tuple[int, float]]:
-        """``(iteration, lm_loss)`` sorted by iteration; a re-logged iteration keeps its newest value."""
-        points: dict[int, float] = {}
-        for step in self.steps:
-            if step.lm_loss is not None:
-                points[step.iteration] = step.lm_loss
-        return sorted(points.items())
-
-    def to_dict(self) -> dict:
-        return {
-            "steps": [event_to_dict(s) for s in self.steps],
-            "validations": [event_to_dict(v) for v in self.validations],
-            "committed": list(self.committed),
-            "resumed_from": self.resumed_from,
-            "latest_missing": self.latest_missing,
-            "errors": [event_to_dict(e) for e in self.errors],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LogState:
-        return cls(
-            steps=[event_from_dict(s) for s in data.get("steps", [])],
-            validations=[event_from_dict(v) for v in data.get("validations", [])],
-            committed=list(data.get("committed", [])),
-            resumed_from=data.get("resumed_from"),
-            latest_missing=bool(data.get("latest_missing", False)),
-            errors=[event_from_dict(e) for e in data.get("errors", [])],
-        )
-
-
-# ------------------------------------------------------------------------------------ incremental follow
-class LogFollower:
-    """Turns byte chunks of a growing log into events, one complete line at a time.
-
-    The watcher reads the remote log from a byte offset; a chunk may end inside a line or inside a
-    multi-byte UTF-8 character. Lines are split on bytes first and decoded whole (invalid bytes become
-    U+FFFD), and the unfinished tail waits for the next chunk. `offset` is where a fresh follower
-    should start after a restart: the end of the last complete line, so nothing is lost or read twice.
-    A runaway line longer than ``max_line_bytes`` is dropped (config dumps are long, but not that long).
-    """
-
-    def __init__(self, offset: int = 0, max_line_bytes: int = 1 << 20) -> None:
-        self._offset = offset
-        self._buffer = bytearray()
-        self._discarding = False
-        self._max_line_bytes = max_line_bytes
-        self.state = LogState()
-        self.lines = 0
-
-    @property
-    def offset(self) -> int:
-        """Byte offset just past the last complete line consumed."""
-        return self._offset
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet parsed (an unfinished last line)."""
-        return len(self._buffer)
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        """Consume the next bytes of the log; return the events of the lines it completed."""
-        events: list[Event] = []
-        self._buffer += chunk
-        start = 0
-        while True:
-            end = self._buffer.find(b"\n", start)
-            if end < 0:
-                break
-            if self._discarding:
-                self._discarding = False
-            else:
-                self._emit(bytes(self._buffer[start:end]), events)
-            self._offset += end + 1 - start
-            start = end + 1
-        del self._buffer[:start]
-        if len(self._buffer) > self._max_line_bytes:
-            self._offset += len(self._buffer)
-            self._buffer.clear()
-            self._discarding = True
-        return events
-
-    def flush(self) -> list[Event]:
-        """The job has ended: parse the unfinished last line too (it will not grow any more)."""
-        events: list[Event] = []
-        if self._buffer and not self._discarding:
-            self._emit(bytes(self._buffer), events)
-        self._offset += len(self._buffer)
-        self._buffer.clear()
-        self._discarding = False
-        return events
-
-    def _emit(self, raw: bytes, events: list[Event]) -> None:
-        self.lines += 1
-        event = parse_line(raw.decode("utf-8", errors="replace"))
-        if event is not None:
-            self.state.update(event)
-            events.append(event)
-
-
-# -------------------------------------------------------------------------------------------- verdict
-@dataclass(frozen=True)
-class Verdict:
-    """How a training job ended, decided from evidence rather than from the exit code alone."""
-
-    finished: bool
-    reason: str
-    last_iteration: int | None
-    last_complete_iteration: int | None
-    exit_code: int | None
-    #: the slice stopped where it was told to (exit_interval) after a complete checkpoint: not finished,
-    #: not a failure either; the next slice resumes there with nothing recomputed
-    planned_stop: bool = False
-
-    @property
-    def status(self) -> str:
-        if self.finished:
-            return "finished"
-        return "slice_end" if self.planned_stop else "failed"
-
-    @property
-    def resume_from(self) -> int | None:
-        """Where a retry would continue (the newest complete checkpoint); None = from scratch."""
-        return None if self.finished else self.last_complete_iteration
-
-
-def _error_summary(state: LogState) -> str:
-    if not state.errors:
-        return ""
-    exceptions = [e for e in state.errors if e.kind == "exception"]
-    chosen = exceptions[-1] if exceptions else state.errors[-1]
-    where = f" on {chosen.node}" if chosen.node else ""
-    return f"; last error{where}: {chosen.message}"
-
-
-def training_verdict(
-    state: LogState | Iterable[Event],
-    train_iters: int,
-    exit_code: int | None,
-    committed_iters: Iterable[int],
-    *,
-    planned_stop: int | None = None,
-    exited_at: int | None = None,
-) -> Verdict:
-    """Finished iff the log reached ``train_iters`` AND a complete checkpoint at ``train_iters`` exists.
-
-    A planned stop (``planned_stop``: the slice's ``exit_interval``) is a clean slice end, not a failure:
-    exit 0, NeoX printed that it exits at that iteration (``exited_at``, `slices.exited_at`) and the
-    checkpoint there is complete. NeoX saves before it checks exit_interval, so nothing is lost and the
-    next slice resumes from that checkpoint (``Verdict.planned_stop``, status ``slice_end``).
-
-    ``committed_iters`` are the iterations of COMPLETE checkpoints (`checkpoints.complete_checkpoints`
-    on the save folder), not the commit lines. A non-zero exit after both are true is still a finished
-    run: NeoX's end-of-training evaluation crashes with pipe_parallel_size >= 1 after the final save
-    (tests/fixtures/neox-run/README.md). Any other ending is a failure whose reason names the iteration
-    reached, the newest complete checkpoint (what a resume would start from) and the last error seen.
-    """
-    if not isinstance(state, LogState):
-        state = LogState.from_events(state)
-    if train_iters <= 0:
-        raise ValueError(f"train_iters must be positive, got {train_iters}")
-    complete = sorted(set(committed_iters))
-    last_complete = complete[-1] if complete else None
-    last = state.last_iteration
-    if state.resumed_from and (last is None or state.resumed_from > last):
-        last = state.resumed_from  # resumed at (or past) the end: nothing left to train
-    log_reached = last is not None and last >= train_iters
-    saved_final = last_complete is not None and last_complete >= train_iters
-    ckpt_text = f"global_step{last_complete}" if last_complete is not None else "none"
-    errors = _error_summary(state)
-    exit_text = "unknown" if exit_code is None else str(exit_code)
-
-    if log_reached and saved_final:
-        if exit_code == 0:
-            reason = f"training reached {train_iters}/{train_iters} and checkpoint {ckpt_text} is complete"
-        else:
-            reason = (
-                f"training reached {train_iters}/{train_iters} and checkpoint {ckpt_text} is complete; "
-                f"exit code {exit_text} after the final checkpoint ignored "
-                f"(NeoX's end-of-training evaluation fails after saving){errors}"
-            )
-        return Verdict(True, reason, last, last_complete, exit_code)
-
-    if (
-        planned_stop is not None
-        and exit_code == 0
-        and exited_at == planned_stop
-        and planned_stop in complete
-        and planned_stop < train_iters
-    ):
-        reason = (
-            f"stopped as planned after the save of iteration {planned_stop} (exit_interval); checkpoint "
-            f"global_step{planned_stop} is complete; {train_iters - planned_stop} iterations left{errors}"
-        )
-        return Verdict(False, reason, max(last or 0, planned_stop), last_complete, exit_code, True)
-
-    if log_reached:
-        reason = (
-            f"log reached iteration {last}/{train_iters} but no complete checkpoint at {train_iters} "
-            f"(newest complete: {ckpt_text}); exit code {exit_text}{errors}"
-        )
-    elif last is None:
-        reason = f"no training iteration was logged; exit code {exit_text}{errors}"
-        if exit_code == 0:
-            reason = f"exited 0 before logging any training iteration{errors}"
-    elif exit_code == 0:
-        reason = (
-            f"exited 0 at iteration {last} of {train_iters} (exit_interval or a clean stop?); "
-            f"newest complete checkpoint: {ckpt_text}{errors}"
-        )
-    else:
-        reason = (
-            f"stopped at iteration {last} of {train_iters} with exit code {exit_text}; "
-            f"newest complete checkpoint: {ckpt_text}{errors}"
-        )
-    if saved_final:
-        reason += f" (checkpoint {ckpt_text} is complete, but the log does not show iteration {train_iters})"
-    return Verdict(False, reason, last, last_complete, exit_code)
+    return parse_lines(text.splitlines())

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from neoxflow.neox.logparse import LogState, TrainStep
+from neoxflow.neox.logparse import TrainStep
+from neoxflow.neox.logstate import LogState
 
 __all__ = [
     "Progress",

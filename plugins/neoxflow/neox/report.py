@@ -21,8 +21,10 @@ from neoxflow.neox.checkpoints import (
     partial_checkpoints,
     resume_plan,
 )
-from neoxflow.neox.logparse import LogState, Verdict, parse_text, training_verdict
+from neoxflow.neox.logparse import parse_text
+from neoxflow.neox.logstate import LogState
 from neoxflow.neox.progress import compute_progress, summary_line
+from neoxflow.neox.verdict import Verdict, training_verdict
 
 __all__ = [
     "SUMMARY_FORMAT",

@@ -34,6 +34,7 @@ from neoxflow.errors import SlurmJobFailed, failure_message
 from neoxflow.hooks.slurm import SlurmSSHHook
 from neoxflow.slurm import commands, naming, ownership
 from neoxflow.slurm.commands import ProbeRequest
+from neoxflow.slurm.logstream import job_log_files
 from neoxflow.slurm.ownership import Adoption
 from neoxflow.slurm.states import Outcome
 from neoxflow.slurm.status import array_task_ids
@@ -173,9 +174,7 @@ class SlurmOperator(BaseOperator):
             script = self._script_bytes()  # after _prepare_submit: it may render the script anew
             digest = hashlib.sha256(script).hexdigest()[:12]
             script_path = posixpath.join(job_dir, f"job-{digest}.sbatch")
-            output = self.output_path or posixpath.join(
-                job_dir, "slurm-%A_%a.out" if self.array else "slurm-%j.out"
-            )
+            output = self._output(job_dir)
             for file_name, text in self.files.items():
                 if "/" in file_name:
                     raise ValueError(
@@ -198,7 +197,7 @@ class SlurmOperator(BaseOperator):
                 "job_name": name,
                 "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "array": self.array,
-                "log_path": None if self.array else output.replace("%j", job_id),
+                **job_log_files(output, job_id, name, bool(self.array)),
                 "job_dir": job_dir,
                 **extra,
             }
@@ -342,20 +341,15 @@ class SlurmOperator(BaseOperator):
         live = self.hook.active_jobs_named(name)
         if len(live) > 1:
             self.log.warning("Several live jobs named %s: %s", name, live)
-        leaving = None
+        leaving, job_dir = None, posixpath.join(check_remote_path(self.remote_dir), name)
         for job_id in live:
             found = {
                 "job_id": job_id,
                 "job_name": name,
                 "start_day": datetime.now(UTC).strftime("%Y-%m-%d"),
                 "array": self.array,
-                "job_dir": posixpath.join(check_remote_path(self.remote_dir), name),
-                "log_path": None
-                if self.array
-                else (
-                    self.output_path
-                    or posixpath.join(check_remote_path(self.remote_dir), name, "slurm-%j.out")
-                ).replace("%j", job_id),
+                "job_dir": job_dir,
+                **job_log_files(self._output(job_dir), job_id, name, bool(self.array)),
             }
             decision, status = self._adoption(found)
             if decision is Adoption.ADOPT:
@@ -369,6 +363,10 @@ class SlurmOperator(BaseOperator):
             if decision is Adoption.WAIT_UNTIL_GONE:
                 leaving = {**found, "leaving": True}
         return leaving
+
+    def _output(self, folder: str) -> str:
+        """The ``--output`` pattern: the operator's, else ``slurm-%j.out`` (an array: one per task)."""
+        return self.output_path or posixpath.join(folder, "slurm-%A_%a.out" if self.array else "slurm-%j.out")
 
     def _expected(self, record: Mapping[str, Any]) -> list[str] | None:
         return array_task_ids(record["job_id"], record.get("array"))
@@ -393,6 +391,8 @@ class SlurmOperator(BaseOperator):
             owner_token=record.get("owner"),
             owner_path=record.get("owner_path"),
             silent_alerted=silent_alerted,
+            array_log=record.get("array_log"),
+            task_offsets=record.get("task_offsets"),  # where a re-deferral reads each task's file on
         )
 
     def _controller_silent(self, context: Context, event: Mapping[str, Any]) -> None:
@@ -459,7 +459,11 @@ class SlurmOperator(BaseOperator):
         if event.get("event") == "controller_silent":  # not a verdict: alert once, keep watching
             self._controller_silent(context, event)
             self.defer(
-                trigger=self._trigger(record or {}, event.get("log_offset", 0), silent_alerted=True),
+                trigger=self._trigger(
+                    {**(record or {}), "task_offsets": event.get("task_offsets")},
+                    event.get("log_offset", 0),
+                    silent_alerted=True,
+                ),
                 method_name="execute_complete",
                 kwargs={"record": record},
             )

@@ -40,9 +40,9 @@ from neoxflow.errors import SlurmJobFailed, failure_message
 from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
 from neoxflow.neox.checkpoint_listing import expectation_from_dict, new_complete_checkpoints, read_listing
 from neoxflow.neox.checkpoints import Checkpoint
-from neoxflow.neox.logparse import training_verdict
 from neoxflow.neox.progress import run_note_markdown
 from neoxflow.neox.report import build_summary
+from neoxflow.neox.verdict import training_verdict
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmOperator
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S

@@ -7,9 +7,10 @@ uploaded as files and only their path appears on a command line.
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neoxflow.slurm.parse import SACCT_FORMAT
 from neoxflow.slurm.validate import (
@@ -142,8 +143,54 @@ def mkdir_command(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class TaskLogsRequest:
+    """Read on in an array's per-task output files, in the probe's one command: file ``prefix + N +
+    suffix`` of task N from its own byte offset, ``max_bytes`` in ALL (a 1001-task array reads no more
+    per poll than one job), in the order given (the caller rotates it, so no task starves the others).
+
+    Each file's bytes follow a line ``\n<MARK><nonce> task N``; the nonce is new for every request, so
+    a job that prints a marker cannot forge a section (:func:`split_task_logs`).
+    """
+
+    prefix: str
+    suffix: str
+    offsets: tuple[tuple[int, int], ...]  # (task index, byte offset to read from)
+    max_bytes: int = 256 * 1024
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    def command(self) -> str:
+        check_remote_path(f"{self.prefix}0{self.suffix}", "array log")
+        if self.max_bytes <= 0 or any(i < 0 or o < 0 for i, o in self.offsets):
+            raise ValueError("task indices and offsets must be >= 0, max_bytes > 0")
+        tasks = " ".join(f"{int(i)}:{int(o)}" for i, o in self.offsets)
+        mark = q(f"{MARK}{self.nonce} task")
+        return (
+            f"p={q(self.prefix)}; s={q(self.suffix)}; r={int(self.max_bytes)}; "
+            f'for t in {tasks}; do i=${{t%%:*}}; o=${{t#*:}}; f="$p$i$s"; [ -f "$f" ] || continue; '
+            'n=$(( $(stat -c %s -- "$f" 2>/dev/null || echo 0) - o )); [ "$n" -gt 0 ] || continue; '
+            '[ "$n" -le "$r" ] || n=$r; [ "$n" -gt 0 ] || break; '
+            f"printf '\\n%s %s\\n' {mark} \"$i\"; "
+            'tail -c +$((o + 1)) -- "$f" | head -c "$n"; r=$((r - n)); done'
+        )
+
+
+def split_task_logs(section: bytes, nonce: str) -> dict[int, bytes]:
+    """The bytes read from each task's file, by task index, from a probe's log section."""
+    chunks: dict[int, bytes] = {}
+    for part in section.split(f"\n{MARK}{nonce} task ".encode())[1:]:
+        head, _, data = part.partition(b"\n")
+        if head.strip().isdigit():
+            chunks[int(head)] = data
+    return chunks
+
+
+@dataclass(frozen=True)
 class ProbeRequest:
-    """What one poll asks the cluster, in ONE ssh exec (one round trip per poll)."""
+    """What one poll asks the cluster, in ONE ssh exec (one round trip per poll).
+
+    The job's output is read in the last section: one file (``log_path``, from ``log_offset``) or an
+    array's per-task files (``task_logs``).
+    """
 
     job_id: str
     start_day: str
@@ -151,6 +198,7 @@ class ProbeRequest:
     log_offset: int = 0
     max_log_bytes: int = 256 * 1024
     use_sacct: bool = True
+    task_logs: TaskLogsRequest | None = None
 
     def command(self) -> str:
         sections = [
@@ -165,6 +213,8 @@ class ProbeRequest:
                 f"echo {q(f'{MARK} log')}; "
                 + log_chunk_command(self.log_path, self.log_offset, self.max_log_bytes)
             )
+        elif self.task_logs is not None:
+            parts.append(f"echo {q(f'{MARK} log')}; " + self.task_logs.command())
         return "; ".join(parts)
 
 

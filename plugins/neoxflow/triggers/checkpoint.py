@@ -11,15 +11,11 @@ asynchronous use on a trigger's connection, is shared with the training watch
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook
 from neoxflow.neox.checkpoint_listing import (
     checkpoint_to_dict,
     expectation_from_dict,
@@ -28,6 +24,7 @@ from neoxflow.neox.checkpoint_listing import (
     parse_listing,
 )
 from neoxflow.neox.checkpoints import partial_checkpoints
+from neoxflow.triggers.base import PollingTrigger
 
 __all__ = ["CheckpointTrigger", "fetch_listing"]
 
@@ -42,7 +39,7 @@ async def fetch_listing(
 
 
 # ------------------------------------------------------------------------------------------------ trigger
-class CheckpointTrigger(BaseTrigger):
+class CheckpointTrigger(PollingTrigger):
     """Yield ``{"event": "checkpoint", iteration, tag, path, size_bytes}`` for the newest complete
     checkpoint newer than ``after_iteration``; ``{"event": "stalled", reason}`` when nothing new arrived
     within ``stall_window`` seconds (if set); ``{"event": "error", message}`` when the listing keeps
@@ -54,6 +51,19 @@ class CheckpointTrigger(BaseTrigger):
     :param expectation: `Expectation` fields (what a complete checkpoint holds); None = stand-in layout.
     :param started_at: epoch seconds the stall window counts from (the sensor's first start).
     """
+
+    SERIALIZED = (
+        "ssh_conn_id",
+        "save_dir",
+        "listing_script",
+        "listing_python",
+        "after_iteration",
+        "expectation",
+        "poll_interval",
+        "stall_window",
+        "started_at",
+        "unreachable_timeout",
+    )
 
     def __init__(
         self,
@@ -81,77 +91,45 @@ class CheckpointTrigger(BaseTrigger):
         self.started_at = started_at
         self.unreachable_timeout = unreachable_timeout
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ssh_conn_id": self.ssh_conn_id,
-                "save_dir": self.save_dir,
-                "listing_script": self.listing_script,
-                "listing_python": self.listing_python,
-                "after_iteration": self.after_iteration,
-                "expectation": self.expectation,
-                "poll_interval": self.poll_interval,
-                "stall_window": self.stall_window,
-                "started_at": self.started_at,
-                "unreachable_timeout": self.unreachable_timeout,
-            },
-        )
-
     def _hook(self) -> AsyncSlurmSSHHook:
         return AsyncSlurmSSHHook(self.ssh_conn_id)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        expect = expectation_from_dict(self.expectation)
-        hook = self._hook()
-        min_iteration = (self.after_iteration or 0) + (1 if self.after_iteration is not None else 0)
-        last_change = self.started_at or time.time()
-        seen: dict[str, list[str]] = {}
-        failing_since: float | None = None
-        failures = 0
-        try:
-            while True:
-                try:
-                    listing = await fetch_listing(
-                        hook, self.listing_python, self.listing_script, self.save_dir, min_iteration
-                    )
-                    failing_since, failures = None, 0
-                except Exception as err:
-                    if is_host_key_error(err):
-                        yield TriggerEvent({"event": "error", "message": f"SSH host key rejected: {err}"})
-                        return
-                    failures += 1
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since > self.unreachable_timeout:
-                        yield TriggerEvent(
-                            {"event": "error", "message": f"checkpoint listing failing: {err}"}
-                        )
-                        return
-                    wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
-                    self.log.warning("Listing %s failed (%s); retrying in %.1fs", self.save_dir, err, wait)
-                    await asyncio.sleep(wait)
-                    continue
-                found = new_complete_checkpoints(listing, expect, self.after_iteration)
-                if found:
-                    newest = found[-1]
-                    self.log.info("Complete checkpoint %s in %s", newest.tag, self.save_dir)
-                    yield TriggerEvent({"event": "checkpoint", **checkpoint_to_dict(newest)})
-                    return
-                partial = partial_checkpoints(listing, expect)
-                if partial != seen:  # a folder appeared or grew: that is progress, and worth a line
-                    for tag, missing in partial.items():
-                        self.log.info("Ignoring incomplete %s (missing %s)", tag, ", ".join(missing[:3]))
-                    if seen or partial:
-                        last_change = time.time()
-                    seen = partial
-                if self.stall_window and time.time() - last_change > self.stall_window:
-                    quiet = time.time() - last_change
-                    reason = (
-                        f"no new complete checkpoint in {self.save_dir} after iteration "
-                        f"{self.after_iteration} for {quiet:.0f}s (stall window {self.stall_window:.0f}s)"
-                    )
-                    yield TriggerEvent({"event": "stalled", "reason": reason})
-                    return
-                await asyncio.sleep(self.poll_interval)
-        finally:
-            await hook.close()
+    def _subject(self) -> str:
+        return f"the listing of {self.save_dir}"
+
+    def _unreachable_message(self, err: BaseException) -> str:
+        return f"checkpoint listing failing: {err}"
+
+    def _begin(self) -> None:
+        self._expect = expectation_from_dict(self.expectation)
+        self._last_change = self.started_at or time.time()
+        self._partial: dict[str, list[str]] = {}
+
+    async def _probe(self, hook: AsyncSlurmSSHHook) -> dict:
+        floor = self.after_iteration
+        min_iteration = 0 if floor is None else floor + 1
+        return await fetch_listing(
+            hook, self.listing_python, self.listing_script, self.save_dir, min_iteration
+        )
+
+    async def _judge(self, hook: AsyncSlurmSSHHook, answer: dict) -> dict[str, Any] | None:
+        found = new_complete_checkpoints(answer, self._expect, self.after_iteration)
+        if found:
+            newest = found[-1]
+            self.log.info("Complete checkpoint %s in %s", newest.tag, self.save_dir)
+            return {"event": "checkpoint", **checkpoint_to_dict(newest)}
+        partial = partial_checkpoints(answer, self._expect)
+        if partial != self._partial:  # a folder appeared or grew: that is progress, and worth a line
+            for tag, missing in partial.items():
+                self.log.info("Ignoring incomplete %s (missing %s)", tag, ", ".join(missing[:3]))
+            if self._partial or partial:
+                self._last_change = time.time()
+            self._partial = partial
+        quiet = time.time() - self._last_change
+        if self.stall_window and quiet > self.stall_window:
+            reason = (
+                f"no new complete checkpoint in {self.save_dir} after iteration "
+                f"{self.after_iteration} for {quiet:.0f}s (stall window {self.stall_window:.0f}s)"
+            )
+            return {"event": "stalled", "reason": reason}
+        return None

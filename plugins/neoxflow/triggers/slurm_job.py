@@ -1,14 +1,20 @@
 """Follow a Slurm job to a final state from the triggerer, without holding a worker slot.
 
-One asyncssh connection per trigger, reused for every poll; each poll is ONE remote command that asks
-squeue, scontrol and sacct and reads the next chunk of the job's output by byte offset (streamed into the
-task log). A failed poll is not a verdict: connection errors reconnect with jittered backoff, and an
-answer nobody can give ("unknown") is asked again until ``unknown_timeout``.
+The loop, the retry of failed polls and the unknown timer are the base class's
+(:class:`~neoxflow.triggers.base.PollingTrigger`); this class supplies the Slurm probe and the verdict.
+Each poll is ONE remote command that asks squeue, scontrol and sacct and reads the next chunk of the
+job's output by byte offset (streamed into the task log, :mod:`neoxflow.slurm.logstream`), on one
+asyncssh connection reused for every poll. An answer nobody can give ("unknown") is asked again until
+``unknown_timeout``.
 
 A controller outage (squeue and scontrol both fail) is not an answer either: the trigger keeps waiting,
 however long, and once it has lasted ``unknown_timeout`` it yields one ``controller_silent`` event so
 that the operator alerts a human and re-defers (``silent_alerted``); only an observed final state
 decides the job. "lost" stays for a controller that answers but knows the job nowhere for that long.
+
+The training watch (:mod:`neoxflow.triggers.training`) extends this class: it overrides what it does
+with the log's lines (``_on_lines``), the shape of its events (``_job_event``), the final event and what
+happens while the job lives (``_while_alive``).
 
 ``on_kill`` cancels only a job this task instance's try still owns (see :mod:`neoxflow.slurm.ownership`).
 """
@@ -17,27 +23,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-from neoxflow.hooks.slurm import AsyncSlurmSSHHook, is_host_key_error
-from neoxflow.slurm.commands import ProbeRequest
-from neoxflow.slurm.logstream import TAIL_LINES, LogStream
+from neoxflow.hooks.slurm import AsyncSlurmSSHHook
+from neoxflow.slurm.commands import ProbeRequest, TaskLogsRequest, split_task_logs
+from neoxflow.slurm.logstream import TAIL_LINES, ArrayLogStream, LogStream
 from neoxflow.slurm.ownership import cancel_if_owner_command, parse_cancel
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.base import AGAIN, PollingTrigger
 from neoxflow.triggers.event_state import event_status
 
 logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
-__all__ = ["TAIL_LINES", "SlurmJobTrigger"]
+__all__ = ["JOB_ARGUMENTS", "TAIL_LINES", "SlurmJobTrigger"]
 
 
-class SlurmJobTrigger(BaseTrigger):
+#: the arguments of any Slurm job watch (the training watch's too), serialised with the trigger
+JOB_ARGUMENTS = (
+    "ssh_conn_id",
+    "job_id",
+    "start_day",
+    "expected_tasks",
+    "log_path",
+    "log_offset",
+    "poll_interval",
+    "unknown_timeout",
+    "unreachable_timeout",
+    "cancel_on_kill",
+    "use_sacct",
+    "owner_token",
+    "owner_path",
+    "silent_alerted",
+)
+
+
+def _task_index(job_id: str) -> int:
+    """``123_7`` -> 7 (an array task's index)."""
+    return int(job_id.rsplit("_", 1)[1])
+
+
+class SlurmJobTrigger(PollingTrigger):
     """Yield one event when the job is final (``status: final``), held (``held``), lost (``lost``) or
     the cluster is unreachable for longer than ``unreachable_timeout`` (``error``).
 
@@ -51,7 +79,14 @@ class SlurmJobTrigger(BaseTrigger):
         cancels only while the file still names this try. Both None (a trigger serialised by an older
         release): cancel as before.
     :param silent_alerted: the ``controller_silent`` event was already sent for this job (no second one).
+    :param array_log: an array's per-task output file, ``%a`` for the task index
+        (:func:`~neoxflow.slurm.logstream.array_log_pattern`): every task's output is streamed into the
+        task log, ``[task N]`` in front, one bound per poll for all of them.
+    :param task_offsets: where each task's file is read on from (task index -> byte offset), from the
+        event of an earlier deferral (``task_offsets``).
     """
+
+    SERIALIZED = (*JOB_ARGUMENTS, "array_log", "task_offsets")
 
     def __init__(
         self,
@@ -70,8 +105,12 @@ class SlurmJobTrigger(BaseTrigger):
         owner_token: str | None = None,
         owner_path: str | None = None,
         silent_alerted: bool = False,
+        array_log: str | None = None,
+        task_offsets: Mapping[str, int] | None = None,
     ):
         super().__init__()
+        self.array_log = array_log
+        self.task_offsets = dict(task_offsets) if task_offsets else None
         self.owner_token = owner_token
         self.owner_path = owner_path
         self.silent_alerted = silent_alerted
@@ -86,27 +125,6 @@ class SlurmJobTrigger(BaseTrigger):
         self.unreachable_timeout = unreachable_timeout
         self.cancel_on_kill = cancel_on_kill
         self.use_sacct = use_sacct
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "ssh_conn_id": self.ssh_conn_id,
-                "job_id": self.job_id,
-                "start_day": self.start_day,
-                "expected_tasks": self.expected_tasks,
-                "log_path": self.log_path,
-                "log_offset": self.log_offset,
-                "poll_interval": self.poll_interval,
-                "unknown_timeout": self.unknown_timeout,
-                "unreachable_timeout": self.unreachable_timeout,
-                "cancel_on_kill": self.cancel_on_kill,
-                "use_sacct": self.use_sacct,
-                "owner_token": self.owner_token,
-                "owner_path": self.owner_path,
-                "silent_alerted": self.silent_alerted,
-            },
-        )
 
     def _silence(self, status: JobStatus, silent_since: float | None) -> tuple[float | None, str | None]:
         """Track a controller outage; the ``controller_silent`` message once it has lasted
@@ -132,123 +150,109 @@ class SlurmJobTrigger(BaseTrigger):
     def _hook(self) -> AsyncSlurmSSHHook:
         return AsyncSlurmSSHHook(self.ssh_conn_id)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
-        offset = self.log_offset
-        stream = LogStream(self.log_path)
-        unknown_since: float | None = None
-        silent_since: float | None = None
-        unreachable_since: float | None = None
-        failures = 0
-        polls = 0
-        finished: dict[str, TaskState] = {}  # array tasks seen final: they leave squeue after MinJobAge
-        try:
-            while True:
-                request = ProbeRequest(
-                    self.job_id,
-                    self.start_day,
-                    log_path=self.log_path,
-                    log_offset=offset,
-                    use_sacct=self.use_sacct,
+    def _subject(self) -> str:
+        return f"job {self.job_id}"
+
+    def _begin(self) -> None:
+        self._stream = LogStream(self.log_path, offset=self.log_offset)
+        self._finished: dict[str, TaskState] = {}  # array tasks seen final: they leave squeue (MinJobAge)
+        self._silent_since: float | None = None
+        self._polls = 0
+        self._more_log = False
+        self._tasks: ArrayLogStream | None = None
+        self._task_request: TaskLogsRequest | None = None
+        if self.array_log and self.expected_tasks:
+            indices = [int(t.rsplit("_", 1)[1]) for t in self.expected_tasks if "_" in t]
+            self._tasks = ArrayLogStream(self.array_log, indices, self.task_offsets)
+        self._output: LogStream | ArrayLogStream = self._tasks or self._stream
+
+    async def _probe(self, hook: AsyncSlurmSSHHook) -> tuple[JobStatus, bytes | dict[int, bytes]]:
+        """Slurm's answer and the output read since the last poll: the job's file's next bytes, or an
+        array's bytes by task index."""
+        self._task_request = None
+        if self._tasks is not None and (reads := self._tasks.reads()):
+            self._task_request = TaskLogsRequest(self._tasks.prefix, self._tasks.suffix, reads)
+        request = ProbeRequest(
+            self.job_id,
+            self.start_day,
+            log_path=self.log_path,
+            log_offset=self._stream.offset + self._stream.pending,
+            use_sacct=self.use_sacct,
+            task_logs=self._task_request,
+        )
+        final_before = {_task_index(job) for job in self._finished if "_" in job}
+        status, chunk = await hook.probe(request, self.expected_tasks, self._finished)
+        self._more_log = len(chunk) >= request.max_log_bytes
+        if self._task_request is not None:
+            chunks = split_task_logs(chunk, self._task_request.nonce)
+            self._more_log = sum(map(len, chunks.values())) >= self._task_request.max_bytes
+            if not self._more_log:  # every file was read to its end: a task final before is done
+                self._tasks.drained.update(final_before)
+            return status, chunks
+        return status, chunk
+
+    async def _judge(self, hook: AsyncSlurmSSHHook, answer: tuple[JobStatus, Any]) -> Any:
+        status, chunk = answer
+        self._polls += 1
+        self._finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
+        if isinstance(chunk, dict):
+            self._on_lines(self._tasks.feed(chunk))
+        elif chunk:
+            self._on_lines(self._stream.feed(chunk))
+        if status.final:
+            if self._more_log:
+                return AGAIN  # more output to read before the verdict
+            self._on_lines(self._output.flush())
+            return await self._final_event(hook, status)
+        if status.outcome is Outcome.HELD:
+            return self._job_event("held", status, tail=list(self._output.tail))
+        self._silent_since, silent = self._silence(status, self._silent_since)
+        if silent:
+            return self._job_event("controller_silent", status, message=silent)
+        unknown = self._unknown_for(status.outcome is Outcome.UNKNOWN and not status.controller_silent)
+        if unknown is not None:
+            waited = unknown[1]
+            self.log.info(
+                "Job %s state unknown for %.0fs (%s); asking again", self.job_id, waited, status.note
+            )
+            if waited > self.unknown_timeout:
+                return self._job_event(
+                    "lost",
+                    status,
+                    tail=list(self._output.tail),
+                    message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})",
                 )
-                try:
-                    status, chunk = await hook.probe(request, self.expected_tasks, finished)
-                    finished.update((t.job_id, t) for t in status.tasks if t.outcome.final)
-                    polls += 1
-                    failures, unreachable_since = 0, None
-                except Exception as err:
-                    if is_host_key_error(err):
-                        yield TriggerEvent(self._event("error", message=f"SSH host key rejected: {err}"))
-                        return
-                    failures += 1
-                    unreachable_since = unreachable_since or time.monotonic()
-                    if time.monotonic() - unreachable_since > self.unreachable_timeout:
-                        yield TriggerEvent(
-                            self._event(
-                                "error",
-                                message=f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}",
-                                log_offset=offset,
-                            )
-                        )
-                        return
-                    wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
-                    self.log.warning(
-                        "Poll of job %s failed (%s: %s); retrying in %.1fs",
-                        self.job_id,
-                        type(err).__name__,
-                        err,
-                        wait,
-                    )
-                    await asyncio.sleep(wait)
-                    continue
+        return await self._while_alive(hook, status)
 
-                if chunk:
-                    offset += len(chunk)
-                    self._log_lines(stream.to_log(stream.feed(chunk)))
-                if status.final:
-                    if len(chunk) >= request.max_log_bytes:
-                        continue  # more output to read before the verdict
-                    self._log_lines(stream.to_log(stream.flush()))
-                    yield TriggerEvent(
-                        self._event(
-                            "final",
-                            status=event_status(status),
-                            log_offset=offset,
-                            tail=list(stream.tail),
-                            polls=polls,
-                            connections=hook.connections_opened,
-                        )
-                    )
-                    return
-                if status.outcome is Outcome.HELD:
-                    yield TriggerEvent(
-                        self._event(
-                            "held", status=event_status(status), log_offset=offset, tail=list(stream.tail)
-                        )
-                    )
-                    return
-                silent_since, silent = self._silence(status, silent_since)
-                if silent:
-                    yield TriggerEvent(
-                        self._event(
-                            "controller_silent",
-                            status=event_status(status),
-                            log_offset=offset,
-                            message=silent,
-                        )
-                    )
-                    return
-                if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
-                    unknown_since = unknown_since or time.monotonic()
-                    waited = time.monotonic() - unknown_since
-                    self.log.info(
-                        "Job %s state unknown for %.0fs (%s); asking again", self.job_id, waited, status.note
-                    )
-                    if waited > self.unknown_timeout:
-                        yield TriggerEvent(
-                            self._event(
-                                "lost",
-                                status=event_status(status),
-                                log_offset=offset,
-                                tail=list(stream.tail),
-                                message=f"no Slurm source knew job {self.job_id} for {waited:.0f}s "
-                                f"({status.note})",
-                            )
-                        )
-                        return
-                else:
-                    unknown_since = None
-                await asyncio.sleep(self.poll_interval)
-        finally:
-            await hook.close()
-
-    def _log_lines(self, lines: list[str]) -> None:
-        """The job's output lines of one poll (already bounded by the stream) into the task log."""
-        for line in lines:
+    # -- what the training watch overrides -------------------------------------------------------------
+    def _on_lines(self, lines: list[str]) -> None:
+        """The job's output lines of one poll into the task log, bounded per poll by the stream."""
+        for line in self._output.to_log(lines):
             self.log.info("[slurm %s] %s", self.job_id, line)
 
-    def _event(self, kind: str, **payload: Any) -> dict[str, Any]:
-        return {"event": kind, "job_id": self.job_id, **payload}
+    async def _final_event(self, hook: AsyncSlurmSSHHook, status: JobStatus) -> dict[str, Any]:
+        return self._job_event(
+            "final",
+            status,
+            tail=list(self._output.tail),
+            polls=self._polls,
+            connections=hook.connections_opened,
+        )
+
+    async def _while_alive(self, hook: AsyncSlurmSSHHook, status: JobStatus) -> Any:
+        """The verdict while the job is neither final nor held nor lost: none, wait for the next poll."""
+        return None
+
+    def _job_event(self, kind: str, status: JobStatus | None = None, **payload: Any) -> dict[str, Any]:
+        """An event about the job: its id, the log offset streamed so far, its (cut) Slurm status."""
+        if status is not None:
+            payload["status"] = event_status(status)
+        if self._tasks is not None:
+            payload["task_offsets"] = self._tasks.offsets
+        return {"event": kind, "job_id": self.job_id, "log_offset": self._stream.offset, **payload}
+
+    def _error_event(self, message: str) -> dict[str, Any]:
+        return self._job_event("error", message=message)
 
     async def on_kill(self) -> None:
         """A user acted on the deferred task (mark failed, mark success or clear; Airflow 3.3.2 does not

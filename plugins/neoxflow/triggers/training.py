@@ -1,9 +1,11 @@
 """Watch a GPT-NeoX training job from the triggerer: Slurm state, the NeoX log, and its checkpoints.
 
 Each poll is the Slurm layer's ONE probe command (squeue + scontrol + sacct + the next chunk of the log
-by byte offset), on one reused asyncssh connection. The chunk is parsed by `LogFollower` (NeoX's line
-format); its lines (bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX
-logging interval go to the task log. Every ``list_every`` polls, and at once when a
+by byte offset), on one reused asyncssh connection; the loop and the Slurm verdicts are
+:class:`SlurmJobTrigger`'s, this class adds only the NeoX part. The chunk is cut into lines once (the
+job watch's `LogStream`) and those lines are parsed (`neoxflow.neox.logparse.parse_lines`); the lines
+(bounded per poll, :mod:`neoxflow.slurm.logstream`) and a progress line for each NeoX logging interval go
+to the task log. Every ``list_every`` polls, and at once when a
 ``Checkpoint global_stepN is ready now!`` line shows up, one more command lists the save folder
 (ckpt_listing.py) and the completeness rule decides which checkpoints are real.
 
@@ -35,30 +37,27 @@ folder go once the lease runs out. A failed renewal command is retried a minute 
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
-from neoxflow.hooks.slurm import is_host_key_error
 from neoxflow.neox.checkpoint_listing import (
     checkpoint_to_dict,
     expectation_from_dict,
     new_complete_checkpoints,
 )
-from neoxflow.neox.logparse import CheckpointCommitted, Event, LogFollower, LogState, TrainStep
+from neoxflow.neox.logparse import CheckpointCommitted, Event, TrainStep, parse_lines
 from neoxflow.neox.progress import stall_reason, summary_line
+from neoxflow.neox.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S, parse_renew, renew_command
-from neoxflow.slurm.commands import ProbeRequest
-from neoxflow.slurm.logstream import LogStream
+from neoxflow.slurm.parse import JobStatus
 from neoxflow.slurm.states import Outcome
+from neoxflow.triggers.base import AGAIN
 from neoxflow.triggers.checkpoint import fetch_listing
-from neoxflow.triggers.event_state import event_status, offload_event
-from neoxflow.triggers.slurm_job import SlurmJobTrigger
-from neoxflow.triggers.watch_state import MAX_ERRORS, MAX_LOSS_POINTS, RECENT_STEPS, WatchState
+from neoxflow.triggers.event_state import offload_event
+from neoxflow.triggers.slurm_job import JOB_ARGUMENTS, SlurmJobTrigger
 
 __all__ = [
     "MAX_ERRORS",
@@ -128,6 +127,16 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         every event: ``dag.test()`` in Airflow 3.3.2 resumes with ``{"event": ...}`` only, dropping the
         ``kwargs`` given to ``defer()``, so the operator must not rely on them.
     """
+
+    SERIALIZED = (
+        *JOB_ARGUMENTS,
+        *WATCH_SETTINGS,
+        "watch",
+        "carry",
+        "lock_dir",
+        "lock_owner",
+        "lock_lease_s",
+    )
 
     def __init__(
         self,
@@ -200,18 +209,6 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.lock_owner = lock_owner
         self.lock_lease_s = lock_lease_s
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        classpath, kwargs = super().serialize()
-        kwargs.update(
-            {name: getattr(self, name) for name in WATCH_SETTINGS},
-            watch=self.watch,
-            carry=self.carry,
-            lock_dir=self.lock_dir,
-            lock_owner=self.lock_owner,
-            lock_lease_s=self.lock_lease_s,
-        )
-        return classpath, kwargs
-
     # -- helpers ---------------------------------------------------------------------------------------
     async def _list(self, hook, watch: WatchState) -> list[dict[str, Any]]:
         """New complete checkpoints (dicts, oldest first) since the last one reported."""
@@ -272,14 +269,6 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
         self.log.error("%s", message)
         return {"holder": answer.holder, "until": answer.until, "message": message}
 
-    def _lines(self, stream: LogStream, lines: list[str], watch: WatchState) -> None:
-        """Log one poll's complete lines (bounded by the stream), remember the slice-end marker."""
-        for line in lines:
-            if SLICE_END_MARKER in line:
-                watch.slice_end = line.strip()[-300:]
-        for line in stream.to_log(lines):
-            self.log.info("[slurm %s] %s", self.job_id, line)
-
     def _absorb(self, watch: WatchState, events: list[Event]) -> None:
         """Fold one poll's events into the watch, with a progress line at each NeoX logging interval
         (each ``iteration X/Y`` line; of a poll that brought more, the newest MAX_PROGRESS_LINES)."""
@@ -292,18 +281,6 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
                     progress = summary_line(watch.progress(self.train_iters, self.seq_length))
                     self.log.info("[progress] %s", progress)
 
-    def _payload(self, kind: str, watch: WatchState, offset: int, **extra: Any) -> dict[str, Any]:
-        progress = watch.progress(self.train_iters, self.seq_length)
-        return self._event(
-            kind,
-            log_start=self.log_offset,
-            log_offset=offset,
-            watch=watch.to_dict(),
-            progress=summary_line(progress),
-            carry=self.carry,
-            **extra,
-        )
-
     async def _fire(self, hook, payload: dict[str, Any]) -> TriggerEvent:
         """The event, its bulky state written beside the log (Airflow logs each event whole); an
         ``error`` event (the cluster unreachable, a host key refused) goes out as it is."""
@@ -311,206 +288,116 @@ class NeoXTrainingTrigger(SlurmJobTrigger):
             return TriggerEvent(payload)
         return TriggerEvent(await offload_event(hook, self.log_path, payload, self.log))
 
-    # -- the loop --------------------------------------------------------------------------------------
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = self._hook()
-        watch = WatchState.from_dict(self.watch)
-        follower = LogFollower(offset=self.log_offset)
-        stream = LogStream(self.log_path)
-        last_progress = watch.last_progress_at or time.time()
-        unknown_since: float | None = None
-        silent_since: float | None = None
-        unreachable_since: float | None = None
-        failures = polls = since_listing = 0
+    # -- what the training watch adds to the Slurm job watch -------------------------------------------
+    def _begin(self) -> None:
+        super()._begin()
+        self._watch = WatchState.from_dict(self.watch)
+        self._last_progress = self._watch.last_progress_at or time.time()
+        self._since_listing = 0
+        self._now = time.time()
+        self._commit_seen = False
+
+    async def _judge(self, hook, answer: tuple[JobStatus, bytes]) -> Any:
+        self._now, self._commit_seen = time.time(), False
+        return await super()._judge(hook, answer)
+
+    def _on_lines(self, lines: list[str]) -> None:
+        """Log one poll's complete lines (bounded by the stream), remember the slice-end marker, and fold
+        the NeoX events of those same lines into the watch."""
+        watch = self._watch
+        for line in lines:
+            if SLICE_END_MARKER in line:
+                watch.slice_end = line.strip()[-300:]
+        super()._on_lines(lines)
+        if lines:
+            watch.lines += len(lines)
+            self._last_progress = self._now
+        events = parse_lines(lines)
+        self._absorb(watch, events)
+        self._commit_seen = self._commit_seen or any(isinstance(e, CheckpointCommitted) for e in events)
+
+    def _job_event(self, kind: str, status: JobStatus | None = None, **payload: Any) -> dict[str, Any]:
+        """Every event carries the watch (moved to a file by `_fire`), the progress line and ``carry``."""
+        watch = self._watch
+        watch.last_progress_at = self._last_progress
+        progress = watch.progress(self.train_iters, self.seq_length)
+        return super()._job_event(
+            kind,
+            status,
+            log_start=self.log_offset,
+            watch=watch.to_dict(),
+            progress=summary_line(progress),
+            carry=self.carry,
+            **payload,
+        )
+
+    async def _final_event(self, hook, status: JobStatus) -> dict[str, Any]:
+        """The final event with the complete checkpoints a last listing found."""
+        extra: dict[str, Any] = {}
         try:
-            while True:
-                request = ProbeRequest(
-                    self.job_id,
-                    self.start_day,
-                    log_path=self.log_path,
-                    log_offset=follower.offset + follower.pending,
-                    use_sacct=self.use_sacct,
-                )
-                try:
-                    status, chunk = await hook.probe(request, self.expected_tasks)
-                    polls += 1
-                    failures, unreachable_since = 0, None
-                except Exception as err:
-                    if is_host_key_error(err):
-                        yield await self._fire(
-                            hook,
-                            self._payload(
-                                "error", watch, follower.offset, message=f"SSH host key rejected: {err}"
-                            ),
-                        )
-                        return
-                    failures += 1
-                    unreachable_since = unreachable_since or time.monotonic()
-                    if time.monotonic() - unreachable_since > self.unreachable_timeout:
-                        message = f"cluster unreachable for {self.unreachable_timeout:.0f}s: {err}"
-                        yield await self._fire(
-                            hook, self._payload("error", watch, follower.offset, message=message)
-                        )
-                        return
-                    wait = min(60.0, self.poll_interval * 2 ** min(failures, 6)) * random.uniform(0.5, 1.5)
-                    self.log.warning("Poll of job %s failed (%s); retrying in %.1fs", self.job_id, err, wait)
-                    await asyncio.sleep(wait)
-                    continue
+            found = await self._list(hook, self._watch)
+        except Exception as err:  # the operator lists again itself
+            found, extra["listing_error"] = [], f"{type(err).__name__}: {err}"
+        if found:
+            self._watch.last_checkpoint = found[-1]["iteration"]
+        return self._job_event(
+            "final",
+            status,
+            checkpoints=found,
+            tail=list(self._stream.tail),
+            polls=self._polls,
+            connections=hook.connections_opened,
+            **extra,
+        )
 
-                now = time.time()
-                commit_seen = False
-                if chunk:
-                    self._lines(stream, stream.feed(chunk), watch)
-                    before = follower.lines
-                    events = follower.feed(chunk)
-                    follower.state = LogState()  # the watch keeps what matters, bounded
-                    if follower.lines > before:
-                        watch.lines += follower.lines - before
-                        last_progress = now
-                    self._absorb(watch, events)
-                    commit_seen = any(isinstance(e, CheckpointCommitted) for e in events)
-                more_log = len(chunk) >= request.max_log_bytes
+    async def _while_alive(self, hook, status: JobStatus) -> Any:
+        """Renew the lease, look for new complete checkpoints, notice a stall; read on at once while
+        more of the log is waiting."""
+        now = self._now
+        if status.outcome is Outcome.ACTIVE:  # the job lives: keep its folder's lease
+            lost = await self._renew_lock(hook, self._watch, now)
+            if lost is not None:
+                return self._job_event("lock_lost", status, **lost)
+        running = status.state == "RUNNING"
+        if not running and status.outcome is Outcome.ACTIVE:
+            self._last_progress = now  # queued or starting: the stall window counts from RUNNING
+        checkpoint = await self._checkpoint_event(hook, status)
+        if checkpoint is not None:
+            return checkpoint
+        quiet = now - self._last_progress
+        if running and self.stall_window and not self._more_log and quiet > self.stall_window:
+            reason = stall_reason(self._last_progress, now, self.stall_window)
+            return self._job_event("stalled", status, reason=reason, tail=list(self._stream.tail))
+        return AGAIN if self._more_log else None
 
-                if status.final:
-                    if more_log:
-                        continue  # read the rest of the log before the verdict
-                    self._lines(stream, stream.flush(), watch)
-                    watch.absorb(follower.flush())
-                    extra: dict[str, Any] = {}
-                    try:
-                        found = await self._list(hook, watch)
-                    except Exception as err:  # the operator lists again itself
-                        found, extra["listing_error"] = [], f"{type(err).__name__}: {err}"
-                    if found:
-                        watch.last_checkpoint = found[-1]["iteration"]
-                    watch.last_progress_at = last_progress
-                    yield await self._fire(
-                        hook,
-                        self._payload(
-                            "final",
-                            watch,
-                            follower.offset,
-                            status=event_status(status),
-                            checkpoints=found,
-                            tail=list(stream.tail),
-                            polls=polls,
-                            connections=hook.connections_opened,
-                            **extra,
-                        ),
-                    )
-                    return
-                if status.outcome is Outcome.HELD:
-                    watch.last_progress_at = last_progress
-                    yield await self._fire(
-                        hook,
-                        self._payload(
-                            "held",
-                            watch,
-                            follower.offset,
-                            status=event_status(status),
-                            tail=list(stream.tail),
-                        ),
-                    )
-                    return
-                silent_since, silent = self._silence(status, silent_since)
-                if silent:
-                    watch.last_progress_at = last_progress
-                    yield await self._fire(
-                        hook,
-                        self._payload(
-                            "controller_silent",
-                            watch,
-                            follower.offset,
-                            status=event_status(status),
-                            message=silent,
-                        ),
-                    )
-                    return
-                if status.outcome is Outcome.UNKNOWN and not status.controller_silent:
-                    unknown_since = unknown_since or time.monotonic()
-                    waited = time.monotonic() - unknown_since
-                    if waited > self.unknown_timeout:
-                        message = f"no Slurm source knew job {self.job_id} for {waited:.0f}s ({status.note})"
-                        yield await self._fire(
-                            hook,
-                            self._payload(
-                                "lost",
-                                watch,
-                                follower.offset,
-                                status=event_status(status),
-                                tail=list(stream.tail),
-                                message=message,
-                            ),
-                        )
-                        return
-                else:
-                    unknown_since = None
-
-                if status.outcome is Outcome.ACTIVE:  # the job lives: keep its folder's lease
-                    lost = await self._renew_lock(hook, watch, now)
-                    if lost is not None:
-                        watch.last_progress_at = last_progress
-                        yield await self._fire(
-                            hook,
-                            self._payload(
-                                "lock_lost", watch, follower.offset, status=event_status(status), **lost
-                            ),
-                        )
-                        return
-
-                running = status.state == "RUNNING"
-                if not running and status.outcome is Outcome.ACTIVE:
-                    last_progress = now  # queued or starting: the stall window counts from RUNNING
-
-                since_listing += 1
-                if self.save_dir and (commit_seen or since_listing >= self.list_every):
-                    since_listing = 0
-                    try:
-                        found = await self._list(hook, watch)
-                    except Exception as err:  # a failed listing is not a verdict: try next time
-                        self.log.warning("Listing %s failed: %s", self.save_dir, err)
-                        found = []
-                    if found:
-                        newest = found[-1]
-                        watch.last_checkpoint = newest["iteration"]
-                        watch.last_progress_at = now
-                        self.log.info(
-                            "Complete checkpoint %s (%d new); %s",
-                            newest["tag"],
-                            len(found),
-                            summary_line(watch.progress(self.train_iters, self.seq_length)),
-                        )
-                        yield await self._fire(
-                            hook,
-                            self._payload(
-                                "checkpoint",
-                                watch,
-                                follower.offset,
-                                iteration=newest["iteration"],
-                                path=newest["path"],
-                                tag=newest["tag"],
-                                checkpoints=found,
-                                status=event_status(status),
-                            ),
-                        )
-                        return
-
-                if running and self.stall_window and not more_log and now - last_progress > self.stall_window:
-                    watch.last_progress_at = last_progress
-                    reason = stall_reason(last_progress, now, self.stall_window)
-                    yield await self._fire(
-                        hook,
-                        self._payload(
-                            "stalled",
-                            watch,
-                            follower.offset,
-                            reason=reason,
-                            status=event_status(status),
-                            tail=list(stream.tail),
-                        ),
-                    )
-                    return
-                if not more_log:
-                    await asyncio.sleep(self.poll_interval)
-        finally:
-            await hook.close()
+    async def _checkpoint_event(self, hook, status: JobStatus) -> dict[str, Any] | None:
+        """List the save folder every ``list_every`` polls and at each commit line; the ``checkpoint``
+        event when new complete checkpoints are there. A failed listing is not a verdict."""
+        self._since_listing += 1
+        if not (self.save_dir and (self._commit_seen or self._since_listing >= self.list_every)):
+            return None
+        self._since_listing = 0
+        try:
+            found = await self._list(hook, self._watch)
+        except Exception as err:  # try next time
+            self.log.warning("Listing %s failed: %s", self.save_dir, err)
+            return None
+        if not found:
+            return None
+        newest = found[-1]
+        self._watch.last_checkpoint = newest["iteration"]
+        self._last_progress = self._now
+        self.log.info(
+            "Complete checkpoint %s (%d new); %s",
+            newest["tag"],
+            len(found),
+            summary_line(self._watch.progress(self.train_iters, self.seq_length)),
+        )
+        return self._job_event(
+            "checkpoint",
+            status,
+            iteration=newest["iteration"],
+            path=newest["path"],
+            tag=newest["tag"],
+            checkpoints=found,
+        )

@@ -23,7 +23,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from neoxflow.neox.logparse import LogState, parse_text
+from neoxflow.neox.logparse import parse_text
+from neoxflow.neox.logstate import LogState
 from neoxflow.neox.progress import compute_progress
 
 TRAIN = "train.train_slice"

@@ -3,6 +3,11 @@ length: the recent NeoX logging intervals (throughput medians), a down-sampled l
 complete checkpoint, the errors seen, the lease renewal's timing. The trigger
 (:mod:`neoxflow.triggers.training`) folds each poll's parsed log events in; the operator reads progress,
 the verdict's log state and the loss curve from it.
+
+A `WatchState` is a :class:`~neoxflow.neox.logstate.LogState` with small bounds: the events are folded
+by `LogState.update`, the one fold, and only what a watch adds (the loss curve, the highest iteration,
+the lease) is kept here. Its dict keeps the keys of earlier releases (``recent`` for the steps), since it
+travels in serialised triggers and event state files.
 """
 
 from __future__ import annotations
@@ -11,17 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from neoxflow.neox.logparse import (
-    CheckpointCommitted,
-    ErrorLine,
-    Event,
-    LatestMissing,
-    LogState,
-    ResumeInfo,
-    TrainStep,
-    event_from_dict,
-    event_to_dict,
-)
+from neoxflow.neox.logparse import Event, TrainStep, event_from_dict, event_to_dict
+from neoxflow.neox.logstate import LogState
 from neoxflow.neox.progress import Progress, compute_progress
 from neoxflow.neox.report import downsample
 
@@ -33,21 +29,23 @@ MAX_ERRORS = 5
 
 
 @dataclass
-class WatchState:
+class WatchState(LogState):
     """What the watch remembers between deferrals; bounded whatever the run's length.
 
-    ``last_checkpoint`` is the newest COMPLETE checkpoint reported so far; ``last_progress_at`` (epoch
-    seconds) the last time a new log line or checkpoint arrived, for stall detection.
+    ``steps`` (also ``recent``) are the last RECENT_STEPS logging intervals; ``last_iteration`` is the
+    highest iteration ever logged (the steps behind it are gone). ``last_checkpoint`` is the newest
+    COMPLETE checkpoint reported so far; ``last_progress_at`` (epoch seconds) the last time a new log
+    line or checkpoint arrived, for stall detection.
     """
 
-    recent: list[TrainStep] = field(default_factory=list)
+    max_steps = RECENT_STEPS
+    max_validations = 0  # the watch does not report validations
+    max_committed = MAX_ERRORS
+    max_errors = MAX_ERRORS
+
     loss_points: list[tuple[int, float]] = field(default_factory=list)
     last_iteration: int | None = None
     total: int | None = None
-    resumed_from: int | None = None
-    latest_missing: bool = False
-    committed: list[int] = field(default_factory=list)
-    errors: list[ErrorLine] = field(default_factory=list)
     slice_end: str | None = None
     last_checkpoint: int | None = None
     last_progress_at: float | None = None
@@ -57,17 +55,18 @@ class WatchState:
     lock_retry_at: float | None = None  # after a failed renewal command: not before this
     lock_lost: str | None = None  # the lock command's answer once someone else holds the lease
 
+    @property
+    def recent(self) -> list[TrainStep]:
+        """The recent logging intervals (the name the watch's dict has always used)."""
+        return self.steps
+
     def absorb(self, events: Iterable[Event]) -> bool:
         """Fold parsed events in; True when a training step was among them (worth a progress line)."""
         stepped = False
         for event in events:
+            self.update(event)
             if isinstance(event, TrainStep):
                 stepped = True
-                if self.recent and self.recent[-1].iteration == event.iteration:
-                    self.recent[-1] = event
-                else:
-                    self.recent.append(event)
-                del self.recent[:-RECENT_STEPS]
                 self.last_iteration = max(self.last_iteration or 0, event.iteration)
                 self.total = event.total
                 if event.lm_loss is not None:
@@ -76,33 +75,20 @@ class WatchState:
                     self.loss_points.append((event.iteration, event.lm_loss))
                     if len(self.loss_points) > 2 * MAX_LOSS_POINTS:
                         self.loss_points = downsample(self.loss_points, MAX_LOSS_POINTS)
-            elif isinstance(event, ResumeInfo):
-                self.resumed_from = event.iteration
-            elif isinstance(event, LatestMissing):
-                self.latest_missing = True
-            elif isinstance(event, CheckpointCommitted):
-                if event.iteration not in self.committed:
-                    self.committed = [*self.committed[-(MAX_ERRORS - 1) :], event.iteration]
-            elif isinstance(event, ErrorLine):
-                if len(self.errors) >= MAX_ERRORS:
-                    del self.errors[1]  # keep the first (usually the cause) and the newest
-                self.errors.append(event)
         return stepped
 
     def loss_at(self, iteration: int) -> float | None:
         """The last lm_loss NeoX logged at or before ``iteration`` (None if none is remembered)."""
         known = [(i, v) for i, v in self.loss_points if i <= iteration]
         known += [
-            (s.iteration, s.lm_loss)
-            for s in self.recent
-            if s.iteration <= iteration and s.lm_loss is not None
+            (s.iteration, s.lm_loss) for s in self.steps if s.iteration <= iteration and s.lm_loss is not None
         ]
         return max(known)[1] if known else None
 
     def log_state(self) -> LogState:
         """A `LogState` good enough for `training_verdict` and `compute_progress`."""
         return LogState(
-            steps=list(self.recent),
+            steps=list(self.steps),
             committed=list(self.committed),
             resumed_from=self.resumed_from,
             latest_missing=self.latest_missing,
@@ -120,7 +106,7 @@ class WatchState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "recent": [event_to_dict(s) for s in self.recent],
+            "recent": [event_to_dict(s) for s in self.steps],
             "loss_points": [[i, v] for i, v in self.loss_points],
             "last_iteration": self.last_iteration,
             "total": self.total,
@@ -142,7 +128,7 @@ class WatchState:
     def from_dict(cls, data: Mapping[str, Any] | None) -> WatchState:
         data = data or {}
         return cls(
-            recent=[event_from_dict(s) for s in data.get("recent", [])],
+            steps=[event_from_dict(s) for s in data.get("recent", [])],
             loss_points=[(int(i), float(v)) for i, v in data.get("loss_points", [])],
             last_iteration=data.get("last_iteration"),
             total=data.get("total"),
