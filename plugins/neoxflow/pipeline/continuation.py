@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neoxflow.pipeline.record import RECORD_SUFFIX
-from neoxflow.pipeline.request import RUN_NAME
-from neoxflow.slurm.validate import check_remote_path
+from neoxflow.slurm.validate import RUN_NAME, check_remote_path
 
 ATTENTION_SUFFIX = ".attention.json"
 _TAG = re.compile(r"global_step(\d+)")
