@@ -45,7 +45,7 @@ from neoxflow.neox.image import IMAGE_FEATURES, fit_to_image
 from neoxflow.neox.memory import RECOMPUTE_MODES, RecomputeChoice, choose_recompute
 from neoxflow.neox.precision import precision_problems
 from neoxflow.paths import CONFIG_DIR, REPO_ROOT
-from neoxflow.slurm.validate import UnsafeValueError, check_sbatch_option
+from neoxflow.slurm.validate import UnsafeValueError, check_run_name, check_sbatch_option
 
 #: The ten Pythia sizes, smallest first (file names under include/configs/pythia/).
 PYTHIA_SIZES: tuple[str, ...] = ("14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B")
@@ -798,8 +798,7 @@ class Profile:
         return "/".join(p for p in (self.data_dir, folder, dataset_id, name) if p)
 
     def run_paths(self, run_name: str) -> RunPaths:
-        if not _NAME.fullmatch(run_name or ""):
-            raise ValueError(f"run name {run_name!r} must match {_NAME.pattern} (it becomes a folder name)")
+        check_run_name(run_name, "run name")  # the one run-name rule (slurm/validate.py): it names folders
         run_dir = f"{self.runs_dir}/{run_name}"
         return RunPaths(
             run_name=run_name,
