@@ -14,7 +14,7 @@ The triggered DAG run plans from the record (its form fields are blank), so it c
 itself. Its run id is ``continue__<run>__<latest iteration>``: the same run at the same progress maps to
 the same id, so a tick that finds the previous tick's DAG run still queued adds nothing.
 
-Pure: the decision and the shell commands; ``pipeline/tasks.py`` runs them.
+Pure: the decision and the shell commands; ``pipeline/attention_tasks.py`` runs them.
 """
 
 from __future__ import annotations
