@@ -209,8 +209,9 @@ class PretrainTrainOperator(NeoXTrainOperator):
 
         run = self._configure(context)
         profile = run.load_profile()
-        excluded = list(self._history(context)["excluded"])
-        cfg = slice_config(run, profile, self._history(context).get("nodes") or run.slice.nodes)
+        history = self._history(context)
+        excluded = list(history["excluded"])
+        cfg = slice_config(run, profile, history.get("nodes") or run.slice.nodes)
         if not cfg.ok:
             raise AirflowFailException("; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
         spec, template = launch_spec_for_run(
