@@ -20,7 +20,7 @@ from neoxflow.notifiers.deadline import run_deadline
 from neoxflow.notifiers.factory import alert_notifiers, configured_channels
 from neoxflow.operators.fsx import FsxImportOperator
 from neoxflow.operators.pipeline import PlannedSlurmOperator, PretrainTrainOperator
-from neoxflow.pipeline import tasks
+from neoxflow.pipeline import attention_tasks, record_tasks, report_task, resume_task, tasks
 from neoxflow.pipeline.request import form_params
 
 DOC = __doc__
@@ -61,7 +61,7 @@ def build(dag_id: str, description: str) -> DAG:
 
             @task
             def lock(plan, dag_run=None):
-                return tasks.acquire_lock(
+                return record_tasks.acquire_lock(
                     plan,
                     dag_run.dag_id,
                     dag_run.run_id,
@@ -108,7 +108,7 @@ def build(dag_id: str, description: str) -> DAG:
 
             @task(trigger_rule="none_failed", show_return_value_in_logs=False)
             def resume_point(plan):
-                return tasks.prepare_resume(plan)
+                return resume_task.prepare_resume(plan)
 
             train = PretrainTrainOperator(
                 task_id="train_slice",
@@ -128,7 +128,7 @@ def build(dag_id: str, description: str) -> DAG:
 
             @task(trigger_rule="all_done")
             def mark_attention(plan, ti=None):
-                return tasks.mark_attention(plan, ti)
+                return attention_tasks.mark_attention(plan, ti)
 
             train >> mark_attention(the_plan)
 
@@ -136,7 +136,7 @@ def build(dag_id: str, description: str) -> DAG:
 
             @task(trigger_rule="none_failed", show_return_value_in_logs=False)
             def plan_export(plan):
-                return tasks.plan_export(plan)
+                return report_task.plan_export(plan)
 
             export_plan = plan_export(the_plan)
             export = PlannedSlurmOperator(
@@ -146,11 +146,11 @@ def build(dag_id: str, description: str) -> DAG:
 
         @task(trigger_rule="all_done", show_return_value_in_logs=False)
         def report(plan, ti=None):
-            return tasks.report(plan, ti)
+            return report_task.report(plan, ti)
 
         @task(trigger_rule="all_done")
         def release_lock(plan, owner):
-            tasks.release_lock(plan, owner)
+            record_tasks.release_lock(plan, owner)
 
         export >> report(the_plan) >> release_lock(the_plan, owner)
 

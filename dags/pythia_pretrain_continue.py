@@ -18,7 +18,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import DAG, Param, task
 
 from neoxflow.notifiers.factory import alert_notifiers, configured_channels
-from neoxflow.pipeline import tasks
+from neoxflow.pipeline import attention_tasks
 from neoxflow.pipeline.request import PROFILES
 
 CHANNELS = configured_channels()
@@ -50,7 +50,7 @@ with DAG(
 
     @task
     def survey(params=None):
-        return tasks.survey_runs(params["profile"], CHANNELS)
+        return attention_tasks.survey_runs(params["profile"], CHANNELS)
 
     TriggerDagRunOperator.partial(
         task_id="continue_run",

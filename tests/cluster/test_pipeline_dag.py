@@ -341,7 +341,7 @@ def test_the_continuation_carries_unfinished_idle_runs_and_alerts_a_failed_one_o
     """The survey over real runs of record on the cluster's FSx: one idle, one finished, one whose folder
     a DAG run holds, one waiting for a person after an application failure."""
     from neoxflow.hooks.slurm import SlurmSSHHook
-    from neoxflow.pipeline import lock, tasks
+    from neoxflow.pipeline import attention_tasks, lock, tasks
 
     name, fsx = fresh_run
     runs = {kind: f"{name}-{kind}" for kind in ("idle", "done", "held", "failed")}
@@ -359,7 +359,7 @@ def test_the_continuation_carries_unfinished_idle_runs_and_alerts_a_failed_one_o
         marker = ckpts / f"{runs['failed']}.attention.json"
         marker.write_text(json.dumps({"reason": "job 9 failed in the application", "job_id": "9"}))
 
-        mine = [t for t in tasks.survey_runs("local") if t["conf"]["run_name"].startswith(name)]
+        mine = [t for t in attention_tasks.survey_runs("local") if t["conf"]["run_name"].startswith(name)]
         assert mine == [
             {
                 "trigger_run_id": f"continue__{runs['idle']}__at0",
@@ -369,7 +369,7 @@ def test_the_continuation_carries_unfinished_idle_runs_and_alerts_a_failed_one_o
         alerts = [a for a in _read_alerts(runs["failed"]) if runs["failed"] in a]
         assert alerts and "waits for a person" in alerts[0]
         assert json.loads(marker.read_text())["alerted"] is True
-        tasks.survey_runs("local")  # the next tick: still left alone, and no second alert
+        attention_tasks.survey_runs("local")  # the next tick: still left alone, and no second alert
         assert [a for a in _read_alerts(runs["failed"], timeout=5) if runs["failed"] in a] == []
         # the continuation's own DAG run stops at the plan; a person's trigger clears the mark
         with pytest.raises(Exception, match="waits for a person"):

@@ -284,7 +284,7 @@ def test_the_continuation_frees_only_the_lease_of_an_ended_dag_run(tmp_path, mon
     import airflow.sdk
     from airflow.sdk.api.datamodels._generated import DagRunState as SdkDagRunState
 
-    from neoxflow.pipeline import tasks
+    from neoxflow.pipeline import connections, record_tasks
 
     holder = lock.owner_token("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")
     assert lock.owner_dag_run(holder) == ("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")
@@ -302,10 +302,10 @@ def test_the_continuation_frees_only_the_lease_of_an_ended_dag_run(tmp_path, mon
             return SdkDagRunState(state)
 
     monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ti": TaskInstance()})
-    monkeypatch.setattr(tasks, "_hook", ShellHook)
-    assert tasks._live_lease(lock_dir, holder) == (None if freed else holder)
+    monkeypatch.setattr(connections, "slurm_hook", ShellHook)
+    assert record_tasks.live_lease(lock_dir, holder) == (None if freed else holder)
     assert asked == [("pythia_pretrain", "manual__2026-12-02T21:00:00+00:00")]
     now_holder = lock.live_holder(sh(lock.state_command(lock_dir))[1], time.time())
     assert now_holder == (None if freed else holder)
     # a holder that is no DAG run is never asked about, nor freed
-    assert tasks._live_lease(lock_dir, "someone-else") == "someone-else" and len(asked) == 1
+    assert record_tasks.live_lease(lock_dir, "someone-else") == "someone-else" and len(asked) == 1

@@ -132,11 +132,16 @@ def test_load_size_config_rejects_unknown_size() -> None:
         load_size_config("13B")
 
 
+def run_name_of(size: str) -> str:
+    """A run name for a size (run names are lower case, no dots: slurm/validate.RUN_NAME)."""
+    return "pythia-" + size.lower().replace(".", "-")
+
+
 @pytest.mark.parametrize("nodes", [1, 2, 16])
 @pytest.mark.parametrize("size", PYTHIA_SIZES)
 def test_every_size_validates_at_1_2_16_nodes_of_8_gpus(size: str, nodes: int, aws, vocab: str) -> None:
     run = build_run_config(
-        size, aws, f"pythia-{size}", nodes=nodes, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
+        size, aws, run_name_of(size), nodes=nodes, gpus_per_node=8, check_vocab_file=False, dataset_id="t"
     )
     assert run.errors == []
     cfg = run.config
@@ -146,15 +151,15 @@ def test_every_size_validates_at_1_2_16_nodes_of_8_gpus(size: str, nodes: int, a
     micro, gas = cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]
     assert cfg["train_batch_size"] == 1024 == micro * gas * dp  # NeoX's start-up rule
     assert micro <= load_size_config(size)["train_micro_batch_size_per_gpu"], "never above the memory cap"
-    assert cfg["save"] == cfg["load"] == f"/fsx/checkpoints/pythia-{size}"
+    assert cfg["save"] == cfg["load"] == f"/fsx/checkpoints/{run_name_of(size)}"
     assert json.loads(run.rendered) == yaml.safe_load(run.rendered) == cfg
     # the real vocab file check passes once the file is readable
-    assert validate_config({**cfg, "vocab_file": vocab}, nodes, 8, run_name=f"pythia-{size}") == []
+    assert validate_config({**cfg, "vocab_file": vocab}, nodes, 8, run_name=run_name_of(size)) == []
 
 
 def test_all_sizes_of_one_profile_get_distinct_checkpoint_folders(aws) -> None:
     runs = {
-        size: build_run_config(size, aws, f"pythia-{size}", check_vocab_file=False, dataset_id="t")
+        size: build_run_config(size, aws, run_name_of(size), check_vocab_file=False, dataset_id="t")
         for size in PYTHIA_SIZES
     }
     assert find_shared_save_paths({s: r.config for s, r in runs.items()}) == []

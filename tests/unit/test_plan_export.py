@@ -13,7 +13,7 @@ import logging
 import pytest
 
 from neoxflow.pipeline import plan as plan_module
-from neoxflow.pipeline import tasks
+from neoxflow.pipeline import report_task, tasks
 from neoxflow.ui import story
 
 FORM = {"profile": "local", "run_name": "exp", "shards": "0-1", "train_iters": 40, "checkpoint_interval": 20}
@@ -61,9 +61,9 @@ def test_the_plan_renders_the_export_job_for_the_runs_last_checkpoint():
 def test_what_export_submits_is_what_the_plan_rendered_but_for_the_tags(monkeypatch, complete):
     p = plan_module.plan_run(FORM)
     monkeypatch.setattr(
-        tasks, "checkpoint_listing", lambda plan: listing(plan["layout"]["checkpoint_dir"], *complete)
+        report_task, "checkpoint_listing", lambda run: listing(run.layout.checkpoint_dir, *complete)
     )
-    submitted = tasks.plan_export(p)
+    submitted = report_task.plan_export(p)
     tags = " ".join(f"--tag global_step{i}" for i in complete)
     assert submitted["tags"] == [f"global_step{i}" for i in complete]
     assert (

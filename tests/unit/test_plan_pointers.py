@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from neoxflow.data.shards import ShardSelection, parse_manifest
+from neoxflow.data.shards import ShardSelection
 from neoxflow.pipeline import record
 from neoxflow.pipeline.plan import ARRAY_STEPS, manifest_texts, plan_run
+from tests.unit.manifest_reader import parse_manifest
 
 PLAN_XCOM_LIMIT = 32 * 1024
 

@@ -37,7 +37,7 @@ def shape(nodes: list[str], down: list[str], excluded: list[str], *, wanted=2, s
         cluster=SimpleNamespace(nodes=wanted, partition="debug", shrink_on_node_failure=shrink),
     )
     fake_self = SimpleNamespace(
-        _run={"request": SimpleNamespace(nodes=None), "profile": profile},
+        _plan=SimpleNamespace(slice=SimpleNamespace(nodes=wanted), load_profile=lambda: profile),
         hook=FakeSinfo(nodes, down),
         log=logging.getLogger("test"),
     )

@@ -21,7 +21,8 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from neoxflow.operators.slurm import SlurmOperator
 from neoxflow.operators.training import ASSET_WATERMARK_KEY, NeoXTrainOperator
-from neoxflow.pipeline import tasks
+from neoxflow.pipeline import connections, resume_task
+from neoxflow.pipeline.plan import plan_run
 from neoxflow.slurm import ownership
 from neoxflow.slurm.commands import ProbeAnswer
 from neoxflow.slurm.ownership import Adoption, OwnerRecord, adoption
@@ -341,20 +342,20 @@ class ResumeHook:
         self.uploads.append(path)
 
 
-PLAN = {
-    "dry_run": False,
-    "run_name": "r",
-    "layout": {"jobs_dir": "/fsx/runs/r/jobs", "checkpoint_dir": "/fsx/ckpt/r"},
-    "config": {"train_iters": 600},
-}
+PLAN_FORM = {"profile": "local", "run_name": "r", "shards": "0-1", "train_iters": 600}
+PLAN: dict = {}  # the run plan the prepare_resume tests read, made by plan_run (resume_env)
 
 
 @pytest.fixture
-def resume_env(monkeypatch):
+def resume_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEOXFLOW_TOKENIZER_SOURCE", "http://127.0.0.1:18080/20B_tokenizer.json")
+    monkeypatch.setenv("NEOXFLOW_FSX", str(tmp_path / "fsx"))
+    PLAN.clear()
+    PLAN.update(plan_run(PLAN_FORM))
+
     def use(hook):
-        monkeypatch.setattr(tasks, "_hook", lambda: hook)
-        monkeypatch.setattr(tasks, "checkpoint_listing", lambda plan: {"tags": {}, "latest": None})
-        monkeypatch.setattr(tasks, "expectation", lambda plan: None)
+        monkeypatch.setattr(connections, "slurm_hook", lambda: hook)
+        monkeypatch.setattr(resume_task, "checkpoint_listing", lambda run: {"tags": {}, "latest": None})
         monkeypatch.setattr(
             "neoxflow.neox.checkpoints.resume_plan",
             lambda listing, expect: type("P", (), {"action": "keep", "iteration": 76, "reason": "r"})(),
@@ -366,26 +367,26 @@ def resume_env(monkeypatch):
 def test_prepare_resume_waits_for_a_completing_job_then_decides(resume_env):
     hook = ResumeHook([[("127", "COMPLETING")], [("127", "COMPLETING")], []])
     resume_env(hook)
-    result = tasks.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)
+    result = resume_task.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)
     assert result["resume_from"] == 76 and hook.snapshots == [[]]
 
 
 def test_prepare_resume_skips_for_a_running_job(resume_env):
     resume_env(ResumeHook([[("127", "RUNNING")]]))
     with pytest.raises(AirflowSkipException, match="127"):
-        tasks.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)
+        resume_task.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)
 
 
 def test_prepare_resume_treats_a_running_job_with_a_cancel_mark_as_leaving(resume_env):
     mark = "job_id=127\nowner=a\ncancel_requested_at=5\ncancel_by=a\n"
     resume_env(ResumeHook([[("127", "RUNNING")], []], owner_text=mark))
-    assert tasks.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)["resume_from"] == 76
+    assert resume_task.prepare_resume(PLAN, leave_timeout_s=10, poll_s=0)["resume_from"] == 76
 
 
 def test_prepare_resume_fails_retryably_when_a_job_never_leaves(resume_env):
     resume_env(ResumeHook([[("127", "COMPLETING")]]))
     with pytest.raises(RuntimeError, match="still COMPLETING"):
-        tasks.prepare_resume(PLAN, leave_timeout_s=0, poll_s=0)
+        resume_task.prepare_resume(PLAN, leave_timeout_s=0, poll_s=0)
 
 
 # ----------------------------------------------------------------------------------- Asset watermark

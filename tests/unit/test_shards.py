@@ -12,12 +12,12 @@ from neoxflow.data.shards import (
     build_manifest,
     build_tokenize_manifest,
     format_manifest,
-    parse_manifest,
     shard_stem,
     tokenizer_entry,
     train_shard_name,
     validation_shard_name,
 )
+from tests.unit.manifest_reader import parse_manifest
 
 
 def test_default_is_the_recipes_four_train_shards():

@@ -338,16 +338,3 @@ def build_tokenize_manifest(entries: Iterable[ManifestEntry], *, tokens_dir: str
 def format_manifest(entries: Iterable[ManifestEntry | TokenizeEntry]) -> str:
     """Manifest file text: one tab-separated line per array task, line i for ``SLURM_ARRAY_TASK_ID=i``."""
     return "".join(entry.line() + "\n" for entry in entries)
-
-
-def parse_manifest(text: str) -> list[ManifestEntry]:
-    """Read a data manifest back (used by tests and by Airflow tasks that report on a run)."""
-    entries = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        cols = line.split("\t")
-        if len(cols) != len(MANIFEST_COLUMNS):
-            raise ShardSelectionError(
-                f"manifest line {lineno}: expected {len(MANIFEST_COLUMNS)} columns, got {len(cols)}"
-            )
-        entries.append(ManifestEntry(*cols))
-    return entries

@@ -10,7 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-#: What a run or profile name may be: it becomes a folder name on the cluster.
+from neoxflow.slurm.validate import check_run_name
+
+#: What a profile name may be (a file name under include/configs/profiles/); run names follow
+#: slurm/validate.py RUN_NAME, the one run-name rule.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -110,10 +113,7 @@ class Profile:
         return "/".join(p for p in (self.data_dir, folder, dataset_id, name) if p)
 
     def run_paths(self, run_name: str) -> RunPaths:
-        if not NAME_PATTERN.fullmatch(run_name or ""):
-            raise ValueError(
-                f"run name {run_name!r} must match {NAME_PATTERN.pattern} (it becomes a folder name)"
-            )
+        check_run_name(run_name, "run name")  # the one run-name rule (slurm/validate.py): it names folders
         run_dir = f"{self.runs_dir}/{run_name}"
         return RunPaths(
             run_name=run_name,

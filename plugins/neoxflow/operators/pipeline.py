@@ -19,6 +19,7 @@ from neoxflow.data.render import SLURM_DEFAULT_MAX_ARRAY_SIZE, array_directive, 
 from neoxflow.errors import SlurmJobFailed
 from neoxflow.operators.slurm import SlurmOperator
 from neoxflow.operators.training import NeoXTrainOperator, TrainingStalled
+from neoxflow.pipeline.run_plan import PlanSchemaError, RunPlan
 from neoxflow.slurm import commands
 from neoxflow.slurm.states import Outcome
 
@@ -154,6 +155,8 @@ class PretrainTrainOperator(NeoXTrainOperator):
         )
         self.max_resumes = max_resumes
         self.plan_task_id = plan_task_id
+        #: the run's plan (set by _configure) and, before a submit, its profile, config and exclusions
+        self._plan: RunPlan | None = None
         self._run: dict[str, Any] = {}
         self._resume_iteration: int | None = None
 
@@ -164,71 +167,68 @@ class PretrainTrainOperator(NeoXTrainOperator):
             "excluded": [],
         }
 
-    def _configure(self, context: Context) -> Any:
-        """Set all this slice needs from the plan (again after each deferral: self does not survive)."""
+    def _configure(self, context: Context) -> RunPlan:
+        """Set what watching the run needs, from the plan as the plan task decided it (again after each
+        deferral: self does not survive it). Nothing is parsed, loaded or rendered here: a deferral's
+        return only reads the plan."""
         from neoxflow.neox.checkpoint_listing import expectation_to_dict, listing_script_path
-        from neoxflow.neox.checkpoints import Expectation
         from neoxflow.neox.export import run_checkpoints_s3_uri
-        from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
-        from neoxflow.neox.profile_loader import load_profile
-        from neoxflow.pipeline.plan import run_config
-        from neoxflow.pipeline.request import parse_request
 
-        plan = pull_plan(context, self.plan_task_id)
-        if plan.get("dry_run"):
+        try:
+            run = RunPlan.from_dict(pull_plan(context, self.plan_task_id))
+        except PlanSchemaError as err:
+            raise AirflowFailException(str(err)) from None
+        if run.dry_run:
             raise AirflowSkipException("dry run: training is not submitted")
-        request = parse_request(plan["request"])
-        profile = load_profile(request.profile)
+        self._plan = run
+        lay = run.layout
+        self.remote_dir = lay.jobs_dir
+        self.job_name = run.fixed.jobs.train
+        self.save_dir = lay.checkpoint_dir
+        self.train_iters = run.fixed.train_iters
+        self.seq_length = run.fixed.seq_length
+        self.listing_script = listing_script_path(lay.code_dir)
+        self.listing_python = run.fixed.python
+        self.run_name = run.run_name
+        # named in the checkpoints' Asset events as their pending S3 copy (the export's own rule)
+        bucket = run.fixed.s3_bucket
+        self.s3_checkpoints = (
+            run_checkpoints_s3_uri(bucket, run.fixed.s3_prefix or "", run.run_name) if bucket else None
+        )
+        # the shape decided at the last node failure (_resume_shape), else the planned one
+        nodes = self._history(context).get("nodes") or run.slice.nodes
+        self.expectation = expectation_to_dict(run.expectation_at(nodes))
+        return run
+
+    def _configure_submit(self, context: Context) -> tuple[Any, list[str]]:
+        """Before a submit: the slice's config for its shape and its batch script. The planned shape's
+        config is the plan's own (:func:`neoxflow.pipeline.plan.slice_config`); a shape changed by a node
+        failure re-derives the batch split for its world size, the fixed part as planned."""
+        from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
+        from neoxflow.pipeline.plan import slice_config
+
+        run = self._configure(context)
+        profile = run.load_profile()
         history = self._history(context)
         excluded = list(history["excluded"])
-        # the shape decided at the last node failure (_resume_shape), else the run's
-        nodes = history.get("nodes") or request.nodes or profile.cluster.nodes
-        cfg = run_config(request, profile, nodes=nodes)
+        cfg = slice_config(run, profile, history.get("nodes") or run.slice.nodes)
         if not cfg.ok:
             raise AirflowFailException("; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
-        job_name = f"nxf-train-{request.run_name}"[:128]
-        code_dir = plan["layout"]["code_dir"]
         spec, template = launch_spec_for_run(
             profile,
             cfg,
-            job_name=job_name,
-            code_dir=code_dir,
-            time_limit=request.time_limit,
+            job_name=self.job_name,
+            code_dir=run.layout.code_dir,
+            time_limit=run.slice.time_limit,
             exclude_nodes=tuple(excluded),
         )
         self.script = render_batch_script(spec, template)
-        self._run = {
-            "request": request,
-            "profile": profile,
-            "cfg": cfg,
-            "code_dir": code_dir,
-            "excluded": tuple(excluded),
-        }
-        self.remote_dir = plan["layout"]["jobs_dir"]
-        self.job_name = job_name
         self.output_path = spec.job_log_path("%j")
-        self.save_dir = cfg.paths.checkpoint_dir
-        self.train_iters = int(cfg.config["train_iters"])
-        self.seq_length = int(cfg.config.get("seq_length") or 0) or None
-        self.listing_script = listing_script_path(code_dir)
-        self.listing_python = profile.cluster.python
-        self.run_name = request.run_name
-        s3 = plan.get("s3") or {}
-        # named in the checkpoints' Asset events as their pending S3 copy (the export's own rule)
-        self.s3_checkpoints = (
-            run_checkpoints_s3_uri(s3["bucket"], s3.get("prefix") or "", request.run_name)
-            if s3.get("bucket")
-            else None
-        )
-        if template == "train_local.sbatch":
-            self.expectation = expectation_to_dict(Expectation.standin())
-        else:
-            world = cfg.nodes * cfg.gpus_per_node
-            self.expectation = expectation_to_dict(Expectation.from_neox_config(cfg.config, world))
+        self._run = {"profile": profile, "cfg": cfg, "excluded": tuple(excluded)}
         return cfg, excluded
 
     def execute(self, context: Context) -> Any:
-        cfg, excluded = self._configure(context)
+        cfg, excluded = self._configure_submit(context)
         context["ti"].xcom_push(key="resume_history", value=self._history(context))  # cleared on each try
         self.hook.upload(cfg.rendered.encode(), cfg.config_path)
         self.log.info(
@@ -266,7 +266,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
         from neoxflow.neox.launch import launch_spec_for_run, parse_time_limit, render_batch_script
 
         run = self._run
-        request, profile, cfg = run["request"], run["profile"], run["cfg"]
+        profile, cfg = run["profile"], run["cfg"]
         resume = self._resume_iteration or 0
         measured = [
             slices.SliceTimes(**entry["times"])
@@ -274,7 +274,7 @@ class PretrainTrainOperator(NeoXTrainOperator):
             if entry.get("times")
         ]
         times = slices.slice_times(measured, profile.raw)
-        time_limit = request.time_limit or profile.cluster.time_limit
+        time_limit = self._plan.slice.time_limit or profile.cluster.time_limit
         try:
             plan = slices.plan_slice_for_config(
                 cfg.config,
@@ -298,8 +298,8 @@ class PretrainTrainOperator(NeoXTrainOperator):
             profile,
             slice_cfg,
             job_name=self.job_name,
-            code_dir=run["code_dir"],
-            time_limit=request.time_limit,
+            code_dir=self._plan.layout.code_dir,
+            time_limit=self._plan.slice.time_limit,
             exclude_nodes=run["excluded"],
         )
         self.script = render_batch_script(spec, template)
@@ -352,11 +352,11 @@ class PretrainTrainOperator(NeoXTrainOperator):
 
     def _resume_shape(self, excluded: Sequence[str]) -> int:
         """The node count of the slice that resumes after a node failure, decided once, then: the run's
-        own count while enough healthy nodes (spares included) remain outside ``excluded``, so the world
+        planned count while enough healthy nodes (spares included) remain outside ``excluded``, so the world
         size and with it the model stay exactly the same; fewer only when the profile allows shrinking
         (``shrink_on_node_failure``) and the partition has no spare; else the same count (it queues)."""
-        request, profile = self._run["request"], self._run["profile"]
-        wanted = request.nodes or profile.cluster.nodes
+        profile = self._plan.load_profile()  # only after a node failure: its partition and shrink rule
+        wanted = self._plan.slice.nodes
         usable = usable_nodes(self.hook, profile.cluster.partition, excluded)
         if usable >= wanted:
             self.log.info("Resuming on %d node(s) without %s: %d usable", wanted, list(excluded), usable)

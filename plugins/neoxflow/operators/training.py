@@ -23,46 +23,52 @@ Outcomes:
   an alert (kind ``lock_lost``) and the watch goes on; the job is NOT cancelled (a human decides which
   run owns the folder);
 - any other ending -> :class:`SlurmJobFailed` as the base class raises it, with the verdict's reason.
+
+Two jobs of the operator live in their own modules, as mixins of this class: the checkpoint bookkeeping
+and Asset events (``training_checkpoints``) and the slice history (``training_slices``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import posixpath
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import AssetAlias, Context
 
 from neoxflow.errors import SlurmJobFailed, failure_message
-from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, asset_extra, checkpoint_asset
-from neoxflow.neox.checkpoint_listing import expectation_from_dict, new_complete_checkpoints, read_listing
+from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, checkpoint_asset
+from neoxflow.neox.checkpoint_listing import expectation_from_dict
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.progress import run_note_markdown
 from neoxflow.neox.report import build_summary
 from neoxflow.neox.verdict import training_verdict
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmOperator
+from neoxflow.operators.training_checkpoints import (
+    ASSET_WATERMARK_KEY,
+    CheckpointAssetsMixin,
+    merge_checkpoints,
+)
+from neoxflow.operators.training_slices import SLICES_KEY, SliceHistoryMixin
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
 from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import WATCH_SETTINGS, NeoXTrainingTrigger, WatchState
 
-__all__ = ["SLICES_KEY", "NeoXTrainOperator", "TrainingStalled", "checkpoint_asset", "exit_code_of"]
+__all__ = [
+    "ASSET_WATERMARK_KEY",
+    "SLICES_KEY",
+    "NeoXTrainOperator",
+    "TrainingStalled",
+    "checkpoint_asset",
+    "exit_code_of",
+]
 
 #: events after which the job still runs and the watch re-defers
 WATCH_GOES_ON = ("checkpoint", "lock_lost", "controller_silent")
-#: task_state_store key: the newest checkpoint iteration whose Asset event was emitted (or, before the
-#: first emission, the newest complete one before this task's first job): the floor of new checkpoints
-ASSET_WATERMARK_KEY = "asset_watermark"
-#: task_state_store key and XCom key: one entry per slice of this task (job, planned and reached stop,
-#: measured times), for planning the next slice, the UI and the report
-SLICES_KEY = "slices"
-#: the job log is read once at a slice's end (pace, save times, NeoX's exit line); bigger logs are cut
-MAX_SLICE_LOG_BYTES = 64 << 20
 
 
 class TrainingStalled(SlurmJobFailed):
@@ -81,15 +87,7 @@ def exit_code_of(status: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def _merge(known: list[dict[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Add checkpoints by iteration (a trigger may run twice: events must be idempotent)."""
-    by_iter = {int(c["iteration"]): dict(c) for c in known}
-    for c in new:
-        by_iter.setdefault(int(c["iteration"]), dict(c))
-    return [by_iter[i] for i in sorted(by_iter)]
-
-
-class NeoXTrainOperator(SlurmOperator):
+class NeoXTrainOperator(CheckpointAssetsMixin, SliceHistoryMixin, SlurmOperator):
     """Train one slice of a NeoX run on Slurm and watch it from the triggerer.
 
     :param save_dir: the run's NeoX ``save`` folder on the cluster (templated).
@@ -242,95 +240,6 @@ class NeoXTrainOperator(SlurmOperator):
             silent_alerted=bool(record.get("silent_alerted")),
         )
 
-    def _complete_checkpoints(self) -> list[dict[str, Any]]:
-        """The complete checkpoints in the save folder now, oldest first ([] if the listing failed)."""
-        try:
-            listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir)
-            found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), None)
-        except Exception as err:  # only the baseline: the watch still judges every checkpoint
-            self.log.warning("Could not list %s before watching: %s", self.save_dir, err)
-            return []
-        return [
-            {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}
-            for c in found
-        ]
-
-    def _newest_complete(self) -> int | None:
-        """The newest complete checkpoint in the save folder now (None if none or the listing failed)."""
-        found = self._complete_checkpoints()
-        return found[-1]["iteration"] if found else None
-
-    def _asset_floor(self, context: Context) -> int | None:
-        """The newest checkpoint that needs no Asset event: the store's watermark when an earlier try (or
-        this try before a re-attach) set one, so that checkpoints completed since then still get their
-        event; else the newest complete one now (the one a resumed slice loads is not new) - stored as
-        the watermark at once, so a later try starts from the same floor."""
-        store = context.get("task_state_store")
-        mark = store.get(ASSET_WATERMARK_KEY) if store is not None else None
-        if isinstance(mark, Mapping) and "iteration" in mark:
-            return mark["iteration"]
-        newest = self._newest_complete()
-        if store is not None:
-            store.set(ASSET_WATERMARK_KEY, {"iteration": newest})
-        return newest
-
-    def _emit_assets(self, context: Context, run: str, checkpoints, job_id: Any) -> None:
-        """One Asset event per checkpoint (its extra: asset_extra); then raise the watermark past them."""
-        events = context["outlet_events"][AssetAlias(self.asset_alias)]
-        for ckpt in checkpoints:
-            events.add(checkpoint_asset(run, ckpt), extra=asset_extra(ckpt, job_id, self.s3_checkpoints))
-        store = context.get("task_state_store")
-        if checkpoints and store is not None:
-            store.set(ASSET_WATERMARK_KEY, {"iteration": max(int(c["iteration"]) for c in checkpoints)})
-
-    def _done_without_a_job(self, context: Context) -> Any:
-        """No job of this task is live: if the run already has a complete checkpoint at train_iters, the
-        slice is done and nothing is submitted. A try that starts over after an earlier one's job finished
-        (the task rescheduled or its worker killed while the job ran; without accounting the ended job's
-        state is unknown) would otherwise start a second training job of a finished run."""
-        found = self._complete_checkpoints()
-        newest = found[-1]["iteration"] if found else None
-        if newest is None or newest < self.train_iters:
-            return None
-        store = context.get("task_state_store")
-        earlier = (store.get(STATE_KEY) if store is not None else None) or {}
-        mark = store.get(ASSET_WATERMARK_KEY) if store is not None else None
-        if isinstance(mark, Mapping) and "iteration" in mark:
-            # an earlier try of this task watched a job that completed checkpoints but never reached its
-            # own result (re-attach, clear, lost worker): their Asset events are still owed
-            floor = mark["iteration"]
-            owed = [c for c in found if floor is None or c["iteration"] > floor]
-            run = self.run_name or earlier.get("job_name") or "run"
-            self._emit_assets(context, run, owed, earlier.get("job_id"))
-        reason = (
-            f"checkpoint global_step{newest} is complete and train_iters is {self.train_iters}: "
-            "training already finished, no job submitted"
-        )
-        self.log.info("Training finished before this try: %s", reason)
-        context["ti"].xcom_push(
-            key="summary",
-            value={
-                "finished": True,
-                "reason": reason,
-                "last_checkpoint": newest,
-                "train_iters": self.train_iters,
-            },
-        )
-        return {
-            "more_to_do": False,
-            "reason": reason,
-            "iteration": newest,
-            "train_iters": self.train_iters,
-            "last_checkpoint": newest,
-            "last_checkpoint_path": posixpath.join(self.save_dir, f"global_step{newest}"),
-            "checkpoints": [],
-            "resumed_from": None,
-            "baseline_checkpoint": newest,
-            "slice_end": None,
-            "job_id": earlier.get("job_id"),
-            "save_dir": posixpath.normpath(self.save_dir),
-        }
-
     def _watch(self, context: Context, record: dict[str, Any]) -> Any:
         expectation_from_dict(self.expectation)  # fail before the watch on a bad expectation
         if "baseline_checkpoint" not in record:
@@ -377,7 +286,7 @@ class NeoXTrainOperator(SlurmOperator):
     def _record_checkpoints(
         self, context: Context, event: Mapping[str, Any], known: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        merged = _merge(known, event.get("checkpoints") or [])
+        merged = merge_checkpoints(known, event.get("checkpoints") or [])
         if len(merged) > len(known):
             context["ti"].xcom_push(key="checkpoints", value=merged)
         watch = WatchState.from_dict(event.get("watch"))
@@ -401,7 +310,7 @@ class NeoXTrainOperator(SlurmOperator):
         event = restore_event(event, self._read)  # the trigger's bulky state, from its file
         carry = event.get("carry") or {}
         record = dict(record or carry.get("record") or {})
-        checkpoints = _merge(list(checkpoints or []), carry.get("checkpoints") or [])
+        checkpoints = merge_checkpoints(list(checkpoints or []), carry.get("checkpoints") or [])
         kind = event.get("event")
         if kind in WATCH_GOES_ON:  # the job goes on: watch it again from where this left off
             self._keep_streamed(record, event)
@@ -493,95 +402,6 @@ class NeoXTrainOperator(SlurmOperator):
         raise SlurmJobFailed(message, record)
 
     # -- slices ----------------------------------------------------------------------------------------
-    def _slices(self, context: Context) -> list[dict[str, Any]]:
-        """This task's slice history (task state store: it outlives deferrals and tries)."""
-        store = context.get("task_state_store")
-        return list((store.get(SLICES_KEY) if store is not None else None) or [])
-
-    def _save_slices(self, context: Context, slices: list[dict[str, Any]]) -> None:
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(SLICES_KEY, slices)
-        context["ti"].xcom_push(key=SLICES_KEY, value=slices)
-
-    def _submitted(self, context: Context, record: Mapping[str, Any]) -> None:
-        """A new slice's job: open its history entry with what was planned for it."""
-        slices = self._slices(context)
-        plan = record.get("slice") or {}
-        slices.append(
-            {
-                "index": len(slices) + 1,
-                "job_id": str(record["job_id"]),
-                "submitted_at": time.time(),
-                "ended_at": None,
-                "resume_iteration": plan.get("resume_iteration"),
-                "plan": plan.get("kind"),
-                "planned_stop": plan.get("stop_iteration"),
-                "reached": None,
-                "end": None,
-                "times": None,
-            }
-        )
-        self._save_slices(context, slices)
-
-    def _end_slice(
-        self,
-        context: Context,
-        record: Mapping[str, Any],
-        watch: WatchState,
-        verdict: Any | None,
-        facts: Mapping[str, Any],
-        how: str,
-    ) -> None:
-        """Close the ended job's history entry (one is opened here for a job this task adopted)."""
-        slices = self._slices(context)
-        job_id = str(record.get("job_id"))
-        entry = next((e for e in slices if e.get("job_id") == job_id), None)
-        if entry is None:
-            plan = record.get("slice") or {}
-            entry = {
-                "index": len(slices) + 1,
-                "job_id": job_id,
-                "submitted_at": None,
-                "resume_iteration": plan.get("resume_iteration"),
-                "plan": plan.get("kind"),
-                "planned_stop": plan.get("stop_iteration"),
-            }
-            slices.append(entry)
-        entry.update(
-            ended_at=time.time(),
-            reached=facts.get("exited_at") if facts.get("exited_at") is not None else watch.last_iteration,
-            end=how,
-            verdict=verdict.status if verdict is not None else None,
-            newest_complete=verdict.last_complete_iteration if verdict is not None else None,
-            times=facts.get("times"),
-        )
-        self._save_slices(context, slices)
-
-    def _slice_log_facts(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """What the ended slice's log says about where it stopped and how fast it went: NeoX's exit line
-        (``exited_at``) and the measured pace, save and start-up times (``times``) that plan the next
-        slice. The log is read once, here, over SFTP; the trigger only carries a bounded summary. {} when
-        the log cannot be read (the slice still ends cleanly; the next one plans with older times)."""
-        from neoxflow.neox.slices import exited_at, job_started, measure_slice
-
-        path = self._log_path(record)
-        if not path:
-            return {}
-        try:
-            data = self.hook.read_file(path)
-        except Exception as err:  # a measurement only: the slice's verdict does not depend on it
-            self.log.warning("Could not read %s to measure the slice: %s", path, err)
-            return {}
-        # the batch script's stamped first line dates the start (no accounting needed); a long log is cut
-        started = job_started(data[:4096].decode("utf-8", "replace"))
-        text = data[-MAX_SLICE_LOG_BYTES:].decode("utf-8", "replace")
-        times = measure_slice(text, job_start=started, source=f"job {record.get('job_id')}")
-        return {
-            "exited_at": exited_at(text),
-            "times": dataclasses.asdict(times) if times is not None else None,
-        }
-
     def _next_slice(self, context: Context, checkpoints: list[dict[str, Any]]) -> Any:
         """The slice ended cleanly with more to train: submit the next one now and defer again. The ended
         job is final (this runs on its final event), so at most one job of the run exists at any time;
@@ -604,26 +424,6 @@ class NeoXTrainOperator(SlurmOperator):
         facts = self._slice_log_facts(record)
         self._end_slice(context, record, WatchState(), None, facts, "ended_unwatched")
         return self._next_slice(context, [])
-
-    def _relist(
-        self,
-        context: Context,
-        checkpoints: list[dict[str, Any]],
-        event: Mapping[str, Any],
-        baseline: int | None,
-    ) -> list[dict[str, Any]]:
-        """The trigger's final listing failed: list once more from the worker."""
-        self.log.warning("Final listing in the trigger failed (%s); listing again", event["listing_error"])
-        listing = read_listing(self.hook, self.listing_python, self.listing_script, self.save_dir)
-        found = new_complete_checkpoints(listing, expectation_from_dict(self.expectation), baseline)
-        new = [
-            {"iteration": c.iteration, "tag": c.tag, "path": c.path, "size_bytes": c.size_bytes}
-            for c in found
-        ]
-        merged = _merge(checkpoints, new)
-        if len(merged) > len(checkpoints):
-            context["ti"].xcom_push(key="checkpoints", value=merged)
-        return merged
 
     def _summary(self, watch: WatchState, checkpoints, verdict, record) -> dict[str, Any]:
         ckpts = [

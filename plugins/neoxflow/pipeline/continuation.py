@@ -14,7 +14,7 @@ The triggered DAG run plans from the record (its form fields are blank), so it c
 itself. Its run id is ``continue__<run>__<latest iteration>``: the same run at the same progress maps to
 the same id, so a tick that finds the previous tick's DAG run still queued adds nothing.
 
-Pure: the decision and the shell commands; ``pipeline/tasks.py`` runs them.
+Pure: the decision and the shell commands; ``pipeline/attention_tasks.py`` runs them.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from neoxflow.pipeline.record import RECORD_SUFFIX
-from neoxflow.pipeline.request import RUN_NAME
-from neoxflow.slurm.validate import check_remote_path
+from neoxflow.slurm.validate import RUN_NAME, check_remote_path
 
 ATTENTION_SUFFIX = ".attention.json"
 _TAG = re.compile(r"global_step(\d+)")

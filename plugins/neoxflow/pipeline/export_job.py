@@ -1,9 +1,9 @@
 """The export job (complete checkpoints FSx -> S3), planned with the run and rendered again after each slice.
 
 Which checkpoints an export names is known only after a slice (every complete one then), so
-``tasks.plan_export`` renders the job again; the plan renders it with the same function for the run's last
-checkpoint. Everything but the ``--tag`` arguments comes from the plan and the profile, so every check
-the export job runs has run when the plan passes, and a dry run shows the script.
+``report_task.plan_export`` renders the job again; the plan renders it with the same function for the
+run's last checkpoint. Everything but the ``--tag`` arguments comes from the plan and the profile, so
+every check the export job runs has run when the plan passes, and a dry run shows the script.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from neoxflow.neox.export import MAX_TAGS, ExportSpec, export_prefix, render_exp
 from neoxflow.neox.profile import Profile
 from neoxflow.neox.run_config import RunConfig
 from neoxflow.neox.slices import save_iterations
+from neoxflow.slurm.naming import run_job_name
 from neoxflow.slurm.validate import UnsafeValueError
 
 #: Which profile key or form field an export job's field comes from (the plan names those, not the spec's).
@@ -38,7 +39,7 @@ def export_job(plan: dict[str, Any], profile: Profile, tags: tuple[str, ...]) ->
     ``plan_export``, which names every complete checkpoint it finds after a slice. Only the ``--tag``
     arguments differ between the two."""
     lay = plan["layout"]
-    job_name = f"nxf-export-{plan['run_name']}"[:128]
+    job_name = run_job_name("export", plan["run_name"])
     spec = ExportSpec(
         job_name=job_name,
         log_dir=posixpath.join(lay["jobs_dir"], job_name),

@@ -18,11 +18,11 @@ Paths follow the profile:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
 import shlex
-from dataclasses import dataclass
 from typing import Any
 
 from neoxflow.data.fsx import FsxTaskError, client_token, import_task_request
@@ -46,7 +46,6 @@ from neoxflow.data.shards import (
     format_manifest,
     tokenizer_entry,
 )
-from neoxflow.neox.checkpoints import Expectation
 from neoxflow.neox.launch import LOCAL_TEMPLATE
 from neoxflow.neox.profile import Profile
 from neoxflow.neox.profile_loader import load_profile
@@ -54,6 +53,16 @@ from neoxflow.neox.run_config import RunConfig, build_run_config
 from neoxflow.paths import CLUSTER_CODE, STANDIN_CODE
 from neoxflow.pipeline.export_job import planned_export
 from neoxflow.pipeline.request import RunRequest
+from neoxflow.pipeline.run_plan import (
+    FixedPart,
+    JobNames,
+    RunLayout,
+    RunPlan,
+    SlicePart,
+    checkpoint_expectation,
+    profile_digest,
+)
+from neoxflow.slurm.naming import run_job_name, train_job_name
 from neoxflow.slurm.template import render_template
 from neoxflow.slurm.validate import check_remote_path
 
@@ -121,26 +130,6 @@ def code_hash(files: dict[str, bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class RunLayout:
-    """Where everything of one run lives on the cluster."""
-
-    fsx_root: str
-    code_dir: str
-    raw_dir: str
-    tokens_dir: str
-    data_path: str
-    tokenizer_fsx: str
-    checkpoint_dir: str
-    run_dir: str
-    jobs_dir: str
-    lock_dir: str
-    manifest_dir: str
-
-    def to_dict(self) -> dict[str, str]:
-        return dict(self.__dict__)
-
-
 def layout(profile: Profile, run_name: str, code_digest: str, dataset: dict[str, Any]) -> RunLayout:
     paths = profile.run_paths(run_name)
     data_root = posixpath.join(profile.data_dir, "c4")
@@ -185,8 +174,39 @@ def run_config(
     )
 
 
+def slice_config(run: RunPlan, profile: Profile, nodes: int) -> RunConfig:
+    """The run's config for a slice on ``nodes`` nodes, before its submit.
+
+    At the planned shape it is the plan's own config (not derived again: the plan is the one place that
+    does), checked once more now that the data stages have run (the vocab file exists where Airflow sees
+    the cluster's file system; at plan time it may not have been staged yet). A shape changed by a node
+    failure is derived again from the plan's request for that shape (its batch split follows the world
+    size); what defines the model is the run of record's and does not change with it."""
+    from neoxflow.neox.config_checks import validate_config
+
+    if nodes != run.slice.nodes:
+        return run_config(run.request, profile, nodes=nodes)
+    planned = run.documents["config"]
+    config = json.loads(planned["rendered"])
+    gpus = run.slice.gpus_per_node
+    errors = validate_config(
+        config, nodes, gpus, check_vocab_file=profile.fsx_visible_to_airflow, run_name=run.run_name
+    )
+    return RunConfig(
+        size=run.fixed.model_size,
+        run_name=run.run_name,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        config=config,
+        rendered=planned["rendered"],
+        config_hash=planned["hash"],
+        errors=errors,
+        paths=profile.run_paths(run.run_name),
+    )
+
+
 def _array_spec(profile: Profile, lay: RunLayout, step: str, run_name: str, parallelism: int) -> ArraySpec:
-    job_name = f"nxf-{step}-{run_name}"[:128]
+    job_name = run_job_name(step, run_name)
     cluster = profile.cluster
     return ArraySpec(
         job_name=job_name,
@@ -240,13 +260,13 @@ def manifest_texts(plan: dict[str, Any]) -> dict[str, str]:
     """The texts of the manifests a plan points to, by the path it names them at: derived again from the
     plan's compact selection and layout, each checked against the hash the plan recorded (a code change
     between planning and shipping must not put other lines under a planned name)."""
-    profile = load_profile(plan["profile"])
-    lay = RunLayout(**plan["layout"])
-    moving, tokenize = _data_entries(dataset_selection(plan["dataset"]), profile, lay)
+    run = RunPlan.from_dict(plan)
+    profile = run.load_profile()
+    moving, tokenize = _data_entries(dataset_selection(run.fixed.dataset), profile, run.layout)
     texts = {format_manifest(moving), format_manifest(tokenize)}
     by_hash = {manifest_digest(text): text for text in texts}
     out: dict[str, str] = {}
-    for path, sha in plan["manifests"].items():
+    for path, sha in run.documents["manifests"].items():
         if sha not in by_hash:
             raise ValueError(f"manifest {path}: the plan's lines cannot be derived again (sha256 {sha})")
         out[path] = by_hash[sha]
@@ -317,7 +337,7 @@ def merge_plan(profile: Profile, lay: RunLayout, run_name: str, tokenize_manifes
         "TOKENIZER": q(lay.tokenizer_fsx),
         "TOKENIZER_SHA256": q(profile.tokenizer_sha256 or ""),
     }
-    job_name = f"nxf-merge-{run_name}"[:128]
+    job_name = run_job_name("merge", run_name)
     return {
         "job_name": job_name,
         "remote_dir": lay.jobs_dir,
@@ -334,21 +354,22 @@ def train_plan(request: RunRequest, profile: Profile, cfg: RunConfig, lay: RunLa
     refuse fails the plan (naming the field) before any data stage runs, and a dry run shows it."""
     from neoxflow.neox.launch import launch_spec_for_run, render_batch_script
 
-    job_name = f"nxf-train-{request.run_name}"[:128]
+    job_name = train_job_name(request.run_name)
     spec, template = launch_spec_for_run(
         profile, cfg, job_name=job_name, code_dir=lay.code_dir, time_limit=request.time_limit
     )
     return {"job_name": job_name, "template": template, "script": render_batch_script(spec, template)}
 
 
-def slice_checks(profile: Profile, cfg: RunConfig, time_limit: str | None) -> None:
+def slice_checks(profile: Profile, cfg: RunConfig, time_limit: str | None):
     """The checks ``train_slice`` runs on the run's config before each slice (its save iterations must be
-    plannable: linear ``checkpoint_scale``, a whole ``checkpoint_factor``), run now for the first one."""
+    plannable: linear ``checkpoint_scale``, a whole ``checkpoint_factor``), run now for the first one:
+    its slice plan without measured times (where the plan's slice part says it stops)."""
     from neoxflow.neox import slices
     from neoxflow.neox.launch import parse_time_limit
 
     try:
-        slices.plan_slice_for_config(
+        return slices.plan_slice_for_config(
             cfg.config,
             resume_iteration=0,
             times=None,
@@ -357,18 +378,6 @@ def slice_checks(profile: Profile, cfg: RunConfig, time_limit: str | None) -> No
         )
     except ValueError as err:
         raise ValueError(f"training slices: {err}") from None
-
-
-def checkpoint_expectation(profile: Profile, config: dict[str, Any], world_size: int) -> Expectation:
-    """What a complete checkpoint of the run holds (resume, export and report judge checkpoints by it).
-    Built by the plan too, so a config whose layout the rule does not cover (ZeRO stage 3) is refused
-    before anything runs rather than when the first resume asks."""
-    if profile.cluster.template == "train_local.sbatch":
-        return Expectation.standin()
-    try:
-        return Expectation.from_neox_config(config, world_size)
-    except ValueError as err:
-        raise ValueError(f"checkpoint layout: {err}") from None
 
 
 def plan_choices_line(config: dict[str, Any]) -> str:
@@ -387,46 +396,25 @@ def plan_choices_line(config: dict[str, Any]) -> str:
 
 
 def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
-    """Everything a run will do, from the trigger form: validated, rendered, JSON-serialisable."""
+    """Everything a run will do, from the trigger form: validated, rendered, decided once
+    (:class:`RunPlan`), as the small JSON-serialisable dict the plan task returns."""
     from neoxflow.pipeline.request import parse_request
 
     request = parse_request(conf)
     profile = load_profile(request.profile)
-    code = cluster_code_files(profile)
-    digest = code_hash(code)
-    selection = selection_for(request, profile)
-    dataset = dataset_identity(selection, profile)
+    digest = code_hash(cluster_code_files(profile))
+    dataset = dataset_identity(selection_for(request, profile), profile)
     lay = layout(profile, request.run_name, digest, dataset)
     cfg = run_config(request, profile, check_vocab_file=False)
     if not cfg.ok:
         raise ValueError("NeoX config invalid: " + "; ".join(f"{e.key}: {e.message}" for e in cfg.errors))
     train = train_plan(request, profile, cfg, lay)
-    slice_checks(profile, cfg, request.time_limit)
-    checkpoint_expectation(profile, cfg.config, cfg.nodes * cfg.gpus_per_node)  # refuses what it cannot judge
+    first_slice = slice_checks(profile, cfg, request.time_limit)
+    standin = train["template"] == "train_local.sbatch"  # the stand-in trainer's checkpoints, or NeoX's
+    # refuses a checkpoint layout the completeness rule cannot judge, before anything runs
+    expectation = checkpoint_expectation(standin, cfg.config, cfg.nodes * cfg.gpus_per_node)
     data = data_plans(request, profile, lay)
-    plan = {
-        "request": {
-            k: v
-            for k, v in conf.items()
-            if k
-            in (
-                "profile",
-                "model_size",
-                "run_name",
-                "nodes",
-                "gpus_per_node",
-                "shards",
-                "train_iters",
-                "checkpoint_interval",
-                "time_limit",
-                "dry_run",
-                "shard_url_template",
-            )
-        },
-        "profile": request.profile,
-        "run_name": request.run_name,
-        "code_hash": digest,
-        "layout": lay.to_dict(),
+    documents = {
         "config": {
             "hash": cfg.config_hash,
             "path": cfg.config_path,
@@ -444,10 +432,38 @@ def plan_run(conf: dict[str, Any]) -> dict[str, Any]:
         "data": data,
         # the manifests the data jobs read (path -> sha256): prepare.ship_code places them on FSx and in S3
         "manifests": {data[s]["manifest"]["path"]: data[s]["manifest"]["sha256"] for s in ARRAY_STEPS},
-        # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
-        "dataset": dataset,
-        "s3": {"bucket": profile.s3_bucket, "prefix": profile.s3_prefix},
-        "dry_run": request.dry_run,
     }
+    run = RunPlan(
+        request=request,
+        fixed=FixedPart(
+            run_name=request.run_name,
+            profile=request.profile,
+            profile_sha256=profile_digest(profile.raw),
+            model_size=cfg.size,
+            train_iters=int(cfg.config["train_iters"]),
+            seq_length=int(cfg.config.get("seq_length") or 0) or None,
+            code_hash=digest,
+            # what the dataset is built from: part of the run of record's identity (pipeline/record.py)
+            dataset=dataset,
+            layout=lay,
+            python=profile.cluster.python,
+            s3_bucket=profile.s3_bucket,
+            s3_prefix=profile.s3_prefix,
+            jobs=JobNames.for_run(request.run_name),
+            standin=standin,
+        ),
+        slice=SlicePart(
+            nodes=cfg.nodes,
+            gpus_per_node=cfg.gpus_per_node,
+            time_limit=request.time_limit,
+            micro_batch=cfg.config.get("train_micro_batch_size_per_gpu"),
+            gradient_accumulation=cfg.config.get("gradient_accumulation_steps"),
+            stop_iteration=first_slice.stop_iteration,
+            expectation=dataclasses.asdict(expectation),
+        ),
+        dry_run=request.dry_run,
+        documents=documents,
+    )
+    plan = run.to_dict()
     plan["export"] = planned_export(plan, profile, cfg)  # the same function plan_export renders with
     return plan

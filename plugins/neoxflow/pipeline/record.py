@@ -19,7 +19,7 @@ The record is created at most once: uploaded under a temporary name, then hard-l
 which fails when the name exists (atomic on POSIX and on Lustre), so two first plans racing each other
 end with one record, and the loser compares against it.
 
-Pure: builders for the record and the shell commands; the task in ``pipeline/tasks.py`` runs them.
+Pure: builders for the record and the shell commands; ``pipeline/record_tasks.py`` runs them.
 """
 
 from __future__ import annotations

@@ -11,11 +11,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from neoxflow.data.shards import MAX_SELECTION_CHARS, ShardSelection, ShardSelectionError
+from neoxflow.data.shards import (
+    DEFAULT_URL_TEMPLATE,
+    MAX_SELECTION_CHARS,
+    ShardSelection,
+    ShardSelectionError,
+    compact_indices,
+)
+from neoxflow.neox.config_files import PYTHIA_SIZES
+from neoxflow.slurm.validate import RUN_NAME
 
-PYTHIA_SIZES = ["14M", "31M", "70M", "160M", "410M", "1B", "1.4B", "2.8B", "6.9B", "12B"]
 PROFILES = ["local", "aws"]
-RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: The form's shape of a shard selection (data/shards.py checks the values): subset, all, a count, or a
 #: list of indices and ranges of numbers from 0 to 1024 (a count of all C4 train shards is 1024).
 _SHARD_NUMBER = r"(10[01][0-9]|102[0-4]|[0-9]{1,3})"
@@ -51,6 +57,23 @@ class RunRequest:
     checkpoint_interval: int | None
     time_limit: str | None
     dry_run: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parsed request as JSON (the run plan carries it): the shards in the form's compact syntax,
+        so the plan stays small whatever the selection."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "shards"}
+        values["shards"] = compact_indices(self.shards.train)
+        values["shard_url_template"] = self.shards.url_template
+        return values
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRequest:
+        """The request :meth:`to_dict` wrote, already validated when it was parsed: not parsed again."""
+        values = {name: data[name] for name in cls.__dataclass_fields__ if name != "shards"}
+        shards = ShardSelection.parse(
+            data["shards"], url_template=data.get("shard_url_template") or DEFAULT_URL_TEMPLATE
+        )
+        return cls(**values, shards=shards)
 
     def neox_overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = {}
@@ -184,7 +207,7 @@ def parse_request(conf: dict[str, Any]) -> RunRequest:
     size = _given(conf, "model_size")
     size = None if size == SIZE_DEFAULT else size
     if size is not None and size not in PYTHIA_SIZES:
-        problems["model_size"] = f"must be one of {PYTHIA_SIZES}, got {size!r}"
+        problems["model_size"] = f"must be one of {list(PYTHIA_SIZES)}, got {size!r}"
     run_name = _given(conf, "run_name")
     if not isinstance(run_name, str) or not RUN_NAME.fullmatch(run_name):
         problems["run_name"] = f"must be 1-63 of a-z 0-9 - starting with a letter or digit, got {run_name!r}"

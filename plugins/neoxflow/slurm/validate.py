@@ -26,6 +26,7 @@ __all__ = [
     "check_partition",
     "check_python",
     "check_remote_path",
+    "check_run_name",
     "check_sbatch_option",
     "is_s3_bucket_name",
 ]
@@ -40,6 +41,10 @@ class UnsafeValueError(ValueError):
         super().__init__(f"{field}: {why} (got {value!r})")
 
 
+#: A run's name: the one pattern for the trigger form, the run's folders and the job names built from it
+#: (``nxf-<step>-<run>``). Lower case only, at most 63 characters: it names folders on FSx, S3 keys and
+#: Slurm jobs, and a continuation finds runs by listing folders that match it.
+RUN_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 #: A Slurm partition (or account) name: also the shape the training launch accepts for both.
 PARTITION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -93,6 +98,10 @@ def _check(field: str, value: object, pattern: re.Pattern[str], what: str) -> st
 
 def check_job_name(value: object, field: str = "job_name") -> str:
     return _check(field, value, _JOB_NAME, "1-128 of A-Z a-z 0-9 _ . + - starting with a letter or digit")
+
+
+def check_run_name(value: object, field: str = "run_name") -> str:
+    return _check(field, value, RUN_NAME, "1-63 of a-z 0-9 - starting with a letter or digit")
 
 
 def check_partition(value: object, field: str = "partition") -> str:

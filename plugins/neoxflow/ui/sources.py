@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neoxflow.pipeline.connections import AWS_CONN_ID
 from neoxflow.ui.story import TRAIN, job_log_path, verified_tags
 
 log = logging.getLogger(__name__)
-AWS_CONN_ID = "aws_default"  # as pipeline/tasks.py
 #: the newest part of a slice's job log that is read for the loss curve
 MAX_LOG_BYTES = 32 << 20
 

@@ -26,6 +26,7 @@ from typing import Any
 from neoxflow.neox.logparse import parse_text
 from neoxflow.neox.logstate import LogState
 from neoxflow.neox.progress import compute_progress
+from neoxflow.slurm.naming import train_job_name
 
 TRAIN = "train.train_slice"
 #: a slice that started more than this after the previous one ended shows a gap (seconds)
@@ -73,11 +74,11 @@ def dry_run_texts(plan: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def job_log_path(plan: Mapping[str, Any], job_id: str) -> str | None:
     """A training job's log on FSx: ``<run_dir>/logs/<job name>-<job id>.out`` (neox/launch.py), the job
-    name ``nxf-train-<run>`` cut to Slurm's 128 characters as the operator names it."""
+    name the run's training job's (``slurm/naming.train_job_name``, as the operator submits it)."""
     run_dir = (plan.get("layout") or {}).get("run_dir")
     if not run_dir or not plan.get("run_name"):
         return None
-    job_name = f"nxf-train-{plan['run_name']}"[:128]
+    job_name = train_job_name(plan["run_name"])
     return f"{run_dir}/logs/{job_name}-{job_id}.out"
 
 
