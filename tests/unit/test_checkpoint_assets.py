@@ -5,7 +5,7 @@ will use)."""
 from __future__ import annotations
 
 from neoxflow.neox.checkpoint_assets import asset_extra
-from neoxflow.neox.export import ExportSpec, checkpoint_s3_uri, export_prefix
+from neoxflow.neox.export import ExportSpec, export_prefix, run_checkpoints_s3_uri
 from neoxflow.neox.logparse import TrainStep
 from neoxflow.neox.watch_state import WatchState
 from tests.unit.test_training_watch import (
@@ -100,7 +100,7 @@ def test_the_s3_uri_is_where_the_export_puts_the_checkpoint():
         tags=("global_step10",),
     )
     assert (
-        checkpoint_s3_uri("neoxflow-local", "/neoxflow/", "run1", "global_step10")
+        f"{run_checkpoints_s3_uri('neoxflow-local', '/neoxflow/', 'run1')}/global_step10"
         == f"{spec.dest}/global_step10"
     )
     assert f"{spec.dest}/global_step10" == f"{S3}/global_step10"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from neoxflow.neox.batch import derive_batch
-from neoxflow.neox.config_checks import KNOWN_KEYS, find_shared_save_paths, validate_config
+from neoxflow.neox.config_checks import KNOWN_KEYS, validate_config
 from neoxflow.neox.config_errors import ConfigError
 from neoxflow.neox.config_files import (
     PYTHIA_SIZES,
@@ -162,7 +162,6 @@ def test_all_sizes_of_one_profile_get_distinct_checkpoint_folders(aws) -> None:
         size: build_run_config(size, aws, run_name_of(size), check_vocab_file=False, dataset_id="t")
         for size in PYTHIA_SIZES
     }
-    assert find_shared_save_paths({s: r.config for s, r in runs.items()}) == []
     assert len({r.config["save"] for r in runs.values()}) == len(PYTHIA_SIZES)
 
 
@@ -321,15 +320,6 @@ def test_path_rules(changes: dict, key: str, why: str) -> None:
 def test_save_must_be_this_runs_folder() -> None:
     errors = check(tiny_cfg(), run_name="run-b")
     assert keys_of(errors) == ["save"] and "must end in /run-b" in errors[0].message
-
-
-def test_shared_checkpoint_path_across_configs() -> None:
-    shared = {
-        size: tiny_cfg(save="/fsx/ckpt/1-4B", load="/fsx/ckpt/1-4B") for size in ("70M", "160M", "1.4B")
-    }
-    shared["12B"] = tiny_cfg(save="/fsx/ckpt/12B", load="/fsx/ckpt/12B")
-    errors = find_shared_save_paths(shared)
-    assert len(errors) == 1 and "/fsx/ckpt/1-4B is shared by 70M, 160M, 1.4B" in errors[0].message
 
 
 def test_run_overrides_cannot_point_save_elsewhere(aws) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -247,24 +246,6 @@ def _path_errors(cfg: Mapping[str, Any], check_vocab_file: bool, run_name: str |
             except OSError as exc:
                 errors.append(ConfigError("vocab_file", f"{vocab} is not readable: {exc.strerror or exc}"))
     return errors
-
-
-def find_shared_save_paths(configs: Mapping[str, Mapping[str, Any]]) -> list[ConfigError]:
-    """Errors for configs (name -> config) whose ``save`` folder another config also uses.
-
-    The seed recipe had seven sizes saving into one folder: their checkpoints overwrite each other and a
-    resume loads another model's weights.
-    """
-    by_path: dict[str, list[str]] = {}
-    for name, cfg in configs.items():
-        save = cfg.get("save")
-        if isinstance(save, str) and save:
-            by_path.setdefault(os.path.normpath(save), []).append(name)
-    return [
-        ConfigError("save", f"{path} is shared by {', '.join(names)}: each run needs its own folder")
-        for path, names in sorted(by_path.items())
-        if len(names) > 1
-    ]
 
 
 #: Every top-level key GPT-NeoX accepts: the names (only) of the dataclass fields of the ``NeoXArgs*``

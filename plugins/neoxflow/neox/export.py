@@ -66,11 +66,6 @@ def run_checkpoints_s3_uri(bucket: str, s3_prefix: str, run: str) -> str:
     return f"s3://{bucket}/{export_prefix(s3_prefix)}/{run}"
 
 
-def checkpoint_s3_uri(bucket: str, s3_prefix: str, run: str, tag: str) -> str:
-    """Where the export puts one checkpoint: ``s3://<bucket>/<prefix>/checkpoints/<run>/<tag>``."""
-    return f"{run_checkpoints_s3_uri(bucket, s3_prefix, run)}/{tag}"
-
-
 @dataclass(frozen=True)
 class ExportSpec:
     """One export job; every field is validated by :meth:`checked`.
