@@ -20,7 +20,8 @@ from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from neoxflow.operators.slurm import SlurmOperator
-from neoxflow.operators.training import ASSET_WATERMARK_KEY, NeoXTrainOperator
+from neoxflow.operators.training import NeoXTrainOperator
+from neoxflow.operators.training_checkpoints import ASSET_WATERMARK_KEY
 from neoxflow.pipeline import connections, resume_task
 from neoxflow.pipeline.plan import plan_run
 from neoxflow.slurm import ownership

@@ -26,7 +26,7 @@ from neoxflow.neox.logparse import TrainStep
 from neoxflow.neox.verdict import training_verdict
 from neoxflow.neox.watch_state import WatchState
 from neoxflow.operators.pipeline import PretrainTrainOperator
-from neoxflow.operators.training import SLICES_KEY
+from neoxflow.operators.training_slices import SLICES_KEY
 from neoxflow.pipeline.plan import plan_run
 from neoxflow.slurm.parse import JobStatus, TaskState
 from neoxflow.triggers.training import NeoXTrainingTrigger

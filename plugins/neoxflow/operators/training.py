@@ -38,7 +38,7 @@ from typing import Any
 from airflow.sdk import AssetAlias, Context
 
 from neoxflow.errors import SlurmJobFailed, failure_message
-from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS, checkpoint_asset
+from neoxflow.neox.checkpoint_assets import DEFAULT_ALIAS
 from neoxflow.neox.checkpoint_listing import expectation_from_dict
 from neoxflow.neox.checkpoints import Checkpoint
 from neoxflow.neox.progress import run_note_markdown
@@ -46,26 +46,15 @@ from neoxflow.neox.report import build_summary
 from neoxflow.neox.verdict import training_verdict
 from neoxflow.notifiers.run_note import set_run_note
 from neoxflow.operators.slurm import STATE_KEY, SlurmOperator
-from neoxflow.operators.training_checkpoints import (
-    ASSET_WATERMARK_KEY,
-    CheckpointAssetsMixin,
-    merge_checkpoints,
-)
-from neoxflow.operators.training_slices import SLICES_KEY, SliceHistoryMixin
+from neoxflow.operators.training_checkpoints import CheckpointAssetsMixin, merge_checkpoints
+from neoxflow.operators.training_slices import SliceHistoryMixin
 from neoxflow.pipeline.lock import DEFAULT_LEASE_S
 from neoxflow.slurm.logstream import copy_segment
 from neoxflow.slurm.states import Outcome
 from neoxflow.triggers.event_state import restore_event
 from neoxflow.triggers.training import WATCH_SETTINGS, NeoXTrainingTrigger, WatchState
 
-__all__ = [
-    "ASSET_WATERMARK_KEY",
-    "SLICES_KEY",
-    "NeoXTrainOperator",
-    "TrainingStalled",
-    "checkpoint_asset",
-    "exit_code_of",
-]
+__all__ = ["NeoXTrainOperator", "TrainingStalled", "exit_code_of"]
 
 #: events after which the job still runs and the watch re-defers
 WATCH_GOES_ON = ("checkpoint", "lock_lost", "controller_silent")
